@@ -1,0 +1,46 @@
+# KafkaNeuroPredict. `make demo` runs the main job, `make test` runs the tests; both set up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export TF_ENABLE_ONEDNN_OPTS := 0
+
+.PHONY: help setup demo test test-fast bench ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create/refresh .venv with the pinned dependencies (quick when nothing changed)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11+ is required"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned dependencies into $(VENV) (first time: about 2 minutes)..."
+	@$(BIN)/python -m pip install -qq --disable-pip-version-check -c requirements.lock -e ".[dev]" 2>&1 \
+		| grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import neuropredict, tensorflow, mlflow, great_expectations, kafka" \
+		|| (echo "install failed: see the pip output above" >&2; exit 1)
+	@touch $(STAMP)
+
+demo: setup  ## the main job end to end on the embedded defaults (KEEP=1 leaves services running)
+	$(BIN)/neuropredict demo $(if $(KEEP),--keep)
+
+test: setup  ## the test suite (real broker, MLflow, DVC, great-expectations, TensorFlow)
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## the tests that take seconds, not minutes
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup  ## the benchmarks in bench/ (reports in bench/results/)
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/pipeline.py
+
+ui: setup  ## the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/neuropredict ui
+
+clean:  ## remove pipeline outputs and the local MLflow store (keeps .venv)
+	rm -rf data/raw data/features models reports/validation mlruns/mlflow.db mlruns/artifacts .neuropredict

@@ -1,0 +1,16 @@
+"""Stage register: the tuned model becomes a registry version; `production` moves only if it earns it."""
+
+from neuropredict import registry, tracking
+from neuropredict.config import load_params, paths
+from neuropredict.console import run_main
+
+
+def main() -> None:
+    params, p = load_params(), paths()
+    with tracking.stage_run("register", params.register):
+        decision = registry.register_tuned(params, p)
+        print(f"register: version {decision['version']} -> {decision['verdict']}: {decision['reason']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

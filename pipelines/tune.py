@@ -1,0 +1,16 @@
+"""Stage tune: keras-tuner searches LSTM against GRU; every trial a nested MLflow run."""
+
+from neuropredict import tracking, tuning
+from neuropredict.config import load_params, paths
+from neuropredict.console import run_main
+
+
+def main() -> None:
+    params, p = load_params(), paths()
+    with tracking.stage_run("tune", params.tune):
+        report = tuning.run(params, p)
+        print(f"tune: winner {report['winner'].upper()} (chosen on validation loss)")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,354 @@
+"""The one home of configuration: typed params from params.yaml, paths, endpoints and names.
+
+`load_params()` is the only reader of params.yaml. It returns a frozen `Params` whose fields
+mirror the YAML; an unknown, missing or mistyped key raises `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from neuropredict.errors import ConfigError
+
+# ---- contracts shared with users, scripts and tests (ARCHITECTURE.md) ----
+PRICES_TOPIC = "stock_prices"
+PREDICTIONS_TOPIC = "predicted_prices"
+DLQ_TOPIC = "stock_prices_dlq"
+TOPICS = (PRICES_TOPIC, PREDICTIONS_TOPIC, DLQ_TOPIC)
+CONSUMER_GROUP = "neuropredict-serving"
+PRODUCTION_ALIAS = "production"
+CHALLENGER_ALIAS = "challenger"
+EXPERIMENT_NAME = "neuropredict"
+SERVING_EXPERIMENT_NAME = "neuropredict-serving"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_MLFLOW_UI_PORT = 5000
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True)
+class DataParams:
+    symbols: tuple[str, ...]
+    start: str
+    end: str
+    interval: Literal["1d", "1m"] = "1d"
+    source: Literal["auto", "yfinance", "snapshot"] = "auto"
+    download_timeout_s: float = field(default=20.0, metadata=_range(0.1, 600))
+
+    @property
+    def intraday(self) -> bool:
+        return self.interval != "1d"
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    max_gap_days: float = field(default=5.0, metadata=_range(0.0, None))
+    max_abs_log_return: float = field(default=0.4, metadata=_range(0.0, None))
+
+
+@dataclass(frozen=True)
+class FeaturizeParams:
+    window: int = field(metadata=_range(3, 2000))
+    validation_start: str
+    test_start: str
+    price_column: Literal["Close", "Open", "High", "Low"] = "Close"
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
+    cells: tuple[Literal["lstm", "gru"], ...] = ("lstm", "gru")
+    trials_per_cell: int = field(default=4, metadata=_range(1, 500))
+    max_epochs: int = field(default=20, metadata=_range(1, 1000))
+    patience: int = field(default=3, metadata=_range(1, 1000))
+    batch_size: int = field(default=64, metadata=_range(1, 65536))
+    units: tuple[int, ...] = (16, 32, 64)
+    layers: tuple[int, ...] = (1, 2)
+    dropout: tuple[float, float] = (0.0, 0.3)
+    learning_rate: tuple[float, float] = (3e-4, 3e-3)
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    model_name: str = "stock-price-forecaster"
+    max_dm_t: float = 2.0
+    min_mean_skill: float = -0.005
+
+
+@dataclass(frozen=True)
+class KafkaParams:
+    partitions: int = field(default=4, metadata=_range(1, 1000))
+    replication_factor: int = field(default=1, metadata=_range(1, 10))
+
+
+@dataclass(frozen=True)
+class ServingParams:
+    max_poll_records: int = field(default=5000, metadata=_range(1, 1_000_000))
+    poll_timeout_ms: int = field(default=100, metadata=_range(0, 60_000))
+    alias_poll_interval_s: float = field(default=5.0, metadata=_range(0.1, 3600))
+    metrics_interval_s: float = field(default=10.0, metadata=_range(0.1, 3600))
+    producer_linger_ms: int = field(default=5, metadata=_range(0, 10_000))
+    producer_batch_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
+    compression: Literal["none", "gzip", "lz4"] = "lz4"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataParams
+    validate: ValidateParams
+    featurize: FeaturizeParams
+    tune: TuneParams
+    register: RegisterParams
+    kafka: KafkaParams
+    serving: ServingParams
+
+
+# ---- paths and endpoints ----
+
+
+def project_root() -> Path:
+    """The folder holding params.yaml: $NEUROPREDICT_ROOT, else the nearest one above the cwd."""
+    env = os.environ.get("NEUROPREDICT_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file location the product uses, relative to one project root."""
+
+    root: Path
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.root / "data" / "snapshot"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "data" / "features"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "models" / "tuned"
+
+    @property
+    def tuner_dir(self) -> Path:
+        return self.root / "models" / "tuner"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.root / "reports" / "validation"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def state_dir(self) -> Path:
+        """PIDs and logs of the embedded services that `neuropredict up` started."""
+        return self.root / ".neuropredict"
+
+
+def paths(root: Path | None = None) -> Paths:
+    return Paths(root or project_root())
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else the embedded sqlite store under mlruns/ (absolute path)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{paths(root).mlruns_dir / 'mlflow.db'}"
+
+
+def artifact_root(root: Path | None = None) -> str:
+    """Where new experiments keep artifacts: $NEUROPREDICT_ARTIFACT_ROOT, else mlruns/artifacts."""
+    env = os.environ.get("NEUROPREDICT_ARTIFACT_ROOT")
+    if env:
+        return env
+    return (paths(root).mlruns_dir / "artifacts").as_uri()
+
+
+def kafka_bootstrap() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP)
+
+
+def kafka_is_external() -> bool:
+    """True when the user points us at their own cluster: then nothing embedded is started."""
+    return bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+
+
+# ---- loading and validation ----
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read params.yaml into a frozen, validated `Params`; raise ConfigError naming the key."""
+    path = Path(path) if path else paths().params_file
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project folder or set NEUROPREDICT_ROOT")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    params = _build(Params, raw, "")
+    _check_consistency(params)
+    return params
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    params = _build(Params, raw, "")
+    _check_consistency(params)
+    return params
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    """A params section as plain data (for logging to MLflow or JSON)."""
+    return dataclasses.asdict(section)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = _dotted(prefix, unknown[0])
+        raise ConfigError(f"unknown key '{key}'; allowed keys here: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _dotted(prefix, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"missing key '{key}' in params.yaml")
+            continue
+        values[name] = _coerce(hints[name], raw[name], key, f.metadata)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, meta: typing.Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"'{key}' is {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        return _coerce_tuple(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"'{key}': union types are not supported in Params")  # pragma: no cover
+    return _coerce_scalar(hint, value, key, meta)
+
+
+def _coerce_tuple(hint: Any, value: Any, key: str) -> tuple[Any, ...]:
+    args = typing.get_args(hint)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"'{key}' must be a non-empty list, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        items = tuple(_coerce(args[0], v, f"{key}[{i}]", {}) for i, v in enumerate(value))
+        if len(set(items)) != len(items):
+            raise ConfigError(f"'{key}' has duplicates: {value!r}")
+        return items
+    if len(value) != len(args):
+        raise ConfigError(f"'{key}' must be a list of {len(args)} values [min, max], got {value!r}")
+    items = tuple(_coerce(a, v, f"{key}[{i}]", {}) for i, (a, v) in enumerate(zip(args, value)))
+    if items[0] > items[1]:
+        raise ConfigError(f"'{key}' must be [min, max] with min <= max, got {value!r}")
+    return items
+
+
+def _coerce_scalar(hint: Any, value: Any, key: str, meta: typing.Mapping[str, Any]) -> Any:
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }.get(hint)
+    if ok is None:  # pragma: no cover - a Params field of an unsupported type is a bug here
+        raise TypeError(f"unsupported params type {hint} for {key}")
+    if not ok:
+        raise ConfigError(f"'{key}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    value = hint(value)
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
+        raise ConfigError(f"'{key}' is {value}; allowed range: {bounds}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check_consistency(p: Params) -> None:
+    """Cross-key rules that no single field can check."""
+    import pandas as pd
+
+    dates = {
+        "data.start": p.data.start,
+        "data.end": p.data.end,
+        "featurize.validation_start": p.featurize.validation_start,
+        "featurize.test_start": p.featurize.test_start,
+    }
+    parsed = {}
+    for key, text in dates.items():
+        try:
+            parsed[key] = pd.Timestamp(text)
+        except (ValueError, TypeError):
+            raise ConfigError(f"'{key}' is {text!r}; expected a date like 2024-01-01") from None
+    order = ["data.start", "featurize.validation_start", "featurize.test_start", "data.end"]
+    for a, b in zip(order, order[1:]):
+        if not parsed[a] < parsed[b]:
+            raise ConfigError(f"'{a}' ({dates[a]}) must be before '{b}' ({dates[b]})")
+    if not p.data.symbols or any(not s or s != s.strip() for s in p.data.symbols):
+        raise ConfigError("'data.symbols' must list ticker symbols such as AAPL")
+    for key, values in (("tune.units", p.tune.units), ("tune.layers", p.tune.layers)):
+        if any(v < 1 for v in values):
+            raise ConfigError(f"'{key}' values must be >= 1, got {list(values)}")
+    if not 0.0 <= p.tune.dropout[0] <= p.tune.dropout[1] < 1.0:
+        raise ConfigError(f"'tune.dropout' must be [min, max] within [0, 1), got {list(p.tune.dropout)}")
+    if not 0.0 < p.tune.learning_rate[0]:
+        raise ConfigError(f"'tune.learning_rate' must be positive, got {list(p.tune.learning_rate)}")

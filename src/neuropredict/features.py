@@ -1,0 +1,218 @@
+"""The one feature function shared by training and serving, and date-split windows.
+
+A model sees the last W prices of one symbol as their W-1 log returns, standardised with that
+symbol's mean and standard deviation over the training period only (the `ReturnScaler`). It
+predicts the next standardised log return; the forecast price is the last real price times
+exp(return). Predicting returns, not scaled levels, keeps inputs in range when prices leave the
+training range (every symbol's 2024 closes do), which is what lets a model honestly match
+persistence at all (FORECASTING_NOTES: level models lose by 3 % to over 1,000 %).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neuropredict.config import FeaturizeParams
+from neuropredict.errors import ConfigError
+from neuropredict.sources import EXCHANGE_TZ, time_column
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+SCALER_FILE = "scaler.json"
+
+
+@dataclass(frozen=True)
+class ReturnScaler:
+    """Fitted state of the feature transform: per-symbol training return statistics."""
+
+    window: int
+    mean: dict[str, float]
+    std: dict[str, float]
+    pooled_mean: float
+    pooled_std: float
+    session_reset: bool = False  # intraday: a window never spans two sessions
+    fitted_until: str = ""       # the first date the statistics did NOT see (validation start)
+
+    @classmethod
+    def fit(cls, series: dict[str, pd.Series], window: int, validation_start: str,
+            session_reset: bool = False) -> ReturnScaler:
+        """Statistics of log returns whose both prices lie strictly before validation_start."""
+        cut = pd.Timestamp(validation_start)
+        per_symbol = {}
+        for symbol, s in series.items():
+            r = _log_returns(s, session_reset)
+            r = r[r.index < cut].dropna()
+            if len(r) < 2:
+                raise ConfigError(f"{symbol}: fewer than 2 training returns before {validation_start}")
+            per_symbol[symbol] = r.to_numpy()
+        pooled = np.concatenate(list(per_symbol.values()))
+        return cls(
+            window=window,
+            mean={k: float(v.mean()) for k, v in per_symbol.items()},
+            std={k: float(v.std()) for k, v in per_symbol.items()},
+            pooled_mean=float(pooled.mean()),
+            pooled_std=float(pooled.std()),
+            session_reset=session_reset,
+            fitted_until=str(cut.date()),
+        )
+
+    def stats(self, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) per row; a symbol unseen in training gets the pooled statistics."""
+        mu = np.fromiter((self.mean.get(s, self.pooled_mean) for s in symbols), np.float64, len(symbols))
+        sd = np.fromiter((self.std.get(s, self.pooled_std) for s in symbols), np.float64, len(symbols))
+        return mu, sd
+
+    def to_model_input(self, windows: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        """(n, W) raw prices -> (n, W-1, 1) float32 standardised log returns. THE feature function."""
+        windows = np.asarray(windows, dtype=np.float64)
+        returns = np.log(windows[:, 1:] / windows[:, :-1])
+        return ((returns - mu[:, None]) / sd[:, None]).astype(np.float32)[:, :, None]
+
+    def to_target(self, windows: np.ndarray, targets: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        """The training label: the next price as a standardised log return from the last price."""
+        return ((np.log(targets / windows[:, -1]) - mu) / sd).astype(np.float32)
+
+    def to_price(self, outputs: np.ndarray, last_prices: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        """Model outputs -> next prices: the last REAL price times exp(predicted return)."""
+        outputs = np.asarray(outputs, dtype=np.float64).reshape(-1)
+        return np.asarray(last_prices, dtype=np.float64) * np.exp(mu + sd * outputs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReturnScaler:
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ReturnScaler:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class WindowSet:
+    """Rows of (symbol, last W prices, next price, time of the next price)."""
+
+    symbols: np.ndarray       # (n,) str
+    windows: np.ndarray       # (n, W) float64 prices
+    targets: np.ndarray       # (n,) float64: the next price
+    target_times: np.ndarray  # (n,) datetime64[ns]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def select(self, mask: np.ndarray) -> WindowSet:
+        return WindowSet(self.symbols[mask], self.windows[mask], self.targets[mask],
+                         self.target_times[mask], dict(self.meta))
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, symbols=self.symbols.astype(str), windows=self.windows,
+                            targets=self.targets, target_times=self.target_times.astype("datetime64[ns]"))
+
+    @classmethod
+    def load(cls, path: Path) -> WindowSet:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["symbols"], z["windows"], z["targets"], z["target_times"])
+
+
+def load_price_series(raw_dir: Path, symbols: Sequence[str], interval: str,
+                      price_column: str) -> dict[str, pd.Series]:
+    """Validated raw files -> one price series per symbol, indexed by exchange-local time."""
+    tcol = time_column(interval)
+    series = {}
+    for symbol in symbols:
+        frame = pd.read_csv(Path(raw_dir) / f"{symbol}.csv")
+        series[symbol] = pd.Series(frame[price_column].to_numpy(np.float64),
+                                   index=parse_times(frame[tcol], interval), name=symbol)
+    return series
+
+
+def parse_times(values: pd.Series | Sequence[str], interval: str) -> pd.DatetimeIndex:
+    """Dates as naive days; intraday stamps as naive exchange-local times (comparable with params)."""
+    times = pd.to_datetime(pd.Series(values), utc=interval != "1d")
+    if interval != "1d":
+        times = times.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None)
+    return pd.DatetimeIndex(times)
+
+
+def _segments(index: pd.DatetimeIndex, session_reset: bool) -> np.ndarray:
+    if not session_reset:
+        return np.zeros(len(index), dtype=np.int64)
+    return index.normalize().asi8
+
+
+def _log_returns(s: pd.Series, session_reset: bool) -> pd.Series:
+    r = np.log(s).diff()
+    seg = _segments(s.index, session_reset)
+    if session_reset:
+        r[np.r_[True, seg[1:] != seg[:-1]]] = np.nan
+    return r
+
+
+def make_windows(series: dict[str, pd.Series], window: int, session_reset: bool = False) -> WindowSet:
+    """Every run of W consecutive prices (within one session if intraday) and the price after it."""
+    parts = []
+    for symbol, s in series.items():
+        prices = s.to_numpy(np.float64)
+        n = len(prices) - window
+        if n <= 0:
+            continue
+        idx = np.arange(n)[:, None] + np.arange(window + 1)[None, :]
+        seg = _segments(s.index, session_reset)
+        ok = seg[idx[:, 0]] == seg[idx[:, -1]]
+        idx = idx[ok]
+        parts.append(WindowSet(
+            symbols=np.full(len(idx), symbol),
+            windows=prices[idx[:, :-1]],
+            targets=prices[idx[:, -1]],
+            target_times=s.index.to_numpy()[idx[:, -1]],
+        ))
+    if not parts:
+        raise ConfigError(f"no symbol has more than window={window} prices")
+    return WindowSet(*(np.concatenate([getattr(p, f) for p in parts])
+                       for f in ("symbols", "windows", "targets", "target_times")))
+
+
+def split_by_date(rows: WindowSet, params: FeaturizeParams) -> dict[str, WindowSet]:
+    """Split by the time of the target: train < validation_start <= validation < test_start <= test."""
+    t = rows.target_times
+    v, s = np.datetime64(pd.Timestamp(params.validation_start)), np.datetime64(pd.Timestamp(params.test_start))
+    masks = {"train": t < v, "validation": (t >= v) & (t < s), "test": t >= s}
+    return {name: rows.select(mask) for name, mask in masks.items()}
+
+
+def build(params: FeaturizeParams, raw_dir: Path, out_dir: Path, symbols: Sequence[str],
+          interval: str) -> dict:
+    """The featurize stage: windows, date splits, train-only scaler; returns a summary to log."""
+    session_reset = interval != "1d"
+    series = load_price_series(raw_dir, symbols, interval, params.price_column)
+    scaler = ReturnScaler.fit(series, params.window, params.validation_start, session_reset)
+    splits = split_by_date(make_windows(series, params.window, session_reset), params)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"window": params.window, "symbols": list(symbols), "interval": interval}
+    for name in SPLITS:
+        part = splits[name]
+        if len(part) == 0:
+            raise ConfigError(f"the {name} split is empty: check featurize.validation_start/test_start "
+                             f"against data.start/data.end")
+        part.save(out_dir / f"{name}.npz")
+        summary[name] = {"rows": len(part), "first_target": str(part.target_times.min())[:19],
+                         "last_target": str(part.target_times.max())[:19],
+                         "shape": list(part.windows.shape)}
+        log.info("%-10s %6d windows, targets %s .. %s", name, len(part),
+                 summary[name]["first_target"], summary[name]["last_target"])
+    scaler.save(out_dir / SCALER_FILE)
+    return summary

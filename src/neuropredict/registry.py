@@ -1,0 +1,221 @@
+"""The MLflow Model Registry: register, compare with production, move aliases, load by alias."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neuropredict import tracking
+from neuropredict.config import CHALLENGER_ALIAS, PRODUCTION_ALIAS, Params, Paths, RegisterParams
+from neuropredict.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+PIP_PACKAGES = ("mlflow", "keras", "numpy", "pandas")
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    tracking.setup()
+    return MlflowClient()
+
+
+def _pip_requirements() -> list[str]:
+    reqs = [f"{d}=={importlib.metadata.version(d)}" for d in PIP_PACKAGES]
+    for tf in ("tensorflow-cpu", "tensorflow"):
+        try:
+            reqs.append(f"{tf}=={importlib.metadata.version(tf)}")
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A forecaster loaded from the registry, and which version it is."""
+
+    version: str
+    forecaster: Any  # neuropredict.forecaster.Forecaster
+
+
+def alias_version(name: str, alias: str = PRODUCTION_ALIAS) -> str | None:
+    """The version an alias points at, or None (a cheap call: polled for hot swaps)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(tracking.with_retry(lambda: _client().get_model_version_by_alias(name, alias)).version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise
+
+
+def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -> Loaded:
+    """Load by alias (or an explicit version) through the pyfunc: model + scaler travel together."""
+    import mlflow.pyfunc
+
+    version = version or alias_version(name, alias)
+    if version is None:
+        raise ModelNotFoundError(
+            f"no model '{name}@{alias}' in {tracking_uri_hint()}: train and register one with `dvc repro`")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    return Loaded(version=str(version), forecaster=pyfunc.unwrap_python_model().forecaster)
+
+
+def tracking_uri_hint() -> str:
+    from neuropredict.config import tracking_uri
+
+    return tracking_uri()
+
+
+def log_and_register(forecaster_dir: Path, name: str, series: dict, tags: dict[str, str],
+                     metadata: dict[str, Any]) -> str:
+    """Log the forecaster as a pyfunc (model + fitted scaler, signature, input example); register it."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from neuropredict.forecaster import Forecaster, ForecasterModel, input_example
+
+    example = input_example(Forecaster.load(forecaster_dir), series)
+    signature = infer_signature(example, _example_output(forecaster_dir, example))
+    info = mlflow.pyfunc.log_model(
+        name="forecaster", python_model=ForecasterModel(), artifacts={"forecaster": str(forecaster_dir)},
+        signature=signature, input_example=example, pip_requirements=_pip_requirements(), metadata=metadata,
+    )
+    mv = tracking.with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))
+    return str(mv.version)
+
+
+def _example_output(forecaster_dir: Path, example):
+    import pandas as pd
+
+    from neuropredict.forecaster import ForecasterModel
+
+    model = ForecasterModel()
+    model.load_context(type("Ctx", (), {"artifacts": {"forecaster": str(forecaster_dir)}})())
+    out = model.predict(None, example)
+    return pd.DataFrame({"predicted_price": out["predicted_price"].astype(float)})
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    tracking.with_retry(lambda: _client().set_registered_model_alias(name, alias, str(version)))
+
+
+def promote(name: str, version: str) -> str | None:
+    """Move `production` to version; return the version it left. Unknown versions are refused."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        known = ", ".join(v["version"] for v in list_versions(name)) or "none"
+        raise ModelNotFoundError(
+            f"'{name}' has no version {version} (versions: {known}); see `neuropredict models`") from None
+    previous = alias_version(name, PRODUCTION_ALIAS)
+    set_alias(name, PRODUCTION_ALIAS, str(version))
+    return previous
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """Every version with its aliases and key tags, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        aliases = client.get_registered_model(name).aliases  # {'production': '3'}
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, v in aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        rows.append({"version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+                     "created": mv.creation_timestamp, "tags": dict(mv.tags), "run_id": mv.run_id})
+    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def gate(scores: dict[str, dict[str, float]], params: RegisterParams) -> list[str]:
+    """Reasons the model may not serve; empty when it passes (FORECASTING_NOTES: a sound gate)."""
+    reasons = []
+    pooled = scores["_pooled"]
+    worse = [s for s, m in scores.items() if not s.startswith("_") and m["dm_t"] >= params.max_dm_t]
+    if worse:
+        reasons.append(f"significantly worse than persistence on {', '.join(worse)} "
+                       f"(DM t >= {params.max_dm_t:g})")
+    if pooled["mean_skill"] <= params.min_mean_skill:
+        reasons.append(f"mean skill {100 * pooled['mean_skill']:+.2f} % is not above "
+                       f"{100 * params.min_mean_skill:+.2f} %")
+    return reasons
+
+
+def decide(challenger: dict, production: dict | None, params: RegisterParams) -> tuple[bool, str]:
+    """Promote when the gate passes and the challenger beats production on the same test rows."""
+    failed = gate(challenger, params)
+    c_skill = challenger["_pooled"]["mean_skill"]
+    if production is None:
+        if failed:
+            log.warning("first model becomes production although it fails the gate: %s", "; ".join(failed))
+            return True, "first registered model (WARNING: " + "; ".join(failed) + ")"
+        return True, f"first registered model; passes the gate (mean skill {100 * c_skill:+.2f} %)"
+    p_skill = production["_pooled"]["mean_skill"]
+    if failed:
+        return False, "fails the gate: " + "; ".join(failed)
+    if c_skill <= p_skill:
+        return False, (f"does not beat production: mean skill {100 * c_skill:+.2f} % vs "
+                       f"{100 * p_skill:+.2f} % on the same test period")
+    return True, f"beats production: mean skill {100 * c_skill:+.2f} % vs {100 * p_skill:+.2f} %"
+
+
+def register_tuned(params: Params, p: Paths) -> dict[str, Any]:
+    """The register stage: new version + `challenger`; `production` moves only if earned."""
+    import mlflow
+
+    from neuropredict.evaluation import flat_metrics, format_table, score_rows
+    from neuropredict.features import load_price_series
+    from neuropredict.forecaster import Forecaster, forecast_period
+    from neuropredict.sources import read_manifest
+    from neuropredict.tuning import BEST, SELECTION_FILE, write_json
+
+    name, best = params.register.model_name, p.model_dir / BEST
+    selection = json.loads((best / SELECTION_FILE).read_text())
+    series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    test_start, end = params.featurize.test_start, params.data.end
+    challenger = score_rows(forecast_period(Forecaster.load(best), series, test_start, end))
+    pooled = challenger["_pooled"]
+    tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
+            "data_source": str(read_manifest(p.raw_dir)["source"]), "git_commit": tracking.git_commit(p.root),
+            "test_period": f"{test_start}..{end}", "test_mse": f"{pooled['mse']:.6g}",
+            "test_persistence_mse": f"{pooled['persistence_mse']:.6g}",
+            "test_mean_skill": f"{pooled['mean_skill']:.6g}", "test_max_dm_t": f"{pooled['max_dm_t']:.4g}",
+            "val_loss": f"{selection['val_loss']:.6g}"}
+    metadata = {"cell": selection["cell"], "window": selection["window"], "interval": params.data.interval,
+                "hyperparameters": selection["hyperparameters"], "test_period": [test_start, end]}
+    previous = alias_version(name, PRODUCTION_ALIAS)
+    version = log_and_register(best, name, series, tags, metadata)
+    set_alias(name, CHALLENGER_ALIAS, version)
+    production = None
+    if previous is not None:
+        incumbent = load(name, version=previous).forecaster
+        production = score_rows(forecast_period(incumbent, series, test_start, end))
+    promoted, reason = decide(challenger, production, params.register)
+    if promoted:
+        set_alias(name, PRODUCTION_ALIAS, version)
+    decision = {"version": version, "previous_production": previous, "promoted": promoted,
+                "verdict": "production" if promoted else f"challenger (production stays {previous})",
+                "reason": reason, "test_mean_skill": pooled["mean_skill"], "test_mse": pooled["mse"],
+                "test_persistence_mse": pooled["persistence_mse"], "test_max_dm_t": pooled["max_dm_t"],
+                "production_test_mean_skill": production["_pooled"]["mean_skill"] if production else None}
+    write_json(p.metrics_dir / "register.json", decision)
+    mlflow.log_metrics({**flat_metrics(challenger, "test"), "promoted": float(promoted)})
+    mlflow.set_tags({"model_version": version, "promoted": str(promoted)})
+    mlflow.log_text(format_table(challenger, f"{name} v{version} on {test_start}..{end}"), "test_scores.txt")
+    (log.info if promoted else log.warning)("version %s: %s", version, reason)
+    return decision

@@ -1,0 +1,299 @@
+"""The tune stage: keras-tuner searches each cell type, every trial a nested MLflow run.
+
+Each cell type gets the same budget (its own tuner, `trials_per_cell` trials), so the LSTM-vs-GRU
+comparison is fair. The overall winner is chosen on the validation period only; the test period
+is then reported for both cells' best models, never used to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from neuropredict import plots
+from neuropredict.config import Params, Paths, TuneParams
+from neuropredict.evaluation import flat_metrics, format_table, score_rows
+from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, load_price_series
+from neuropredict.forecaster import Forecaster, forecast_period
+from neuropredict.hypermodel import ForecasterHyperModel, seed_everything
+
+log = logging.getLogger(__name__)
+
+TUNER_STATE_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
+
+
+@dataclass
+class CellResult:
+    cell: str
+    best_hp: dict[str, Any]
+    best_val_loss: float
+    trials: int
+    model: Any  # keras.Model with the best trial's best-epoch weights
+    history: dict[str, list[float]]  # the best trial's per-epoch train/validation loss
+
+
+def supervised(rows: WindowSet, scaler: ReturnScaler) -> tuple[np.ndarray, np.ndarray]:
+    """Windows -> (model input, standardised next return) with the training-fitted scaler."""
+    mu, sd = scaler.stats(rows.symbols)
+    return scaler.to_model_input(rows.windows, mu, sd), scaler.to_target(rows.windows, rows.targets, mu, sd)
+
+
+def _tuner_class(kind: str):
+    import keras_tuner as kt
+
+    base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[kind]
+
+    class MlflowTuner(_MlflowTrials, base):  # the mixin goes first so it wraps run_trial
+        pass
+
+    return MlflowTuner
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+
+    def label(self) -> str:
+        return f"trial {self.done}/{self.total}"
+
+
+class _MlflowTrials:
+    """Mixin: each trial is a nested MLflow run with its hyperparameters and learning curves."""
+
+    progress = Progress(0)
+
+    def run_trial(self, trial, *args, **kwargs):
+        import mlflow
+
+        hp = {k: v for k, v in trial.hyperparameters.values.items() if k not in TUNER_STATE_KEYS}
+        self.progress.done += 1
+        label = " ".join(f"{k}={_short(v)}" for k, v in hp.items())
+        log.info("%s  %s", self.progress.label(), label)
+        started = time.perf_counter()
+        with mlflow.start_run(run_name=f"trial-{hp['cell']}-{trial.trial_id}", nested=True,
+                              tags={"neuropredict.stage": "tune-trial", "cell": hp["cell"]}):
+            mlflow.log_params(hp)
+            histories = super().run_trial(trial, *args, **kwargs)
+            history = histories[0].history if isinstance(histories, list) else histories.history
+            self.histories[trial.trial_id] = {k: [float(v) for v in history[k]] for k in ("loss", "val_loss")}
+            for step, (loss, val) in enumerate(zip(history["loss"], history["val_loss"])):
+                mlflow.log_metrics({"train_loss": loss, "val_loss": val}, step=step)
+            best = float(np.min(history["val_loss"]))
+            mlflow.log_metrics({"best_val_loss": best, "epochs_run": len(history["loss"]),
+                                "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+                                "trial_seconds": time.perf_counter() - started})
+        log.info("%s  best val_loss %.4f after %d epochs (%.1f s)", self.progress.label(), best,
+                 len(history["loss"]), time.perf_counter() - started)
+        return histories
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch: progress without a progress bar."""
+
+    def __init__(self, max_epochs: int):
+        super().__init__()
+        self.max_epochs = max_epochs
+        self.t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        log.info("    epoch %2d/%d  loss %.4f  val_loss %.4f  (%.1f s)", epoch + 1, self.max_epochs,
+                 logs.get("loss", float("nan")), logs.get("val_loss", float("nan")), time.perf_counter() - self.t0)
+
+
+def search(params: TuneParams, seed: int, train: WindowSet, validation: WindowSet,
+           scaler: ReturnScaler, tuner_dir: Path) -> list[CellResult]:
+    """Run one tuner per cell type; return each cell's best model, chosen on validation loss."""
+    x, y = supervised(train, scaler)
+    xv, yv = supervised(validation, scaler)
+    tuner_dir = Path(tuner_dir)
+    shutil.rmtree(tuner_dir, ignore_errors=True)
+    progress = Progress(_expected_trials(params))
+    results = []
+    for cell in params.cells:
+        seed_everything(seed)
+        tuner = _make_tuner(params, seed, cell, x.shape[1], tuner_dir)
+        tuner.progress, tuner.histories = progress, {}
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience,
+                                             restore_best_weights=True)
+        tuner.search(x, y, validation_data=(xv, yv), epochs=params.max_epochs, batch_size=params.batch_size,
+                     shuffle=True, callbacks=[stop, EpochLog(params.max_epochs)], verbose=0)
+        best = tuner.oracle.get_best_trials(1)[0]
+        hp = {k: v for k, v in best.hyperparameters.values.items() if k not in TUNER_STATE_KEYS}
+        results.append(CellResult(cell, hp, float(best.score), len(tuner.oracle.trials),
+                                  tuner.load_model(best), tuner.histories[best.trial_id]))
+    return results
+
+
+def _make_tuner(params: TuneParams, seed: int, cell: str, steps: int, tuner_dir: Path):
+    cls = _tuner_class(params.tuner)
+    common = dict(hypermodel=ForecasterHyperModel(cell, steps, params), objective="val_loss", seed=seed,
+                  directory=str(tuner_dir), project_name=cell, overwrite=True)
+    if params.tuner == "hyperband":
+        return cls(max_epochs=params.max_epochs, factor=3, hyperband_iterations=1, **common)
+    return cls(max_trials=params.trials_per_cell, **common)
+
+
+def _expected_trials(params: TuneParams) -> int:
+    if params.tuner != "hyperband":
+        return params.trials_per_cell * len(params.cells)
+    import math
+
+    # keras-tuner's Hyperband runs about this many trials per iteration
+    s_max = int(math.log(params.max_epochs, 3)) if params.max_epochs > 1 else 0
+    per = sum(math.ceil((s_max + 1) / (s + 1) * 3**s) for s in range(s_max + 1))
+    return per * len(params.cells)
+
+
+def null_validation_loss(validation: WindowSet, scaler: ReturnScaler) -> float:
+    """Validation loss of always predicting the training mean return (standardised 0)."""
+    _, yv = supervised(validation, scaler)
+    return float(np.mean(yv.astype(np.float64) ** 2))
+
+
+def pick_winner(results: list[CellResult]) -> CellResult:
+    """Lowest validation loss wins; the test period plays no part."""
+    return min(results, key=lambda r: r.best_val_loss)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def run(params: Params, p: Paths) -> dict[str, Any]:
+    """The tune stage: search, save each cell's best forecaster, score both on the test period."""
+    scaler = ReturnScaler.load(p.features_dir / SCALER_FILE)
+    train, validation = (WindowSet.load(p.features_dir / f"{s}.npz") for s in ("train", "validation"))
+    results = search(params.tune, params.seed, train, validation, scaler, p.tuner_dir)
+    winner = pick_winner(results)
+    series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    test_rows = _save_and_score(results, scaler, series, params, p)
+    scores = {cell: score_rows(rows) for cell, rows in test_rows.items()}
+    for r in results:
+        _log_cell_run(r, scores[r.cell])
+    shutil.copytree(p.model_dir / winner.cell, p.model_dir / BEST)
+    write_json(p.model_dir / BEST / SELECTION_FILE, {
+        "cell": winner.cell, "hyperparameters": winner.best_hp, "val_loss": winner.best_val_loss,
+        "chosen_on": "validation loss", "window": params.featurize.window})
+    report = _comparison(results, scores, winner, null_validation_loss(validation, scaler))
+    write_json(p.metrics_dir / "tune.json", report)
+    write_json(p.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
+    _write_plots(p, results, scores, test_rows[winner.cell], winner.cell, report["null_val_loss"])
+    _publish(p, report, scores[winner.cell], winner.cell)
+    return report
+
+
+def _save_and_score(results: list[CellResult], scaler: ReturnScaler, series: dict, params: Params,
+                    p: Paths) -> dict[str, Any]:
+    """Save each cell's best forecaster and forecast the test period with the saved copy."""
+    shutil.rmtree(p.model_dir, ignore_errors=True)
+    rows = {}
+    for r in results:
+        Forecaster(r.model, scaler).save(p.model_dir / r.cell)
+        forecaster = Forecaster.load(p.model_dir / r.cell)  # score exactly what register will ship
+        rows[r.cell] = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
+    return rows
+
+
+def _publish(p: Paths, report: dict[str, Any], winner_scores: dict, winner_cell: str) -> None:
+    import mlflow
+
+    mlflow.log_metrics(flat_metrics(winner_scores, "test"))
+    mlflow.log_metric("null_val_loss", report["null_val_loss"])
+    mlflow.log_params({"winner_cell": winner_cell})
+    mlflow.log_artifacts(str(p.plots_dir), "plots")
+    mlflow.log_dict(report, "lstm_vs_gru.json")
+    mlflow.log_text(comparison_table(report), "lstm_vs_gru.txt")
+    log.info("\n%s", comparison_table(report))
+    log.info("\n%s", format_table(winner_scores, f"Test period, winner {winner_cell.upper()} (chosen on validation)"))
+
+
+BEST = "best"
+SELECTION_FILE = "selection.json"
+
+
+def _log_cell_run(r: CellResult, scores: dict[str, dict[str, float]]) -> None:
+    """A nested run per cell's best model, so the MLflow UI can compare LSTM and GRU directly."""
+    import mlflow
+
+    with mlflow.start_run(run_name=f"best-{r.cell}", nested=True,
+                          tags={"neuropredict.stage": "tune-best", "cell": r.cell}):
+        mlflow.log_params(r.best_hp)
+        mlflow.log_metrics({"val_loss": r.best_val_loss, "trials": r.trials, **flat_metrics(scores, "test")})
+
+
+def _comparison(results: list[CellResult], scores: dict, winner: CellResult,
+                null_val_loss: float) -> dict[str, Any]:
+    """LSTM against GRU: validation loss (how the winner was chosen) and test figures (reported)."""
+    report: dict[str, Any] = {"winner": winner.cell, "chosen_on": "validation loss", "null_val_loss": null_val_loss}
+    for r in results:
+        pooled = scores[r.cell]["_pooled"]
+        report[r.cell] = {
+            "val_loss": r.best_val_loss, "trials": r.trials,
+            **{f"hp_{k}": v for k, v in r.best_hp.items() if k != "cell"},
+            "test_mse": pooled["mse"], "test_persistence_mse": pooled["persistence_mse"],
+            "test_drift_mse": pooled["drift_mse"], "test_skill": pooled["skill"],
+            "test_mean_skill": pooled["mean_skill"], "test_max_dm_t": pooled["max_dm_t"],
+        }
+    symbols = [k for k in scores[results[0].cell] if not k.startswith("_")]
+    report["test_per_symbol"] = {
+        s: {"persistence_mse": scores[results[0].cell][s]["persistence_mse"],
+            "drift_mse": scores[results[0].cell][s]["drift_mse"],
+            **{f"{r.cell}_mse": scores[r.cell][s]["mse"] for r in results},
+            **{f"{r.cell}_skill": scores[r.cell][s]["skill"] for r in results},
+            **{f"{r.cell}_dm_t": scores[r.cell][s]["dm_t"] for r in results}}
+        for s in symbols
+    }
+    return report
+
+
+def comparison_table(report: dict[str, Any]) -> str:
+    cells = [k for k in report if k in ("lstm", "gru")]
+    lines = [f"LSTM vs GRU (winner: {report['winner'].upper()}, chosen on {report['chosen_on']})",
+             f"{'':<22}" + "".join(f"{c.upper():>12}" for c in cells)]
+    lines.insert(1, f"validation loss of the null model (training mean return): {report['null_val_loss']:.4f}")
+    for key in ("val_loss", "test_mse", "test_persistence_mse", "test_skill", "test_mean_skill", "test_max_dm_t"):
+        lines.append(f"{key:<22}" + "".join(f"{report[c][key]:>12.4f}" for c in cells))
+    lines.append(f"{'skill % by symbol':<22}" + "".join(f"{c.upper():>12}" for c in cells))
+    for s, m in report["test_per_symbol"].items():
+        lines.append(f"  {s:<20}" + "".join(f"{100 * m[f'{c}_skill']:>+12.2f}" for c in cells))
+    return "\n".join(lines)
+
+
+def _write_plots(p: Paths, results: list[CellResult], scores: dict, winner_rows, winner_cell: str,
+                 null_val_loss: float) -> None:
+    import pandas as pd
+
+    p.plots_dir.mkdir(parents=True, exist_ok=True)
+    symbols = [k for k in scores[results[0].cell] if not k.startswith("_")]
+    skills = {r.cell: {s: scores[r.cell][s]["skill"] for s in symbols} for r in results}
+    dm = {r.cell: {s: scores[r.cell][s]["dm_t"] for s in symbols} for r in results}
+    plots.skill_by_symbol(skills, dm, p.plots_dir / "lstm_vs_gru.png",
+                          "Test period: skill vs persistence per symbol, best LSTM and best GRU")
+    plots.learning_curves({r.cell: r.history for r in results}, p.plots_dir / "learning_curves.png", null_val_loss)
+    plots.predicted_vs_actual(winner_rows, p.plots_dir / "test_predictions.png",
+                              f"Test period (last 60 days): {winner_cell.upper()} forecasts vs actual")
+    pd.DataFrame([{"symbol": s, "model": c, "skill_pct": 100 * skills[c][s]} for c in skills for s in symbols]
+                 ).to_csv(p.plots_dir / "lstm_vs_gru.csv", index=False)
+    pd.DataFrame([{"cell": r.cell, "epoch": i + 1, "loss": lo, "val_loss": va}
+                  for r in results for i, (lo, va) in enumerate(zip(r.history["loss"], r.history["val_loss"]))]
+                 ).to_csv(p.plots_dir / "learning_curves.csv", index=False)
+    out = winner_rows.assign(time=winner_rows["time"].astype(str))[["time", "symbol", "actual", "predicted", "persistence"]]
+    out.to_csv(p.plots_dir / "test_predictions.csv", index=False)
