@@ -80,12 +80,13 @@ def log_and_register(forecaster_dir: Path, name: str, series: dict, tags: dict[s
     import mlflow
     from mlflow.models import infer_signature
 
-    from neuropredict.forecaster import Forecaster, ForecasterModel, input_example
+    from neuropredict import pyfunc_model
+    from neuropredict.forecaster import Forecaster, input_example
 
     example = input_example(Forecaster.load(forecaster_dir), series)
     signature = infer_signature(example, _example_output(forecaster_dir, example))
     info = mlflow.pyfunc.log_model(
-        name="forecaster", python_model=ForecasterModel(), artifacts={"forecaster": str(forecaster_dir)},
+        name="forecaster", python_model=pyfunc_model.__file__, artifacts={"forecaster": str(forecaster_dir)},
         signature=signature, input_example=example, pip_requirements=_pip_requirements(), metadata=metadata,
     )
     mv = tracking.with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))

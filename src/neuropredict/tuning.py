@@ -91,7 +91,7 @@ class _MlflowTrials:
             mlflow.log_metrics({"best_val_loss": best, "epochs_run": len(history["loss"]),
                                 "best_epoch": int(np.argmin(history["val_loss"])) + 1,
                                 "trial_seconds": time.perf_counter() - started})
-        log.info("%s  best val_loss %.4f after %d epochs (%.1f s)", self.progress.label(), best,
+        log.info("%s  best val_loss %.4f (ran %d epochs, %.1f s)", self.progress.label(), best,
                  len(history["loss"]), time.perf_counter() - started)
         return histories
 

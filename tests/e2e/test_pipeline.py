@@ -1,0 +1,100 @@
+"""`dvc repro` for real: DVC, great-expectations, TensorFlow, keras-tuner and an MLflow store."""
+
+import json
+
+import mlflow
+import pytest
+
+from tests.conftest import TINY_PARAMS, dvc, load_json, make_project, write_params
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("download", "validate", "featurize", "tune", "register")
+
+
+def _runs(root):
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["neuropredict"], output_format="list")
+
+
+def test_repro_runs_every_stage_and_a_second_repro_does_nothing(trained_project):
+    root = trained_project
+    for rel in ("data/raw/AAPL.csv", "data/raw/SOURCE.json", "reports/validation/data_docs/index.html",
+                "data/features/train.npz", "data/features/scaler.json", "models/tuned/best/model.keras"):
+        assert (root / rel).is_file(), rel
+    assert load_json(root / "data/raw/SOURCE.json")["source"] == "snapshot"
+    second = dvc(root, "repro")
+    assert "Running stage" not in second.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in second.stdout
+    assert "up to date" in dvc(root, "status").stdout
+
+
+def test_one_repro_is_one_parent_run_with_a_tagged_nested_run_per_stage(trained_project):
+    runs = _runs(trained_project)
+    parents = [r for r in runs if r.data.tags.get("neuropredict.stage") == "pipeline"]
+    assert len(parents) == 1
+    parent_id = parents[0].info.run_id
+    children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert set(STAGES) <= set(children)
+    for stage in STAGES:
+        tags = children[stage].data.tags
+        assert tags["neuropredict.stage"] == stage and tags["git_commit"]
+    assert children["download"].data.tags["data_source"] == "snapshot"
+    assert children["featurize"].data.metrics["test_rows"] > 0
+
+
+def test_every_trial_is_a_nested_run_and_both_cells_were_tried(trained_project):
+    runs = _runs(trained_project)
+    tune_id = next(r.info.run_id for r in runs if r.data.tags.get("mlflow.runName") == "tune")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tune_id
+              and r.data.tags.get("neuropredict.stage") == "tune-trial"]
+    assert {t.data.params["cell"] for t in trials} == {"lstm", "gru"}
+    for t in trials:
+        assert {"units", "layers", "dropout", "learning_rate"} <= set(t.data.params)
+        assert "best_val_loss" in t.data.metrics and "val_loss" in t.data.metrics
+        history = mlflow.tracking.MlflowClient().get_metric_history(t.info.run_id, "val_loss")
+        assert len(history) >= 1
+
+
+def test_metrics_hold_model_and_baseline_figures(trained_project):
+    root = trained_project
+    tune = load_json(root / "metrics/tune.json")
+    assert tune["winner"] in ("lstm", "gru")
+    for cell in ("lstm", "gru"):
+        assert tune[cell]["test_mse"] > 0 and tune[cell]["test_persistence_mse"] > 0
+    test = load_json(root / "metrics/test.json")["scores"]
+    for symbol in ("AAPL", "MSFT", "_pooled"):
+        for key in ("mse", "rmse", "mae", "mape", "persistence_mse", "drift_mse", "skill", "dm_t"):
+            assert key in test[symbol], (symbol, key)
+    shown = dvc(root, "metrics", "show", "--json").stdout
+    assert "test_persistence_mse" in shown
+    for png in ("lstm_vs_gru.png", "learning_curves.png", "test_predictions.png"):
+        assert (root / "plots" / png).stat().st_size > 10_000
+
+
+def test_changing_one_param_reruns_only_what_depends_on_it(tmp_path):
+    root = make_project(tmp_path / "p", TINY_PARAMS)
+    dvc(root, "repro", "featurize")
+    params = json.loads(json.dumps(TINY_PARAMS))
+    params["featurize"]["window"] = 12
+    write_params(root, params)
+    out = dvc(root, "repro", "featurize").stdout
+    assert "Running stage 'featurize'" in out
+    assert "Running stage 'download'" not in out and "Running stage 'validate'" not in out
+    params["validate"]["max_gap_days"] = 6  # reruns validate; its summary is unchanged, so featurize is not
+    write_params(root, params)
+    out = dvc(root, "repro", "featurize").stdout
+    assert "Running stage 'validate'" in out and "Running stage 'featurize'" not in out
+
+
+def test_bad_data_stops_the_pipeline_naming_the_failed_expectation(tmp_path):
+    params = json.loads(json.dumps(TINY_PARAMS))
+    params["validate"]["max_abs_log_return"] = 0.01  # real daily moves exceed 1 %
+    root = make_project(tmp_path / "p", params)
+    proc = dvc(root, "repro", "featurize", check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "AAPL.csv: Close log return (one step): expect_column_values_to_be_between" in proc.stderr
+    assert not (root / "data" / "features").exists()
+    assert (root / "reports" / "validation" / "summary.json").is_file()

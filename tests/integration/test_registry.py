@@ -1,0 +1,94 @@
+"""The real MLflow registry of a tiny trained project: load by alias, the gate, promote."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import copy_project, load_json, project_env, run
+
+pytestmark = pytest.mark.slow
+
+REPRODUCE = """
+import json, sys
+import pandas as pd
+from neuropredict import registry
+from neuropredict.config import load_params, paths
+from neuropredict.evaluation import score_rows
+from neuropredict.features import load_price_series
+from neuropredict.forecaster import forecast_period
+params, p = load_params(), paths()
+loaded = registry.load(params.register.model_name)
+series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+scores = score_rows(forecast_period(loaded.forecaster, series, params.featurize.test_start, params.data.end))
+print(json.dumps({"version": loaded.version, "mse": scores["_pooled"]["mse"]}))
+"""
+
+
+def test_model_loaded_by_alias_in_a_fresh_process_reproduces_the_stage_test_mse(trained_project):
+    proc = run([sys.executable, "-c", REPRODUCE], trained_project, project_env(trained_project))
+    got = load_json_line(proc.stdout)
+    stage = load_json(trained_project / "metrics/test.json")["scores"]["_pooled"]["mse"]
+    assert got["mse"] == stage  # exactly: same code path, same bytes
+
+
+def load_json_line(text):
+    import json
+
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_the_pyfunc_alone_turns_raw_windows_into_next_prices(trained_project, use_project):
+    import mlflow
+    import pandas as pd
+
+    use_project(trained_project)
+    from neuropredict import tracking
+
+    tracking.setup()
+    model = mlflow.pyfunc.load_model("models:/stock-price-forecaster@production")
+    window = model.metadata.metadata["window"]
+    prices = list(np.linspace(100, 110, window))
+    out = model.predict(pd.DataFrame({"symbol": ["AAPL", "NEWCO"], "prices": [prices, prices]}))
+    assert list(out.columns) == ["predicted_price"]
+    assert np.all(np.abs(out["predicted_price"] / 110 - 1) < 0.2)
+    assert model.metadata.get_input_schema().input_names() == ["symbol", "prices"]
+
+
+def _cli(root, *args):
+    return subprocess.run([sys.executable, "-m", "neuropredict.cli", *args], cwd=root, env=project_env(root),
+                          capture_output=True, text=True, timeout=300)
+
+
+def _sabotage_best_model(root, bias):
+    """Make the tuned model forecast a large daily move: clearly worse than persistence."""
+    from neuropredict.forecaster import Forecaster
+
+    best = root / "models" / "tuned" / "best"
+    f = Forecaster.load(best)
+    dense = f.model.layers[-1]
+    kernel, _ = dense.get_weights()
+    dense.set_weights([kernel * 0, np.full((1,), bias, dtype=np.float32)])
+    f.save(best)
+
+
+def test_a_worse_model_stays_challenger_and_promote_moves_production(trained_project, tmp_path):
+    root = copy_project(trained_project, tmp_path / "copy")
+    env = project_env(root)
+    before = load_json(root / "metrics/register.json")["version"]
+    _sabotage_best_model(root, bias=3.0)
+    proc = run([sys.executable, str(root / "pipelines" / "register.py")], root, env)
+    decision = load_json(root / "metrics/register.json")
+    assert decision["promoted"] is False and "fails the gate" in decision["reason"]
+    assert "significantly worse than persistence" in proc.stdout
+    models = _cli(root, "models").stdout
+    new = decision["version"]
+    assert f"{new}  challenger" in models.replace("   ", "  ")
+    assert any(line.split()[0] == before and "production" in line for line in models.splitlines()[3:])
+
+    promoted = _cli(root, "promote", new)
+    assert promoted.returncode == 0 and f"production -> version {new}" in promoted.stdout
+    missing = _cli(root, "promote", "999")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "has no version 999" in missing.stderr and "neuropredict models" in missing.stderr

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+
+from neuropredict.config import load_params, params_from_dict
+from neuropredict.errors import ConfigError
+from tests.conftest import REPO, TINY_PARAMS, project_env, write_params
+
+
+def test_repo_params_load_into_typed_frozen_object():
+    params = load_params(REPO / "params.yaml")
+    assert params.featurize.window >= 3
+    assert params.data.symbols and all(isinstance(s, str) for s in params.data.symbols)
+    assert params.tune.cells == ("lstm", "gru")
+    with pytest.raises(AttributeError):
+        params.featurize.window = 5  # frozen
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p["data"].update(symbol=["AAPL"]), "unknown key 'data.symbol'"),
+        (lambda p: p["featurize"].update(window="ten"), "'featurize.window' must be an integer"),
+        (lambda p: p["featurize"].update(window=1), "'featurize.window' is 1; allowed range: 3 .. 2000"),
+        (lambda p: p["data"].update(interval="5m"), "'data.interval' is '5m'; allowed: 1d, 1m"),
+        (lambda p: p["tune"].update(dropout=[0.5, 0.1]), "'tune.dropout' must be [min, max] with min <= max"),
+        (lambda p: p["tune"].update(cells=["lstm", "rnn"]), "'tune.cells[1]' is 'rnn'; allowed: lstm, gru"),
+        (lambda p: p["featurize"].pop("test_start"), "missing key 'featurize.test_start'"),
+        (lambda p: p["featurize"].update(test_start="2023-01-01"),
+         "'featurize.validation_start' (2023-07-01) must be before 'featurize.test_start'"),
+        (lambda p: p["data"].update(end="not a date"), "'data.end' is 'not a date'; expected a date"),
+        (lambda p: p["serving"].update(max_poll_records=True), "'serving.max_poll_records' must be an integer"),
+    ],
+)
+def test_bad_params_name_the_key_and_what_is_allowed(tiny_params, mutate, message):
+    mutate(tiny_params)
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(tiny_params)
+    assert message in str(err.value)
+
+
+def test_cli_reports_bad_params_in_one_line_without_traceback(tmp_path, tiny_params):
+    tiny_params["featurize"]["window"] = -4
+    write_params(tmp_path, tiny_params)
+    proc = subprocess.run([sys.executable, "-m", "neuropredict.cli", "models"], cwd=tmp_path,
+                          env=project_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: 'featurize.window' is -4; allowed range: 3 .. 2000"
+
+
+def test_stage_script_reports_bad_params_without_traceback(tmp_path, tiny_params):
+    tiny_params["validate"]["max_gap_days"] = "five"
+    write_params(tmp_path, tiny_params)
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "validate.py")], cwd=tmp_path,
+                          env=project_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "'validate.max_gap_days' must be a number" in proc.stderr
+
+
+def test_tiny_params_are_valid():
+    assert params_from_dict(TINY_PARAMS).data.symbols == ("AAPL", "MSFT")
