@@ -42,7 +42,7 @@ TINY_PARAMS = {
     "kafka": {"partitions": 4, "replication_factor": 1},
     "serving": {"max_poll_records": 2000, "poll_timeout_ms": 100, "alias_poll_interval_s": 0.5,
                 "metrics_interval_s": 1.0, "producer_linger_ms": 5, "producer_batch_bytes": 262144,
-                "compression": "lz4"},
+                "compression": "lz4", "restore_lookback_max": 100000},
 }
 PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks")
 
@@ -132,3 +132,19 @@ def load_json(path: Path):
     import json
 
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A fresh embedded Kafka broker (Tansu) on a free 127.0.0.1 port, with the product's topics."""
+    from neuropredict import kafka_io, services
+    from neuropredict.config import KafkaParams
+
+    port = services.free_port()
+    svc = services.start_broker(port, tmp_path / "kafka.log")
+    bootstrap = f"127.0.0.1:{port}"
+    kafka_io.ensure_topics(KafkaParams(partitions=4), bootstrap)
+    try:
+        yield bootstrap
+    finally:
+        services._stop_pid(svc.pid)

@@ -66,6 +66,100 @@ def _repro(args: argparse.Namespace) -> int:
     return subprocess.call([dvc, "repro", *args.targets], cwd=config.project_root(), env=env)
 
 
+def _up(args: argparse.Namespace) -> int:
+    from neuropredict import services
+
+    result = services.up(config.load_params().kafka, ui=not args.no_ui)
+    for name, svc in result["services"].items():
+        print(f"{name:<10} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
+    print("topics     " + ", ".join(f"{t} ({n} partitions)" for t, n in result["topics"].items()))
+    print(f"Kafka bootstrap: {result['bootstrap']}   stop with: neuropredict down")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from neuropredict import services
+
+    stopped = services.down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from neuropredict import registry, services
+
+    st = services.status()
+    kind = "external cluster" if st["external_kafka"] else "embedded"
+    print(f"Kafka      {st['bootstrap']} ({kind}): {'reachable' if st['kafka_reachable'] else 'NOT reachable'}")
+    for name, svc in st["services"].items():
+        print(f"{name:<10} {svc['url']:<28} pid {svc['pid']}  {'running' if svc['alive'] else 'DEAD'}")
+    for topic, n in st.get("topics", {}).items():
+        committed = st.get("group_committed", {}).get(topic)
+        extra = f", group {config.CONSUMER_GROUP} committed {committed}" if committed is not None else ""
+        print(f"topic      {topic} ({n} partitions{extra})")
+    if "kafka_error" in st:
+        print(f"Kafka error: {st['kafka_error']}")
+    name = config.load_params().register.model_name
+    version = registry.alias_version(name, config.PRODUCTION_ALIAS)
+    print(f"MLflow     {st['tracking_uri']}: {name}@production = {version or 'none (run dvc repro)'}")
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    import threading
+
+    from neuropredict import producer
+
+    params = config.load_params()
+    stop = threading.Event()
+    symbols = args.symbols.split(",") if args.symbols else list(params.data.symbols)
+    if args.source == "live":
+        ticks = producer.live_ticks(symbols, args.poll_s, params.data.download_timeout_s, stop)
+    else:
+        start = args.start or params.featurize.test_start
+        end = args.end or params.data.end
+        lead = args.lead if args.lead is not None else _model_window(params)
+        ticks = producer.replay_ticks(config.paths().snapshot_dir, symbols, args.interval or params.data.interval,
+                                      start, end, lead, params.featurize.price_column)
+        if args.limit:
+            ticks = ticks[: args.limit]
+        print(f"replaying {len(ticks)} real ticks of {', '.join(symbols)} ({start}..{end}, {lead} lead-in ticks "
+              f"per symbol) at {'full speed' if not args.rate else f'{args.rate:g} ticks/s'}")
+    try:
+        result = producer.publish(ticks, rate=args.rate, serving=params.serving, malformed=args.malformed, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+        return 130
+    print(f"sent {result['ticks']} ticks + {result['malformed']} malformed to {config.PRICES_TOPIC} "
+          f"in {result['seconds']:.2f} s ({result['ticks_per_s']:.0f} msgs/s)")
+    return 0
+
+
+def _model_window(params) -> int:
+    """The production model's window (so its first forecast is for --start), else params'."""
+    from neuropredict import registry
+
+    try:
+        version = registry.alias_version(params.register.model_name, config.PRODUCTION_ALIAS)
+        if version:
+            import mlflow
+
+            info = mlflow.models.get_model_info(f"models:/{params.register.model_name}/{version}")
+            return int(info.metadata["window"])
+    except Exception:  # no registry yet: fall back to the configured window
+        pass
+    return params.featurize.window
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from neuropredict import worker
+
+    params = config.load_params()
+    stats = worker.serve(params, max_messages=args.max_messages, timeout_s=args.timeout_s,
+                         idle_timeout_s=args.idle_timeout_s)
+    return 0 if stats.consumed >= 0 else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from neuropredict import demo
 
@@ -90,6 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("repro", help="`dvc repro` with this environment's Python (same as dvc repro)")
     p.add_argument("targets", nargs="*")
     p.set_defaults(fn=_repro)
+
+    p = sub.add_parser("up", help="start the embedded Kafka broker and MLflow UI; create the topics")
+    p.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
+    p.set_defaults(fn=_up)
+
+    p = sub.add_parser("down", help="stop what `up` started (and nothing else)")
+    p.set_defaults(fn=_down)
+
+    p = sub.add_parser("status", help="what runs where: broker, UI, topics, committed offsets, production model")
+    p.set_defaults(fn=_status)
+
+    p = sub.add_parser("produce", help="send ticks to stock_prices: replay of real history, or live yfinance")
+    p.add_argument("--source", choices=["replay", "live"], default="replay")
+    p.add_argument("--symbols", help="comma-separated (default: data.symbols)")
+    p.add_argument("--start", help="first forecast target (default: featurize.test_start)")
+    p.add_argument("--end", help="last date (default: data.end)")
+    p.add_argument("--interval", choices=["1d", "1m"], help="daily closes or 1-minute bars (default: data.interval)")
+    p.add_argument("--lead", type=int, help="ticks per symbol before --start (default: the model's window)")
+    p.add_argument("--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)")
+    p.add_argument("--limit", type=int, help="send at most this many ticks")
+    p.add_argument("--malformed", type=int, default=0, help="mix in this many malformed messages (DLQ demo)")
+    p.add_argument("--poll-s", type=float, default=60.0, help="live: seconds between yfinance polls")
+    p.set_defaults(fn=_produce)
+
+    p = sub.add_parser("serve", help="the serving worker: score stock_prices with models:/NAME@production")
+    p.add_argument("--max-messages", type=int, help="stop after consuming this many messages")
+    p.add_argument("--timeout-s", type=float, help="stop after this many seconds")
+    p.add_argument("--idle-timeout-s", type=float, help="stop after this many seconds without input")
+    p.set_defaults(fn=_serve)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded defaults")
     p.add_argument("--keep", action="store_true", help="leave the services it started running")

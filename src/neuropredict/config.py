@@ -28,7 +28,6 @@ PRODUCTION_ALIAS = "production"
 CHALLENGER_ALIAS = "challenger"
 EXPERIMENT_NAME = "neuropredict"
 SERVING_EXPERIMENT_NAME = "neuropredict-serving"
-DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_MLFLOW_UI_PORT = 5000
 
 
@@ -100,6 +99,7 @@ class ServingParams:
     producer_linger_ms: int = field(default=5, metadata=_range(0, 10_000))
     producer_batch_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
     compression: Literal["none", "gzip", "lz4"] = "lz4"
+    restore_lookback_max: int = field(default=100_000, metadata=_range(0, 100_000_000))
 
 
 @dataclass(frozen=True)
@@ -205,8 +205,17 @@ def artifact_root(root: Path | None = None) -> str:
     return (paths(root).mlruns_dir / "artifacts").as_uri()
 
 
+def embedded_kafka_port() -> int:
+    return int(os.environ.get("NEUROPREDICT_KAFKA_PORT", "9092"))
+
+
+def mlflow_ui_port() -> int:
+    return int(os.environ.get("NEUROPREDICT_UI_PORT", str(DEFAULT_MLFLOW_UI_PORT)))
+
+
 def kafka_bootstrap() -> str:
-    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP)
+    """$KAFKA_BOOTSTRAP_SERVERS (a real cluster), else the embedded broker on 127.0.0.1."""
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{embedded_kafka_port()}"
 
 
 def kafka_is_external() -> bool:

@@ -68,6 +68,16 @@ def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -
     return Loaded(version=str(version), forecaster=pyfunc.unwrap_python_model().forecaster)
 
 
+def model_id(name: str, version: str) -> str | None:
+    """The LoggedModel id behind a version (metrics logged with it show on the model's page)."""
+    try:
+        mv = tracking.with_retry(lambda: _client().get_model_version(name, str(version)))
+    except Exception:  # linking is a nicety; never fail serving over it
+        return None
+    source = mv.model_id or mv.source or ""
+    return source.removeprefix("models:/") if source.startswith(("models:/m-", "m-")) else None
+
+
 def tracking_uri_hint() -> str:
     from neuropredict.config import tracking_uri
 

@@ -1,0 +1,141 @@
+"""Ticks into `stock_prices`: a replay of bundled real history, or live yfinance quotes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from neuropredict import config, kafka_io, messages
+from neuropredict.config import DataParams, ServingParams
+from neuropredict.errors import ConfigError, DataSourceError
+from neuropredict.sources import read_snapshot, time_column
+
+log = logging.getLogger(__name__)
+
+DAILY_CLOSE_TIME = "16:00:00"  # a daily close is stamped at the NYSE close
+
+
+@dataclass(frozen=True)
+class ReplayTick:
+    timestamp: str
+    symbol: str
+    price: float
+
+
+def replay_ticks(snapshot_dir: Path, symbols: Iterable[str], interval: str, start: str, end: str,
+                 lead: int = 0, price_column: str = "Close") -> list[ReplayTick]:
+    """Real bars in time order (symbols interleaved), plus `lead` earlier bars per symbol so a
+    worker's windows are full when `start` arrives and its first forecast is for `start`."""
+    symbols = tuple(symbols)
+    every = DataParams(symbols=symbols, start="1900-01-01", end="2100-01-01", interval=interval,
+                       source="snapshot")
+    frames = read_snapshot(every, snapshot_dir)
+    lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+    rows = []
+    for symbol, frame in frames.items():
+        tcol = time_column(interval)
+        stamps = frame[tcol].astype(str).str.slice(0, 19)
+        day = pd.to_datetime(stamps.str.slice(0, 10))
+        inside = ((day >= lo) & (day <= hi)).to_numpy()
+        if not inside.any():
+            raise ConfigError(f"no {interval} bars for {symbol} in {start}..{end} in the bundled snapshot")
+        first = int(inside.argmax())
+        keep = inside.copy()
+        keep[max(0, first - lead):first] = True
+        text = stamps[keep] + (" " + DAILY_CLOSE_TIME if interval == "1d" else "")
+        rows.append(pd.DataFrame({"timestamp": text.to_numpy(), "symbol": symbol,
+                                  "price": frame.loc[keep, price_column].to_numpy(float)}))
+    table = pd.concat(rows).sort_values(["timestamp", "symbol"], kind="stable")
+    return [ReplayTick(t, s, float(p)) for t, s, p in table.itertuples(index=False)]
+
+
+def publish(ticks: Iterable[ReplayTick | tuple], bootstrap: str | None = None, rate: float = 0.0,
+            serving: ServingParams | None = None, malformed: int = 0, stop: threading.Event | None = None) -> dict:
+    """Send ticks (key = symbol) at `rate` ticks/s (0: as fast as possible); return counts and timing.
+    `malformed` > 0 mixes that many broken messages in, to exercise the dead-letter path."""
+    producer = kafka_io.producer(bootstrap, serving)
+    sent = bad = 0
+    started = time.perf_counter()
+    broken = iter(_malformed_examples(malformed))
+    spacing = 0
+    if malformed:
+        ticks = list(ticks)
+        spacing = max(1, len(ticks) // (malformed + 1))  # spread them through the stream
+    try:
+        for i, tick in enumerate(ticks):
+            if stop is not None and stop.is_set():
+                break
+            timestamp, symbol, price = tick if isinstance(tick, tuple) else (tick.timestamp, tick.symbol, tick.price)
+            producer.send(config.PRICES_TOPIC, key=symbol.encode(), value=messages.encode_tick(timestamp, symbol, price))
+            sent += 1
+            if spacing and i % spacing == spacing - 1 and bad < malformed:
+                key, value = next(broken)
+                producer.send(config.PRICES_TOPIC, key=key, value=value)
+                bad += 1
+            if rate > 0:
+                _pace(started, sent + bad, rate)
+        for key, value in broken:  # whatever is left of the malformed quota
+            producer.send(config.PRICES_TOPIC, key=key, value=value)
+            bad += 1
+        producer.flush()
+    finally:
+        producer.close()
+    elapsed = time.perf_counter() - started
+    return {"ticks": sent, "malformed": bad, "seconds": elapsed, "ticks_per_s": (sent + bad) / max(elapsed, 1e-9)}
+
+
+def _pace(started: float, count: int, rate: float) -> None:
+    ahead = count / rate - (time.perf_counter() - started)
+    if ahead > 0.002:
+        time.sleep(ahead)
+
+
+def _malformed_examples(n: int) -> Iterator[tuple[bytes, bytes]]:
+    """Realistic ways a tick goes wrong; each must reach the DLQ with a reason."""
+    kinds = [
+        (b"AAPL", b"not json at all"),
+        (b"AAPL", b'{"timestamp": "2024-03-01 16:00:00", "symbol": "AAPL"}'),
+        (b"MSFT", b'{"timestamp": "2024-03-01 16:00:00", "symbol": "MSFT", "price": "410.2"}'),
+        (b"MSFT", b'{"timestamp": "2024-03-01 16:00:00", "symbol": "MSFT", "price": -1}'),
+        (b"AAPL", b'{"timestamp": "yesterday", "symbol": "AAPL", "price": 180.0}'),
+        (b"AAPL", b'{"timestamp": "2024-03-01 16:00:00", "symbol": "AAPL", "price": NaN}'),
+        (b"", b"[1, 2, 3]"),
+    ]
+    for i in range(n):
+        yield kinds[i % len(kinds)]
+
+
+def live_ticks(symbols: Iterable[str], poll_s: float, timeout_s: float, stop: threading.Event) -> Iterator[ReplayTick]:
+    """The latest 1-minute close of each symbol from yfinance, every poll_s seconds."""
+    from neuropredict.sources import fetch_yfinance
+
+    symbols = tuple(symbols)
+    seen: dict[str, str] = {}
+    first = True
+    while not stop.is_set():
+        today = pd.Timestamp.now(tz="America/New_York")
+        params = DataParams(symbols=symbols, start=(today - pd.Timedelta(days=4)).strftime("%Y-%m-%d"),
+                            end=today.strftime("%Y-%m-%d"), interval="1m", source="yfinance",
+                            download_timeout_s=timeout_s)
+        try:
+            frames = fetch_yfinance(params)
+        except DataSourceError as exc:
+            if first:
+                raise DataSourceError(f"live quotes need Yahoo Finance, which is unreachable ({exc}); "
+                                      f"replay real history instead: neuropredict produce --source replay") from None
+            log.warning("yfinance poll failed (%s); retrying in %.0f s", exc, poll_s)
+        else:
+            for symbol, frame in frames.items():
+                last = frame.iloc[-1]
+                stamp = str(last["Datetime"])[:19]
+                if seen.get(symbol) != stamp:
+                    seen[symbol] = stamp
+                    yield ReplayTick(stamp, symbol, float(last["Close"]))
+        first = False
+        stop.wait(poll_s)

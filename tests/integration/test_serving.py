@@ -1,0 +1,227 @@
+"""The serving worker on a real embedded broker, a real MLflow store and a real tiny model."""
+
+import signal
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from neuropredict import config, messages, producer, registry, tracking
+from neuropredict.config import load_params
+from neuropredict.features import load_price_series
+from tests.conftest import copy_project, load_json, project_env, write_params
+from tests.integration.kafka_helpers import TopicCounter, WorkerThread, predictions, read_topic, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _ticks(root, params, start="2024-07-01", lead=None):
+    window = params.featurize.window if lead is None else lead
+    return producer.replay_ticks(root / "data" / "snapshot", params.data.symbols, "1d", start, params.data.end, window)
+
+
+def _inputs(bootstrap):
+    """(partition, offset) -> Tick or reason, for everything in stock_prices."""
+    out = {}
+    for r in read_topic(bootstrap, config.PRICES_TOPIC):
+        out[(r.partition, r.offset)] = messages.parse_tick(r.value)
+    return out
+
+
+def _warmup_positions(inputs, window):
+    """The first W-1 valid ticks of each symbol: the only inputs allowed to produce nothing."""
+    seen, warm = defaultdict(int), set()
+    for where in sorted(inputs):
+        tick = inputs[where]
+        if not isinstance(tick, str):
+            seen[tick.symbol] += 1
+            if seen[tick.symbol] < window:
+                warm.add(where)
+    return warm
+
+
+@pytest.fixture
+def served(trained_project, use_project):
+    use_project(trained_project)
+    return trained_project, load_params(trained_project / "params.yaml")
+
+
+def test_every_input_is_predicted_dead_lettered_or_warmup_and_counts_add_up(served, broker):
+    root, params = served
+    ticks = _ticks(root, params)
+    sent = producer.publish(ticks, bootstrap=broker, serving=params.serving, malformed=9)
+    total = sent["ticks"] + sent["malformed"]
+    w = WorkerThread(params, broker)
+    wait_for(lambda: w.stats.consumed >= total, what="the worker to consume everything")
+    w.stop()
+
+    inputs = _inputs(broker)
+    outs = predictions(broker)
+    dlq = read_topic(broker, config.DLQ_TOPIC)
+    assert len(inputs) == total
+    assert w.stats.consumed == total
+    assert w.stats.predicted + w.stats.dead_lettered + w.stats.warmup == total
+    assert len(outs) == w.stats.predicted and len(dlq) == w.stats.dead_lettered == 9
+
+    predicted_at = {(o["input_partition"], o["input_offset"]) for o in outs}
+    dead_at = {(int(messages.header_dict(r.headers)["source_partition"]),
+                int(messages.header_dict(r.headers)["source_offset"])) for r in dlq}
+    warm_at = _warmup_positions(inputs, params.featurize.window)
+    assert len(predicted_at) == len(outs)  # nothing scored twice
+    assert predicted_at | dead_at | warm_at == set(inputs)
+    assert not (predicted_at & dead_at) and not (predicted_at & warm_at) and not (dead_at & warm_at)
+    assert len(warm_at) == w.stats.warmup
+
+    for r in dlq:  # the original bytes, untouched, and a reason
+        h = messages.header_dict(r.headers)
+        assert h["reason"] and h["source_topic"] == config.PRICES_TOPIC
+        assert isinstance(inputs[(int(h["source_partition"]), int(h["source_offset"]))], str)
+    assert {r.value for r in dlq} <= {v for _, v in producer._malformed_examples(9)}
+    for o in outs:
+        assert set(o) >= {"timestamp", "symbol", "actual_price", "predicted_price", "model_version"}
+        assert o["model_version"] == registry.alias_version(params.register.model_name)
+
+
+def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served, broker):
+    root, params = served
+    producer.publish(_ticks(root, params), bootstrap=broker, serving=params.serving)
+    w = WorkerThread(params, broker)
+    wait_for(lambda: w.stats.predicted > 0 and w.stats.consumed >= len(_ticks(root, params)), what="scoring")
+    w.stop()
+
+    by_symbol = defaultdict(list)
+    for o in predictions(broker):
+        by_symbol[o["symbol"]].append(o)
+    model_sq, naive_sq, n = 0.0, 0.0, 0
+    for rows in by_symbol.values():
+        rows.sort(key=lambda o: o["input_offset"])
+        pred = np.array([o["predicted_price"] for o in rows[:-1]])
+        prev = np.array([o["actual_price"] for o in rows[:-1]])
+        nxt = np.array([o["actual_price"] for o in rows[1:]])
+        model_sq += float(np.sum((nxt - pred) ** 2))
+        naive_sq += float(np.sum((nxt - prev) ** 2))
+        n += len(nxt)
+
+    run = mlflow.get_run(w.worker.reporter.run_id)
+    assert run.data.tags["model_version"] == w.worker.version
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["live_scored"] == n
+    assert run.data.metrics["live_mse"] == pytest.approx(model_sq / n, rel=1e-9)
+    assert run.data.metrics["live_naive_mse"] == pytest.approx(naive_sq / n, rel=1e-9)
+    assert run.data.metrics["live_skill"] == pytest.approx(1 - model_sq / naive_sq, rel=1e-6)
+    assert run.data.metrics["consumed"] == w.stats.consumed
+
+
+def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one_point(
+        trained_project, tmp_path, use_project, broker):
+    root = copy_project(trained_project, tmp_path / "copy")
+    use_project(root)
+    params = load_params(root / "params.yaml")
+    name = params.register.model_name
+    first = registry.alias_version(name)
+    second = _register_another_version(root, params)
+    assert registry.alias_version(name) == first  # registering alone does not move production
+
+    ticks = _ticks(root, params, start="2022-06-01")
+    w = WorkerThread(params, broker)
+    sender = threading.Thread(target=producer.publish, kwargs=dict(
+        ticks=ticks, bootstrap=broker, rate=250, serving=params.serving))
+    sender.start()
+    wait_for(lambda: w.stats.predicted > 200, what="the first predictions")
+    registry.promote(name, second)
+    sender.join()
+    wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
+    w.stop()
+
+    outs = predictions(broker)
+    where = [(o["input_partition"], o["input_offset"]) for o in outs]
+    assert len(where) == len(set(where)) == len(ticks) - len(_warmup_positions(_inputs(broker), params.featurize.window))
+    assert w.stats.swaps == 1
+    for partition in {p for p, _ in where}:
+        versions = [o["model_version"] for o in sorted(outs, key=lambda o: o["input_offset"])
+                    if o["input_partition"] == partition]
+        switches = sum(a != b for a, b in zip(versions, versions[1:]))
+        assert versions[0] == first and versions[-1] == second and switches == 1, versions
+
+
+def _register_another_version(root, params) -> str:
+    """A second real version: the other cell type's tuned model, registered as challenger."""
+    winner = load_json(root / "models/tuned/best/selection.json")["cell"]
+    other = "gru" if winner == "lstm" else "lstm"
+    series = load_price_series(root / "data/raw", params.data.symbols, "1d", "Close")
+    tracking.setup()
+    with mlflow.start_run(run_name="test-second-version"):
+        version = registry.log_and_register(root / "models" / "tuned" / other, params.register.model_name,
+                                            series, {"cell": other}, {"window": params.featurize.window})
+    registry.set_alias(params.register.model_name, config.CHALLENGER_ALIAS, version)
+    return version
+
+
+def test_a_killed_worker_is_replaced_and_no_input_is_left_unscored(trained_project, tmp_path, broker):
+    root = copy_project(trained_project, tmp_path / "copy")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["serving"]["max_poll_records"] = 40  # many small batches, so the kill lands mid-stream
+    write_params(root, raw)
+    params = load_params(root / "params.yaml")
+    env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": broker}
+    ticks = _ticks(root, params, start="2022-06-01")
+    sender = threading.Thread(target=producer.publish, kwargs=dict(
+        ticks=ticks, bootstrap=broker, rate=150, serving=params.serving))
+    cmd = [sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", "8"]
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as log_file:
+        first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        wait_for(lambda: "assigned partitions" in first_log.read_text(), what="the first worker to join")
+        sender.start()
+        published = TopicCounter(broker, config.PREDICTIONS_TOPIC)
+        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        partial = len(predictions(broker))
+        second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode == 0, second.stderr[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        sender.join()
+    inputs = _inputs(broker)
+    assert len(inputs) == len(ticks) and partial < len(ticks) - 2 * params.featurize.window
+    scored = {(o["input_partition"], o["input_offset"]) for o in predictions(broker)}
+    warm = _warmup_positions(inputs, params.featurize.window)
+    assert scored | warm == set(inputs)  # nothing lost; a re-scored batch (at-least-once) is allowed
+    assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows came back from Kafka
+
+
+def test_two_workers_in_one_group_split_the_partitions_and_score_each_tick_once(served, broker):
+    root, params = served
+    every_symbol = ("AAPL", "AMZN", "GOOGL", "META", "MSFT", "NVDA", "TSLA")  # spread over 4 partitions
+    ticks = producer.replay_ticks(root / "data/snapshot", every_symbol, "1d", "2024-01-01", "2024-12-31",
+                                  params.featurize.window)
+    a = WorkerThread(params, broker)
+    b = WorkerThread(params, broker)
+    wait_for(lambda: a.worker.consumer.assignment() and b.worker.consumer.assignment()
+             and len(a.worker.consumer.assignment()) + len(b.worker.consumer.assignment()) == 4,
+             what="both workers to own partitions")
+    producer.publish(ticks, bootstrap=broker, serving=params.serving)
+    wait_for(lambda: a.stats.consumed + b.stats.consumed >= len(ticks), what="the two workers to finish")
+    parts_a = {tp.partition for tp in a.worker.consumer.assignment()}
+    parts_b = {tp.partition for tp in b.worker.consumer.assignment()}
+    a.stop()
+    b.stop()
+    assert parts_a and parts_b and not parts_a & parts_b
+    outs = predictions(broker)
+    where = [(o["input_partition"], o["input_offset"]) for o in outs]
+    assert len(where) == len(set(where))
+    assert a.stats.consumed + b.stats.consumed == len(ticks)
+    by_worker = defaultdict(set)
+    for o in outs:
+        by_worker[o["worker"]].add(o["input_partition"])
+    assert by_worker[a.worker.worker_id] <= parts_a and by_worker[b.worker.worker_id] <= parts_b
+    fed = {p for p, _ in _inputs(broker)}
+    assert by_worker[a.worker.worker_id] == parts_a & fed and by_worker[b.worker.worker_id] == parts_b & fed
