@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from neuropredict import config
 from neuropredict.console import run_main
@@ -119,12 +120,14 @@ def _produce(args: argparse.Namespace) -> int:
         start = args.start or params.featurize.test_start
         end = args.end or params.data.end
         lead = args.lead if args.lead is not None else _model_window(params)
-        ticks = producer.replay_ticks(config.paths().snapshot_dir, symbols, args.interval or params.data.interval,
-                                      start, end, lead, params.featurize.price_column)
+        interval = args.interval or params.data.interval
+        p = config.paths()
+        frames, origin = producer.replay_frames(symbols, interval, p.raw_dir, p.snapshot_dir)
+        ticks = producer.replay_ticks(frames, interval, start, end, lead, params.featurize.price_column)
         if args.limit:
             ticks = ticks[: args.limit]
-        print(f"replaying {len(ticks)} real ticks of {', '.join(symbols)} ({start}..{end}, {lead} lead-in ticks "
-              f"per symbol) at {'full speed' if not args.rate else f'{args.rate:g} ticks/s'}")
+        print(f"replaying {len(ticks)} real ticks of {', '.join(symbols)} from {origin} ({start}..{end}, {lead} "
+              f"lead-in ticks per symbol) at {'full speed' if not args.rate else f'{args.rate:g} ticks/s'}")
     try:
         result = producer.publish(ticks, rate=args.rate, serving=params.serving, malformed=args.malformed, stop=stop)
     except KeyboardInterrupt:
@@ -157,7 +160,36 @@ def _serve(args: argparse.Namespace) -> int:
     params = config.load_params()
     stats = worker.serve(params, max_messages=args.max_messages, timeout_s=args.timeout_s,
                          idle_timeout_s=args.idle_timeout_s)
-    return 0 if stats.consumed >= 0 else 1
+    if args.stats_out:
+        import json
+
+        args.stats_out.parent.mkdir(parents=True, exist_ok=True)
+        args.stats_out.write_text(json.dumps(stats.snapshot(), indent=2) + "\n")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from neuropredict import stream_report
+
+    rows = stream_report.in_period(stream_report.joined_rows(), args.start, args.end)
+    out_dir = config.paths().reports_dir / "evaluate"
+    result = stream_report.report(rows, out_dir, log_to_mlflow=not args.no_mlflow)
+    print(stream_report.format_report(result))
+    print(f"report: {out_dir / 'report.json'}  plot: {out_dir / 'predicted_vs_actual.png'}")
+    return 0
+
+
+def _check_parity(args: argparse.Namespace) -> int:
+    import json
+
+    from neuropredict import parity
+
+    result = parity.check(config.load_params(), config.paths(), args.version)
+    print(parity.format_result(result))
+    out = config.paths().reports_dir / "parity.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["passed"] else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -212,7 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-messages", type=int, help="stop after consuming this many messages")
     p.add_argument("--timeout-s", type=float, help="stop after this many seconds")
     p.add_argument("--idle-timeout-s", type=float, help="stop after this many seconds without input")
+    p.add_argument("--stats-out", type=Path, help="write the final counts and live metrics here (JSON)")
     p.set_defaults(fn=_serve)
+
+    p = sub.add_parser("evaluate", help="join streamed forecasts with later prices: MSE etc. beside persistence")
+    p.add_argument("--start", help="first target date to score")
+    p.add_argument("--end", help="last target date to score")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.set_defaults(fn=_evaluate)
+
+    p = sub.add_parser("check-parity", help="replay the test period through Kafka: same forecasts as offline?")
+    p.add_argument("--version", help="model version (default: production)")
+    p.set_defaults(fn=_check_parity)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded defaults")
     p.add_argument("--keep", action="store_true", help="leave the services it started running")

@@ -1,28 +1,221 @@
-"""`make demo`: the main job end to end on the embedded defaults."""
+"""`make demo`: the main job end to end on the embedded defaults.
+
+train (dvc repro, skipped when up to date) -> embedded Kafka + MLflow UI -> serving worker ->
+replay the held-out test period -> evaluate the stream -> a summary beside persistence.
+Services the demo started are stopped at the end unless it was asked to keep them.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from neuropredict import config
+from neuropredict import config, producer, registry, services, stream_report
+from neuropredict.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+MALFORMED = 7  # a few broken ticks in the replay show the dead-letter path at work
 
-def dvc_repro() -> None:
-    """Run the training pipeline; DVC skips every stage whose inputs did not change."""
-    bindir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    started = time.perf_counter()
-    subprocess.run([os.path.join(bindir, "dvc"), "repro"], cwd=config.project_root(), env=env, check=True)
-    log.info("dvc repro finished in %.1f s", time.perf_counter() - started)
+
+class Steps:
+    """Numbered progress lines with the time each step took."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.t = total, 0, time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.current = ""
+
+    def next(self, title: str) -> None:
+        self._close()
+        self.n += 1
+        self.current, self.t = title, time.perf_counter()
+        print(f"\n==> [{self.n}/{self.total}] {title}", flush=True)
+
+    def _close(self) -> None:
+        if self.current:
+            self.timings[self.current] = time.perf_counter() - self.t
+
+    def done(self) -> None:
+        self._close()
+        self.current = ""
+
+
+def _bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+def train() -> None:
+    """dvc repro; when the registry lost its production model (e.g. mlruns/ was wiped), register again."""
+    root = config.project_root()
+    subprocess.run([_bin("dvc"), "repro"], cwd=root, env=_env(), check=True)
+    params = config.load_params()
+    if registry.alias_version(params.register.model_name) is None:
+        print("the registry has no production model: registering the tuned model again")
+        subprocess.run([_bin("dvc"), "repro", "--force", "--single-item", "register"], cwd=root, env=_env(),
+                       check=True)
+
+
+def start_services(params) -> list[str]:
+    """Broker + UI; a broker kept from an earlier demo is restarted so the stream starts empty.
+    Returns the names of the services this call started."""
+    before = {name for name, svc in services.load_state().items() if svc.alive()}
+    if "kafka" in before and not config.kafka_is_external():
+        state = services.load_state()
+        services._stop_pid(state["kafka"].pid)
+        before.discard("kafka")
+    result = services.up(params.kafka, ui=True)
+    for name, svc in result["services"].items():
+        print(f"  {name:<10} {svc.url}")
+    return [name for name in result["services"] if name not in before]
+
+
+def start_worker(state_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
+    log_path, stats_path = state_dir / "worker.log", state_dir / "worker-stats.json"
+    stats_path.unlink(missing_ok=True)
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([_bin("neuropredict"), "serve", "--stats-out", str(stats_path)],
+                                cwd=config.project_root(), env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while "assigned partitions" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise ServiceError(f"the serving worker did not start; see {log_path}:\n"
+                               + "".join(log_path.read_text().splitlines(keepends=True)[-15:]))
+        time.sleep(0.2)
+    print(f"  worker pid {proc.pid}, log {log_path}")
+    return proc, log_path, stats_path
+
+
+def wait_until_scored(expected_outputs: int, expected_dead: int, timeout_s: float = 300) -> None:
+    from neuropredict import kafka_io
+
+    counts = {config.PREDICTIONS_TOPIC: 0, config.DLQ_TOPIC: 0}
+    consumer = kafka_io.consumer(None, max_poll_records=50_000)
+    from kafka import TopicPartition
+
+    parts = [TopicPartition(t, p) for t in counts for p in sorted(consumer.partitions_for_topic(t) or [])]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while counts[config.PREDICTIONS_TOPIC] < expected_outputs or counts[config.DLQ_TOPIC] < expected_dead:
+            if time.monotonic() > deadline:
+                raise ServiceError(f"only {counts} of {expected_outputs} predictions / {expected_dead} dead "
+                                   f"letters arrived within {timeout_s:g} s; see .neuropredict/worker.log")
+            for tp, recs in consumer.poll(timeout_ms=200).items():
+                counts[tp.topic] += len(recs)
+    finally:
+        consumer.close()
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # finishes its batch, commits, logs final metrics
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def run(keep: bool = False) -> int:
-    dvc_repro()
-    print(f"\nMLflow store: {config.tracking_uri()}\nLook at the runs: neuropredict ui  (http://127.0.0.1:5000)")
+    started = time.perf_counter()
+    steps = Steps(6)
+    steps.next("train: dvc repro (stages whose inputs did not change are skipped)")
+    train()
+    params, p = config.load_params(), config.paths()
+    name = params.register.model_name
+    version = registry.alias_version(name)
+    started_services: list[str] = []
+    worker = None
+    try:
+        steps.next("services: embedded Kafka broker + MLflow UI")
+        started_services = start_services(params)
+        steps.next(f"serve: worker on {config.PRICES_TOPIC} with {name}@production (v{version})")
+        worker, worker_log, stats_path = start_worker(p.state_dir)
+        steps.next("replay: the held-out test period through Kafka")
+        window = registry.load(name, version=version).forecaster.window
+        frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
+        ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
+                                      window, params.featurize.price_column)
+        since_ms = int(time.time() * 1000) - 1000
+        sent = producer.publish(ticks, serving=params.serving, malformed=MALFORMED)
+        print(f"  sent {sent['ticks']} real ticks from {origin} ({window} lead-in ticks per symbol) "
+              f"+ {sent['malformed']} malformed, in {sent['seconds']:.2f} s")
+        expected = len(ticks) - len(frames) * (window - 1)
+        wait_until_scored(expected, MALFORMED)
+        stop_worker(worker)
+        steps.next("evaluate: join each forecast with the next actual price")
+        rows = stream_report.in_period(stream_report.joined_rows(since_ms=since_ms), params.featurize.test_start,
+                                       params.data.end)
+        result = stream_report.report(rows, p.reports_dir / "evaluate")
+        print(f"  {len(rows)} forecasts scored; report {p.reports_dir / 'evaluate' / 'report.json'}")
+        steps.next("summary")
+        steps.done()
+        print(summary(result, _read_json(stats_path), version, steps.timings, time.perf_counter() - started,
+                      started_services, keep))
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if not keep and started_services:
+            stopped = services.down()
+            if stopped:
+                print(f"stopped {', '.join(stopped)} (make demo KEEP=1 leaves them running)")
     return 0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, timings: dict[str, float],
+            total_s: float, started: list[str], keep: bool) -> str:
+    p = config.paths()
+    pooled = result["scores"]["_pooled"]
+    offline_mse = registry.version_tags(config.load_params().register.model_name, version).get("test_mse")
+    lines = ["", "=" * 78, "KafkaNeuroPredict demo: summary", "=" * 78,
+             f"model            {config.load_params().register.model_name} v{version} (alias production)",
+             f"live MSE         {pooled['mse']:.4f} $^2 over {int(pooled['n'])} streamed forecasts",
+             f"persistence MSE  {pooled['persistence_mse']:.4f} $^2 on the same ticks "
+             f"(skill {100 * pooled['skill']:+.2f} %, mean over symbols {100 * pooled['mean_skill']:+.2f} %)"]
+    if offline_mse:
+        lines.append(f"offline test MSE {float(offline_mse):.4f} $^2 of v{version} (registered with it): "
+                     f"live - offline = {pooled['mse'] - float(offline_mse):+.1e}")
+    lines.append(f"{'symbol':<8}{'live MSE':>12}{'persistence':>13}{'skill %':>9}{'DM t':>7}")
+    for symbol, m in result["scores"].items():
+        if not symbol.startswith("_"):
+            lines.append(f"{symbol:<8}{m['mse']:>12.4f}{m['persistence_mse']:>13.4f}{100 * m['skill']:>+9.2f}"
+                         f"{m['dm_t']:>+7.2f}")
+    if worker_stats:
+        lines.append(f"worker           {worker_stats.get('consumed', 0):.0f} consumed = "
+                     f"{worker_stats.get('predicted', 0):.0f} predicted + {worker_stats.get('dlq_count', 0):.0f} "
+                     f"dead-lettered + {worker_stats.get('warmup_count', 0):.0f} warm-up; "
+                     f"{worker_stats.get('busy_throughput_ticks_per_s', 0):,.0f} ticks/s while busy, "
+                     f"p99 tick-to-prediction latency {worker_stats.get('latency_ms_p99', float('nan')):.0f} ms "
+                     f"(a burst replay: queueing; see bench/ for latency at a fixed rate)")
+    lines.append("time             " + ", ".join(f"{k.split(':')[0]} {v:.1f} s" for k, v in timings.items())
+                 + f"; total {total_s:.1f} s")
+    ui = f"http://127.0.0.1:{config.mlflow_ui_port()}"
+    running = keep or "mlflow-ui" not in started
+    lines += [f"MLflow UI        {ui}" + ("" if running else "  (stopped; `neuropredict ui` opens it again)"),
+              "                 experiment 'neuropredict': the pipeline run, LSTM vs GRU trials; "
+              "'neuropredict-serving': the live run",
+              f"reports          {p.reports_dir / 'evaluate' / 'report.json'}, "
+              f"{p.reports_dir / 'evaluate' / 'predicted_vs_actual.png'}",
+              f"                 {p.plots_dir}/*.png (dvc plots show), {p.validation_dir / 'data_docs' / 'index.html'}",
+              "=" * 78]
+    return "\n".join(lines)

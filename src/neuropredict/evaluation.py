@@ -87,13 +87,16 @@ def flat_metrics(scores: Mapping[str, Mapping[str, float]], prefix: str) -> dict
 
 def format_table(scores: Mapping[str, Mapping[str, float]], title: str = "") -> str:
     """A readable table: per symbol MSE beside persistence and drift, skill, DM t."""
-    head = f"{'symbol':<8}{'n':>6}{'MSE':>12}{'persist.':>12}{'drift':>12}{'skill %':>9}{'DM t':>7}{'MAPE %':>8}"
+    drift = any("drift_mse" in m for m in scores.values())
+    head = (f"{'symbol':<8}{'n':>6}{'MSE':>12}{'persist.':>12}" + (f"{'drift':>12}" if drift else "")
+            + f"{'skill %':>9}{'DM t':>7}{'MAPE %':>8}")
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
     for key, m in scores.items():
         name = "ALL" if key == "_pooled" else key
         lines.append(
             f"{name:<8}{int(m['n']):>6}{m['mse']:>12.4f}{m['persistence_mse']:>12.4f}"
-            f"{m.get('drift_mse', float('nan')):>12.4f}{100 * m['skill']:>+9.2f}{m['dm_t']:>+7.2f}{m['mape']:>8.3f}"
+            + (f"{m['drift_mse']:>12.4f}" if drift else "")
+            + f"{100 * m['skill']:>+9.2f}{m['dm_t']:>+7.2f}{m['mape']:>8.3f}"
         )
     pooled = scores.get("_pooled")
     if pooled and "mean_skill" in pooled:

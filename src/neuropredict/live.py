@@ -54,6 +54,7 @@ class LiveStats:
     warmup: int = 0
     batches: int = 0
     swaps: int = 0
+    busy_s: float = 0.0  # time spent processing batches (throughput while there was work)
     overall: ErrorSums = field(default_factory=ErrorSums)
     by_symbol: dict[str, ErrorSums] = field(default_factory=dict)
     by_version: dict[str, ErrorSums] = field(default_factory=dict)
@@ -72,7 +73,8 @@ class LiveStats:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         out = {"consumed": self.consumed, "predicted": self.predicted, "dlq_count": self.dead_lettered,
                "warmup_count": self.warmup, "model_swaps": self.swaps,
-               "throughput_ticks_per_s": self.consumed / elapsed}
+               "throughput_ticks_per_s": self.consumed / elapsed,
+               "busy_throughput_ticks_per_s": self.consumed / self.busy_s if self.busy_s else 0.0}
         for key, value in self.overall.figures().items():
             out[f"live_{key}"] = value
         for symbol, sums in self.by_symbol.items():

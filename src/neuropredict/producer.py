@@ -14,7 +14,7 @@ import pandas as pd
 from neuropredict import config, kafka_io, messages
 from neuropredict.config import DataParams, ServingParams
 from neuropredict.errors import ConfigError, DataSourceError
-from neuropredict.sources import read_snapshot, time_column
+from neuropredict.sources import read_manifest, read_raw, read_snapshot, time_column
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +28,33 @@ class ReplayTick:
     price: float
 
 
-def replay_ticks(snapshot_dir: Path, symbols: Iterable[str], interval: str, start: str, end: str,
-                 lead: int = 0, price_column: str = "Close") -> list[ReplayTick]:
+def replay_frames(symbols: Iterable[str], interval: str, raw_dir: Path, snapshot_dir: Path) -> tuple[dict, str]:
+    """Bars to replay: the pipeline's validated data/raw when it holds them (what the model was
+    scored on), else the bundled snapshot. Returns the frames and where they came from."""
+    symbols = tuple(symbols)
+    raw_dir = Path(raw_dir)
+    try:
+        if read_manifest(raw_dir).get("interval") == interval:
+            return read_raw(raw_dir, symbols), str(raw_dir)
+    except DataSourceError:
+        pass
+    every = DataParams(symbols=symbols, start="1900-01-01", end="2100-01-01", interval=interval, source="snapshot")
+    return read_snapshot(every, snapshot_dir), "the bundled snapshot"
+
+
+def replay_ticks(frames: dict[str, pd.DataFrame], interval: str, start: str, end: str, lead: int = 0,
+                 price_column: str = "Close") -> list[ReplayTick]:
     """Real bars in time order (symbols interleaved), plus `lead` earlier bars per symbol so a
     worker's windows are full when `start` arrives and its first forecast is for `start`."""
-    symbols = tuple(symbols)
-    every = DataParams(symbols=symbols, start="1900-01-01", end="2100-01-01", interval=interval,
-                       source="snapshot")
-    frames = read_snapshot(every, snapshot_dir)
     lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+    tcol = time_column(interval)
     rows = []
     for symbol, frame in frames.items():
-        tcol = time_column(interval)
         stamps = frame[tcol].astype(str).str.slice(0, 19)
         day = pd.to_datetime(stamps.str.slice(0, 10))
         inside = ((day >= lo) & (day <= hi)).to_numpy()
         if not inside.any():
-            raise ConfigError(f"no {interval} bars for {symbol} in {start}..{end} in the bundled snapshot")
+            raise ConfigError(f"no {interval} bars for {symbol} in {start}..{end}")
         first = int(inside.argmax())
         keep = inside.copy()
         keep[max(0, first - lead):first] = True

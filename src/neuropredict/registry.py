@@ -78,6 +78,13 @@ def model_id(name: str, version: str) -> str | None:
     return source.removeprefix("models:/") if source.startswith(("models:/m-", "m-")) else None
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    try:
+        return dict(tracking.with_retry(lambda: _client().get_model_version(name, str(version))).tags)
+    except Exception:  # informational only
+        return {}
+
+
 def tracking_uri_hint() -> str:
     from neuropredict.config import tracking_uri
 
@@ -203,10 +210,10 @@ def register_tuned(params: Params, p: Paths) -> dict[str, Any]:
     pooled = challenger["_pooled"]
     tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
             "data_source": str(read_manifest(p.raw_dir)["source"]), "git_commit": tracking.git_commit(p.root),
-            "test_period": f"{test_start}..{end}", "test_mse": f"{pooled['mse']:.6g}",
-            "test_persistence_mse": f"{pooled['persistence_mse']:.6g}",
-            "test_mean_skill": f"{pooled['mean_skill']:.6g}", "test_max_dm_t": f"{pooled['max_dm_t']:.4g}",
-            "val_loss": f"{selection['val_loss']:.6g}"}
+            "test_period": f"{test_start}..{end}", "test_mse": repr(pooled["mse"]),
+            "test_persistence_mse": repr(pooled["persistence_mse"]),
+            "test_mean_skill": repr(pooled["mean_skill"]), "test_max_dm_t": repr(pooled["max_dm_t"]),
+            "val_loss": repr(selection["val_loss"])}
     metadata = {"cell": selection["cell"], "window": selection["window"], "interval": params.data.interval,
                 "hyperparameters": selection["hyperparameters"], "test_period": [test_start, end]}
     previous = alias_version(name, PRODUCTION_ALIAS)

@@ -130,6 +130,15 @@ def read_snapshot(params: DataParams, snapshot_dir: Path) -> dict[str, pd.DataFr
     return frames
 
 
+def read_raw(raw_dir: Path, symbols) -> dict[str, pd.DataFrame]:
+    """The downloaded (and validated) files of data/raw, one frame per symbol."""
+    raw_dir = Path(raw_dir)
+    missing = [s for s in symbols if not (raw_dir / f"{s}.csv").is_file()]
+    if missing:
+        raise DataSourceError(f"{raw_dir} has no file for {', '.join(missing)}: run `dvc repro download`")
+    return {s: pd.read_csv(raw_dir / f"{s}.csv") for s in symbols}
+
+
 def _clip(frame: pd.DataFrame, params: DataParams, path: Path) -> pd.DataFrame:
     tcol = frame.columns[0]
     day = pd.to_datetime(frame[tcol].str.slice(0, 10))

@@ -57,10 +57,12 @@ class Worker:
     """One member of the serving consumer group. `run()` returns when stopped or a limit is hit."""
 
     def __init__(self, params: Params, bootstrap: str | None = None, group: str = config.CONSUMER_GROUP,
-                 alias: str = config.PRODUCTION_ALIAS, report_to_mlflow: bool = True):
+                 alias: str = config.PRODUCTION_ALIAS, report_to_mlflow: bool = True,
+                 pinned_version: str | None = None):
         self.params, self.s = params, params.serving
         self.bootstrap = bootstrap or config.kafka_bootstrap()
         self.group, self.alias = group, alias
+        self.pinned_version = pinned_version  # serve exactly this version; no hot swap
         self.model_name = params.register.model_name
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.stats = LiveStats()
@@ -92,8 +94,9 @@ class Worker:
         self.producer = kafka_io.producer(self.bootstrap, self.s)
         self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.s.max_poll_records)
         self.consumer.subscribe([config.PRICES_TOPIC], listener=_Rebalance(self))
-        self.watcher = ModelWatcher(self)
-        self.watcher.start()
+        if self.pinned_version is None:
+            self.watcher = ModelWatcher(self)
+            self.watcher.start()
         if self.reporter:
             self.reporter.start()
         log.info("worker: group %s, Kafka %s, model %s v%s (window %d), batches of up to %d",
@@ -115,7 +118,9 @@ class Worker:
                     assigned, self._to_restore = set(self._to_restore), set()
                     self._restore(assigned)
                 if batch:
+                    began = time.perf_counter()
                     self._process(batch)
+                    self.stats.busy_s += time.perf_counter() - began
                     last_data = time.monotonic()
                 self._maybe_report()
                 now = time.monotonic()
@@ -154,7 +159,7 @@ class Worker:
         return self.loaded.forecaster.window
 
     def _load_initial_model(self) -> None:
-        self.loaded = registry.load(self.model_name, self.alias)
+        self.loaded = registry.load(self.model_name, self.alias, version=self.pinned_version)
         self.model_id = registry.model_id(self.model_name, self.loaded.version)
         warm_up(self.loaded)
 

@@ -20,9 +20,9 @@ from tests.integration.kafka_helpers import TopicCounter, WorkerThread, predicti
 pytestmark = pytest.mark.slow
 
 
-def _ticks(root, params, start="2024-07-01", lead=None):
-    window = params.featurize.window if lead is None else lead
-    return producer.replay_ticks(root / "data" / "snapshot", params.data.symbols, "1d", start, params.data.end, window)
+def _ticks(root, params, start="2024-07-01", symbols=None):
+    frames, _ = producer.replay_frames(symbols or params.data.symbols, "1d", root / "data/raw", root / "data/snapshot")
+    return producer.replay_ticks(frames, "1d", start, params.data.end, params.featurize.window)
 
 
 def _inputs(bootstrap):
@@ -201,8 +201,7 @@ def test_a_killed_worker_is_replaced_and_no_input_is_left_unscored(trained_proje
 def test_two_workers_in_one_group_split_the_partitions_and_score_each_tick_once(served, broker):
     root, params = served
     every_symbol = ("AAPL", "AMZN", "GOOGL", "META", "MSFT", "NVDA", "TSLA")  # spread over 4 partitions
-    ticks = producer.replay_ticks(root / "data/snapshot", every_symbol, "1d", "2024-01-01", "2024-12-31",
-                                  params.featurize.window)
+    ticks = _ticks(root, params, start="2024-01-01", symbols=every_symbol)
     a = WorkerThread(params, broker)
     b = WorkerThread(params, broker)
     wait_for(lambda: a.worker.consumer.assignment() and b.worker.consumer.assignment()

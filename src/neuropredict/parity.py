@@ -1,0 +1,100 @@
+"""Train/serve parity: the held-out test period through Kafka and a worker must give the same
+forecasts as the offline test evaluation of the same model version.
+
+It runs on a private embedded broker (a free port, its own topics), so it never mixes with a
+running stream, and it pins the model version so a promotion mid-check cannot confuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuropredict import config, kafka_io, producer, registry, services, stream_report
+from neuropredict.config import Params, Paths
+from neuropredict.errors import NeuropredictError
+from neuropredict.features import load_price_series
+from neuropredict.forecaster import forecast_period
+from neuropredict.worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_REL_DIFF = 1e-4  # of the price
+MAX_MSE_REL_DIFF = 1e-3  # 0.1 %
+
+
+def check(params: Params, p: Paths, version: str | None = None) -> dict[str, Any]:
+    """Offline forecasts vs streamed forecasts of one version on the test period; PASS/FAIL."""
+    name = params.register.model_name
+    version = version or registry.alias_version(name)
+    if version is None:
+        raise NeuropredictError(f"no {name}@production to check: run `dvc repro` first")
+    loaded = registry.load(name, version=version)
+    series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    start, end = params.featurize.test_start, params.data.end
+    offline = forecast_period(loaded.forecaster, series, start, end)
+    online = stream_report.in_period(_stream(params, p, version, loaded.forecaster.window), start, end)
+    if params.data.interval == "1d":  # a replayed daily close is stamped 16:00; offline rows are dates
+        online = online.assign(time=online["time"].dt.normalize())
+    return compare(offline, online, version)
+
+
+def _stream(params: Params, p: Paths, version: str, window: int):
+    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
+    ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
+                                  window, params.featurize.price_column)
+    with tempfile.TemporaryDirectory(prefix="neuropredict-parity-") as tmp:
+        port = services.free_port()
+        broker = services.start_broker(port, Path(tmp) / "kafka.log")
+        bootstrap = f"127.0.0.1:{port}"
+        try:
+            kafka_io.ensure_topics(params.kafka, bootstrap)
+            worker = Worker(params, bootstrap=bootstrap, group="neuropredict-parity", report_to_mlflow=False,
+                            pinned_version=version)
+            worker.start()
+            thread = threading.Thread(target=worker.run, daemon=True)
+            thread.start()
+            producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
+            deadline = time.monotonic() + 300
+            while worker.stats.consumed < len(ticks) and time.monotonic() < deadline and thread.is_alive():
+                time.sleep(0.1)
+            worker.stop_event.set()
+            thread.join(60)
+            return stream_report.joined_rows(bootstrap)
+        finally:
+            services._stop_pid(broker.pid)
+
+
+def compare(offline, online, version: str) -> dict[str, Any]:
+    merged = offline.merge(online, on=["symbol", "time"], how="outer", suffixes=("_offline", "_online"),
+                           indicator=True)
+    both = merged[merged["_merge"] == "both"]
+    diff = np.abs(both["predicted_online"] - both["predicted_offline"]) / both["actual_offline"]
+    mse_off = float(np.mean((offline["predicted"] - offline["actual"]) ** 2))
+    mse_on = float(np.mean((online["predicted"] - online["actual"]) ** 2)) if len(online) else float("nan")
+    result = {
+        "version": version, "offline_rows": len(offline), "online_rows": len(online), "matched_rows": len(both),
+        "max_rel_diff": float(diff.max()) if len(both) else float("nan"),
+        "offline_mse": mse_off, "online_mse": mse_on,
+        "mse_rel_diff": abs(mse_on - mse_off) / mse_off if mse_off else float("nan"),
+        "tolerance": {"max_rel_diff": MAX_REL_DIFF, "mse_rel_diff": MAX_MSE_REL_DIFF},
+    }
+    result["passed"] = bool(
+        len(both) == len(offline) == len(online)
+        and result["max_rel_diff"] <= MAX_REL_DIFF and result["mse_rel_diff"] <= MAX_MSE_REL_DIFF)
+    return result
+
+
+def format_result(r: dict[str, Any]) -> str:
+    verdict = "PASS" if r["passed"] else "FAIL"
+    return (f"parity {verdict}: version {r['version']}, {r['matched_rows']} of {r['offline_rows']} offline test "
+            f"forecasts matched by the stream ({r['online_rows']} streamed)\n"
+            f"  max |online - offline| / price = {r['max_rel_diff']:.2e} (limit {MAX_REL_DIFF:.0e})\n"
+            f"  MSE offline {r['offline_mse']:.6f}, online {r['online_mse']:.6f}, relative difference "
+            f"{r['mse_rel_diff']:.2e} (limit {MAX_MSE_REL_DIFF:.0e})")

@@ -1,0 +1,131 @@
+"""`neuropredict evaluate`: join each streamed prediction with the symbol's next actual price.
+
+The join goes back to `stock_prices` itself: the forecast made at input (partition, offset) is
+scored against the next valid tick of the same symbol in that partition (a symbol's key keeps it
+in one partition), beside persistence on exactly the same rows, per symbol and per model version.
+At-least-once duplicates (the same input scored twice after a crash) are counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuropredict import config, kafka_io, messages, plots
+from neuropredict.errors import NeuropredictError
+from neuropredict.evaluation import flat_metrics, format_table, score_rows
+
+log = logging.getLogger(__name__)
+
+
+def read_topic(topic: str, bootstrap: str | None = None, since_ms: int | None = None,
+               idle_s: float = 2.0, timeout_s: float = 300.0) -> list:
+    """All records of a topic from the beginning (optionally only those stamped since since_ms)."""
+    from kafka import TopicPartition
+
+    c = kafka_io.consumer(None, bootstrap, max_poll_records=50_000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        if not parts:
+            return []
+        c.assign(parts)
+        c.seek_to_beginning(*parts)
+        out, last, deadline = [], time.monotonic(), time.monotonic() + timeout_s
+        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                out.extend(r for r in recs if since_ms is None or r.timestamp >= since_ms)
+                last = time.monotonic()
+        return out
+    finally:
+        c.close()
+
+
+def joined_rows(bootstrap: str | None = None, since_ms: int | None = None) -> pd.DataFrame:
+    """One row per scored forecast: symbol, target time, actual, predicted, persistence, version."""
+    ticks = []
+    for r in read_topic(config.PRICES_TOPIC, bootstrap, since_ms):
+        tick = messages.parse_tick(r.value)
+        if not isinstance(tick, str):
+            ticks.append((r.partition, r.offset, tick.symbol, tick.timestamp, tick.price))
+    preds = [messages.decode(r.value) for r in read_topic(config.PREDICTIONS_TOPIC, bootstrap, since_ms)]
+    return join(pd.DataFrame(ticks, columns=["partition", "offset", "symbol", "timestamp", "price"]), preds)
+
+
+def join(ticks: pd.DataFrame, preds: list[dict]) -> pd.DataFrame:
+    """Pure: inputs (partition, offset, symbol, timestamp, price) + prediction dicts -> scored rows."""
+    if ticks.empty or not preds:
+        return pd.DataFrame(columns=["symbol", "time", "actual", "predicted", "persistence", "model_version"])
+    ticks = ticks.sort_values(["partition", "symbol", "offset"])
+    nxt = ticks.groupby(["partition", "symbol"], sort=False)[["timestamp", "price"]].shift(-1)
+    ticks = ticks.assign(next_time=nxt["timestamp"], next_price=nxt["price"])
+    p = pd.DataFrame(preds).drop_duplicates(["input_partition", "input_offset"])
+    rows = p.merge(ticks, left_on=["input_partition", "input_offset", "symbol"],
+                   right_on=["partition", "offset", "symbol"], how="inner")
+    rows = rows.dropna(subset=["next_price"])
+    return pd.DataFrame({
+        "symbol": rows["symbol"].to_numpy(),
+        "time": pd.to_datetime(rows["next_time"]).to_numpy(),
+        "actual": rows["next_price"].to_numpy(float),
+        "predicted": rows["predicted_price"].to_numpy(float),
+        "persistence": rows["actual_price"].to_numpy(float),
+        "model_version": rows["model_version"].astype(str).to_numpy(),
+    }).sort_values(["symbol", "time"], ignore_index=True)
+
+
+def in_period(rows: pd.DataFrame, start: str | None, end: str | None) -> pd.DataFrame:
+    keep = np.ones(len(rows), dtype=bool)
+    if start:
+        keep &= rows["time"] >= pd.Timestamp(start)
+    if end:
+        keep &= rows["time"] < pd.Timestamp(end) + pd.Timedelta(days=1)
+    return rows.loc[keep].reset_index(drop=True)
+
+
+def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dict[str, Any]:
+    """Scores overall and per version; writes report.json, predicted_vs_actual.png; logs to MLflow."""
+    if rows.empty:
+        raise NeuropredictError("no prediction could be joined with a later price: is the worker running, "
+                         "and did the stream reach at least two ticks per symbol?")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "rows": len(rows), "first_target": str(rows["time"].min()), "last_target": str(rows["time"].max()),
+        "scores": score_rows(rows),
+        "by_version": {v: score_rows(g)["_pooled"] for v, g in rows.groupby("model_version")},
+    }
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    plots.predicted_vs_actual(rows, out_dir / "predicted_vs_actual.png",
+                              "Streamed forecasts vs actual (last 60 ticks per symbol)")
+    if log_to_mlflow:
+        _log(result, out_dir)
+    return result
+
+
+def _log(result: dict[str, Any], out_dir: Path) -> None:
+    import mlflow
+
+    from neuropredict import tracking
+
+    try:
+        tracking.setup(config.SERVING_EXPERIMENT_NAME)
+        with mlflow.start_run(run_name="evaluate", tags={"neuropredict.stage": "evaluate"}):
+            mlflow.log_metrics(flat_metrics(result["scores"], "stream"))
+            mlflow.log_artifacts(str(out_dir), "evaluate")
+    except Exception as exc:  # the report files exist either way
+        log.warning("could not log the evaluation to MLflow: %s", exc)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    lines = [format_table(result["scores"], f"Streamed forecasts scored against the next actual price "
+                                            f"({result['first_target'][:10]} .. {result['last_target'][:10]})")]
+    lines.append("by model version:")
+    for version, m in result["by_version"].items():
+        lines.append(f"  v{version}: {int(m['n'])} forecasts, MSE {m['mse']:.4f} vs persistence "
+                     f"{m['persistence_mse']:.4f} (skill {100 * m['skill']:+.2f} %)")
+    return "\n".join(lines)
