@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from neuropredict import config, messages, producer, registry, tracking
+from neuropredict import config, messages, producer, registry, stream_report, tracking
+from neuropredict.evaluation import score_rows
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from tests.conftest import copy_project, load_json, project_env, write_params
@@ -115,6 +116,12 @@ def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served
     assert run.data.metrics["live_naive_mse"] == pytest.approx(naive_sq / n, rel=1e-9)
     assert run.data.metrics["live_skill"] == pytest.approx(1 - model_sq / naive_sq, rel=1e-6)
     assert run.data.metrics["consumed"] == w.stats.consumed
+
+    # `neuropredict evaluate` joins with stock_prices: the same figures as computed here from the topic
+    evaluated = score_rows(stream_report.joined_rows(broker))["_pooled"]
+    assert evaluated["n"] == n
+    assert evaluated["mse"] == pytest.approx(model_sq / n, rel=1e-12)
+    assert evaluated["persistence_mse"] == pytest.approx(naive_sq / n, rel=1e-12)
 
 
 def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one_point(

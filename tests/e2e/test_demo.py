@@ -1,0 +1,40 @@
+"""`make demo`'s job, end to end on tiny params: train, serve, replay, evaluate, summarise, clean up."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from neuropredict import services
+from tests.conftest import TINY_PARAMS, load_json, make_project, project_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_end_to_end_and_summarises_live_mse_beside_persistence(tmp_path):
+    root = make_project(tmp_path / "p", TINY_PARAMS)
+    kafka_port, ui_port = services.free_port(), services.free_port()
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.run([sys.executable, "-m", "neuropredict.cli", "demo"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-5000:]
+    for step in ("[1/6] train", "[2/6] services", "[3/6] serve", "[4/6] replay", "[5/6] evaluate", "[6/6] summary"):
+        assert step in out
+    live = float(re.search(r"live MSE\s+([\d.]+)", out).group(1))
+    naive = float(re.search(r"persistence MSE\s+([\d.]+)", out).group(1))
+    report = load_json(root / "reports/evaluate/report.json")
+    assert live == pytest.approx(report["scores"]["_pooled"]["mse"], abs=1e-4)
+    assert naive == pytest.approx(report["scores"]["_pooled"]["persistence_mse"], abs=1e-4)
+    for symbol in ("AAPL", "MSFT"):
+        assert re.search(rf"^{symbol}\s+[\d.]+\s+[\d.]+\s+[+-][\d.]+", out, re.M)
+    counts = re.search(r"(\d+) consumed = (\d+) predicted \+ (\d+) dead-lettered \+ (\d+) warm-up", out)
+    consumed, predicted, dead, warm = map(int, counts.groups())
+    assert consumed == predicted + dead + warm and dead == 7 and warm == 2 * (TINY_PARAMS["featurize"]["window"] - 1)
+    assert "live - offline = " in out
+    assert f"http://127.0.0.1:{ui_port}" in out
+    assert "stopped kafka, mlflow-ui" in out
+    assert not services.port_open("127.0.0.1", kafka_port) and not services.port_open("127.0.0.1", ui_port)
+    assert (root / "reports/evaluate/predicted_vs_actual.png").stat().st_size > 10_000

@@ -1,0 +1,38 @@
+"""Train/serve parity on the tiny trained project: and proof that the check can fail."""
+
+import pytest
+
+from neuropredict import parity
+from neuropredict.config import load_params, paths
+from neuropredict.features import ReturnScaler, load_price_series
+from neuropredict.worker import Worker
+
+pytestmark = pytest.mark.slow
+
+
+def test_replaying_the_test_period_reproduces_the_offline_forecasts(trained_project, use_project):
+    use_project(trained_project)
+    params = load_params(trained_project / "params.yaml")
+    result = parity.check(params, paths(trained_project))
+    assert result["passed"], parity.format_result(result)
+    assert result["matched_rows"] == result["offline_rows"] > 100
+    assert result["max_rel_diff"] <= 1e-4 and result["mse_rel_diff"] <= 1e-3
+
+
+def test_parity_fails_when_serving_uses_a_different_transform(trained_project, use_project, monkeypatch):
+    use_project(trained_project)
+    params = load_params(trained_project / "params.yaml")
+    p = paths(trained_project)
+    series = load_price_series(p.raw_dir, params.data.symbols, "1d", "Close")
+    original = Worker._load_initial_model
+
+    def leaky(self):  # the seed's mistake: a scaler fitted on ALL data, test period included
+        original(self)
+        f = self.loaded.forecaster
+        f.scaler = ReturnScaler.fit(series, f.window, "2100-01-01")
+
+    monkeypatch.setattr(Worker, "_load_initial_model", leaky)
+    result = parity.check(params, p)
+    assert not result["passed"]
+    assert result["max_rel_diff"] > 1e-4
+    assert "FAIL" in parity.format_result(result)
