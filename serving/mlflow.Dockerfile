@@ -16,10 +16,11 @@ RUN pip install --no-cache-dir -c /tmp/requirements.lock mlflow==3.17.2 psycopg2
 
 # /mlartifacts exists in the image and belongs to the server's user, so a named volume mounted
 # there starts with that owner and the non-root server can write artifacts into it.
-RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin mlflow \
+RUN groupadd --gid 10001 mlflow \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin mlflow \
     && mkdir -p /mlartifacts \
     && chown mlflow:mlflow /mlartifacts
-USER mlflow
+USER 10001:10001
 WORKDIR /home/mlflow
 
 EXPOSE 5000

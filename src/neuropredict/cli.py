@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     from neuropredict import worker
 
     params = config.load_params()
-    stats = worker.serve(params, max_messages=args.max_messages, timeout_s=args.timeout_s,
+    stats = worker.serve(params, wait=args.wait, max_messages=args.max_messages, timeout_s=args.timeout_s,
                          idle_timeout_s=args.idle_timeout_s)
     if args.stats_out:
         import json
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-messages", type=int, help="stop after consuming this many messages")
     p.add_argument("--timeout-s", type=float, help="stop after this many seconds")
     p.add_argument("--idle-timeout-s", type=float, help="stop after this many seconds without input")
+    p.add_argument("--wait", action="store_true",
+                   help="retry until the production model and Kafka are reachable (for services), instead of exiting")
     p.add_argument("--stats-out", type=Path, help="write the final counts and live metrics here (JSON)")
     p.set_defaults(fn=_serve)
 

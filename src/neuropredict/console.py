@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ def configure_logging(verbose: bool = False) -> None:
                         stream=sys.stderr, force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_libraries)
+        handler.addFilter(RateLimit())
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
@@ -39,6 +41,31 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:
         return True
     return not any(record.name == n or record.name.startswith(n + ".") for n in QUIET_LOGGERS)
+
+
+class RateLimit(logging.Filter):
+    """While a broker is down, kafka-python logs every reconnect attempt: pass one line per kind
+    of message per `every_s` seconds, saying how many similar lines were held back."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("kafka",), every_s: float = 30.0):
+        super().__init__()
+        self.prefixes, self.every_s = prefixes, every_s
+        self._last: dict[tuple, float] = {}
+        self._held: dict[tuple, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg)[:40])
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar messages in the last {self.every_s:.0f} s held back)"
+        return True
 
 
 def run_main(main: Callable[[], object]) -> None:

@@ -175,6 +175,13 @@ def run(keep: bool = False) -> int:
     return 0
 
 
+def _experiment_url(ui: str, name: str) -> str:
+    from neuropredict import tracking
+
+    exp_id = tracking.setup(name)
+    return f"{ui}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -212,8 +219,10 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
     ui = f"http://127.0.0.1:{config.mlflow_ui_port()}"
     running = keep or "mlflow-ui" not in started
     lines += [f"MLflow UI        {ui}" + ("" if running else "  (stopped; `neuropredict ui` opens it again)"),
-              "                 experiment 'neuropredict': the pipeline run, LSTM vs GRU trials; "
-              "'neuropredict-serving': the live run",
+              f"  training runs  {_experiment_url(ui, config.EXPERIMENT_NAME)}  (expand 'pipeline': stages, "
+              f"trials; compare best-lstm with best-gru)",
+              f"  live serving   {_experiment_url(ui, config.SERVING_EXPERIMENT_NAME)}",
+              f"  registry       {ui}/#/models/{config.load_params().register.model_name}",
               f"reports          {p.reports_dir / 'evaluate' / 'report.json'}, "
               f"{p.reports_dir / 'evaluate' / 'predicted_vs_actual.png'}",
               f"                 {p.plots_dir}/*.png (dvc plots show), {p.validation_dir / 'data_docs' / 'index.html'}",

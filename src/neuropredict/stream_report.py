@@ -100,6 +100,7 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
         "by_version": {v: score_rows(g)["_pooled"] for v, g in rows.groupby("model_version")},
     }
     (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    rows.to_csv(out_dir / "rows.csv", index=False)
     plots.predicted_vs_actual(rows, out_dir / "predicted_vs_actual.png",
                               "Streamed forecasts vs actual (last 60 ticks per symbol)")
     if log_to_mlflow:

@@ -25,6 +25,9 @@ INVOCATION_TAG = "neuropredict.invocation"
 STAGE_TAG = "neuropredict.stage"
 GIT_COMMIT_TAG = "git_commit"
 PARENT_ENV = "NEUROPREDICT_PIPELINE_RUN_ID"
+# The MLflow 3 UI opens an experiment in its GenAI view unless told it is model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 T = TypeVar("T")
 
 
@@ -40,13 +43,16 @@ def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) ->
     mlflow.set_registry_uri(uri)
     found = with_retry(lambda: mlflow.get_experiment_by_name(experiment))
     if found is not None:
-        mlflow.set_experiment(experiment_id=found.experiment_id)
-        return found.experiment_id
-    location = config.artifact_root(root) if uri.startswith("sqlite") else None
-    try:
-        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
-    except Exception:  # another process created it first
-        exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+        exp_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            mlflow.tracking.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    else:
+        location = config.artifact_root(root) if uri.startswith("sqlite") else None
+        try:
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except Exception:  # another process created it first
+            exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

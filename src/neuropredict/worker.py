@@ -89,11 +89,31 @@ class Worker:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def start(self) -> None:
-        self._load_initial_model()
-        self.producer = kafka_io.producer(self.bootstrap, self.s)
+    def start(self, wait: bool = False) -> None:
+        """Load the model and connect. With wait=True (services, containers) a missing model or an
+        unreachable broker/registry is retried with backoff and a log line, instead of exiting."""
+        backoff = 2.0
+        while True:
+            try:
+                self._connect()
+                break
+            except Exception as exc:
+                if not wait or self.stop_event.is_set():
+                    raise
+                log.warning("not ready (%s: %s); retrying in %.0f s", type(exc).__name__, str(exc)[:200], backoff)
+                if self.stop_event.wait(backoff):
+                    raise
+                backoff = min(backoff * 2, 60.0)
+        self._start_threads()
+
+    def _connect(self) -> None:
+        if self.loaded is None:
+            self._load_initial_model()
+        self.producer = self.producer or kafka_io.producer(self.bootstrap, self.s)
         self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.s.max_poll_records)
         self.consumer.subscribe([config.PRICES_TOPIC], listener=_Rebalance(self))
+
+    def _start_threads(self) -> None:
         if self.pinned_version is None:
             self.watcher = ModelWatcher(self)
             self.watcher.start()
@@ -453,8 +473,9 @@ class ModelWatcher:
                 backoff = min(backoff * 2, 60.0)
 
 
-def serve(params: Params, **run_kwargs: Any) -> LiveStats:
+def serve(params: Params, wait: bool = False, **run_kwargs: Any) -> LiveStats:
     """The `neuropredict serve` entry point."""
     worker = Worker(params)
     worker.install_signal_handlers()
+    worker.start(wait=wait)
     return worker.run(**run_kwargs)

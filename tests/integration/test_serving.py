@@ -231,3 +231,45 @@ def test_two_workers_in_one_group_split_the_partitions_and_score_each_tick_once(
     assert by_worker[a.worker.worker_id] <= parts_a and by_worker[b.worker.worker_id] <= parts_b
     fed = {p for p, _ in _inputs(broker)}
     assert by_worker[a.worker.worker_id] == parts_a & fed and by_worker[b.worker.worker_id] == parts_b & fed
+
+
+def test_worker_survives_a_broker_restart_and_scores_what_comes_after(served, tmp_path):
+    from neuropredict import kafka_io, services
+
+    root, params = served
+    port = services.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = services.start_broker(port, tmp_path / "k1.log")
+    kafka_io.ensure_topics(params.kafka, bootstrap)
+    ticks = _ticks(root, params)
+    w = WorkerThread(params, bootstrap)
+    try:
+        producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
+        wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring before the outage")
+        services._stop_pid(broker.pid)  # the embedded broker keeps nothing: a restart is a new cluster
+        broker = services.start_broker(port, tmp_path / "k2.log")
+        kafka_io.ensure_topics(params.kafka, bootstrap)
+        before = w.stats.predicted
+        producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
+        wait_for(lambda: w.stats.consumed >= 2 * len(ticks), timeout_s=120, what="scoring after the restart")
+        assert w.thread.is_alive()
+        assert w.stats.predicted - before == len(ticks) - 2 * (params.featurize.window - 1)
+    finally:
+        w.stop()
+        services._stop_pid(broker.pid)
+
+
+def test_worker_keeps_scoring_while_mlflow_is_unreachable(served, broker, monkeypatch, caplog):
+    from neuropredict import services
+
+    root, params = served
+    w = WorkerThread(params, broker)
+    dead = f"http://127.0.0.1:{services.free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)  # registry and tracking both go away
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    ticks = _ticks(root, params)
+    producer.publish(ticks, bootstrap=broker, serving=params.serving)
+    wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring during the outage")
+    assert w.thread.is_alive() and w.stats.predicted == len(ticks) - 2 * (params.featurize.window - 1)
+    wait_for(lambda: "cannot check stock-price-forecaster@production" in caplog.text, what="a clear log line")
+    w.stop()

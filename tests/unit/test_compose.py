@@ -1,0 +1,135 @@
+"""The real-cluster deployment files (serving/compose.yaml, serving/*Dockerfile) agree with the code.
+
+No Docker engine is needed: the files are parsed and checked against the product's contracts
+(topic names, environment variables, entry point, KRaft without ZooKeeper).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neuropredict.config import DLQ_TOPIC, PREDICTIONS_TOPIC, PRICES_TOPIC, load_params
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "serving" / "compose.yaml"
+WORKER_DOCKERFILE = REPO / "serving" / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def env(service: dict) -> dict[str, str]:
+    """A service's environment as a dict, whichever of the two Compose forms it uses."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
+    return {k: "" if v is None else str(v) for k, v in raw.items()}
+
+
+def command_text(service: dict) -> str:
+    parts = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key) or []
+        parts.extend(value if isinstance(value, list) else [value])
+    return "\n".join(map(str, parts))
+
+
+def test_services_exist(services: dict) -> None:
+    assert {"kafka", "kafka-init", "postgres", "mlflow", "worker"} <= set(services)
+
+
+def test_compose_has_no_version_key(compose: dict) -> None:
+    assert "version" not in compose
+
+
+def test_kafka_runs_kraft_without_zookeeper(compose: dict, services: dict) -> None:
+    kafka = env(services["kafka"])
+    assert "controller" in kafka["KAFKA_PROCESS_ROLES"].split(",")
+    assert "broker" in kafka["KAFKA_PROCESS_ROLES"].split(",")
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert not any("zookeeper" in name.lower() for name in services)
+    # Parsed data, not the raw text: comments may mention ZooKeeper, settings may not.
+    assert "zookeeper" not in yaml.safe_dump(compose).lower()
+
+
+def test_topics_are_created_explicitly(services: dict) -> None:
+    assert env(services["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"].lower() == "false"
+    text = command_text(services["kafka-init"])
+    for topic in (PRICES_TOPIC, PREDICTIONS_TOPIC, DLQ_TOPIC):
+        assert topic in text
+    create_lines = [line for line in text.splitlines() if "--create" in line]
+    created = [m.group(1) for line in create_lines for m in re.finditer(r"--topic\s+(\S+)", line)]
+    assert sorted(created) == sorted([PRICES_TOPIC, PREDICTIONS_TOPIC, DLQ_TOPIC])
+    for line in create_lines:
+        assert "--if-not-exists" in line and "--replication-factor 1" in line
+
+
+def test_partitions_default_matches_params(services: dict) -> None:
+    text = command_text(services["kafka-init"])
+    defaults = set(re.findall(r"--partitions \$\{PARTITIONS:-(\d+)\}", text))
+    assert defaults == {str(load_params(REPO / "params.yaml").kafka.partitions)}
+
+
+def test_kafka_init_waits_for_a_healthy_broker(services: dict) -> None:
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["kafka"]
+
+
+def test_worker_environment_and_dependencies(services: dict) -> None:
+    worker = services["worker"]
+    variables = env(worker)
+    assert variables["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert variables["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert worker["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "ports" not in worker
+    assert "container_name" not in worker  # would forbid --scale
+
+
+def test_published_ports_are_loopback_only(services: dict) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_mlflow_accepts_the_hosts_clients_use(services: dict) -> None:
+    allowed = env(services["mlflow"])["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert "mlflow:5000" in allowed and "127.0.0.1:5000" in allowed
+
+
+def test_worker_dockerfile_entrypoint_runs_serving_worker() -> None:
+    lines = WORKER_DOCKERFILE.read_text().splitlines()
+    entrypoints = [line.split(None, 1)[1] for line in lines if line.startswith("ENTRYPOINT ")]
+    assert len(entrypoints) == 1
+    argv = json.loads(entrypoints[0])
+    assert argv[0] == "python" and argv[1] == "serving/worker.py"
+    assert (REPO / argv[1]).is_file()
+    assert any(line.startswith("USER ") and line.split()[1] not in ("root", "0") for line in lines)
+
+
+def test_build_dockerfiles_exist(services: dict) -> None:
+    built = {name: s["build"] for name, s in services.items() if "build" in s}
+    assert {"mlflow", "worker"} <= set(built)
+    for name, build in built.items():
+        build = {"context": build} if isinstance(build, str) else build
+        context = (COMPOSE_FILE.parent / build.get("context", ".")).resolve()
+        assert context.is_dir(), f"{name}: no build context {context}"
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert dockerfile.is_file(), f"{name}: no Dockerfile {dockerfile}"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".venv", "mlruns", ".git", "models", "data/raw", "data/features"} <= ignored
