@@ -40,9 +40,9 @@ TINY_PARAMS = {
              "learning_rate": [0.001, 0.003]},
     "register": {"model_name": "stock-price-forecaster", "max_dm_t": 2.0, "min_mean_skill": -0.5},
     "kafka": {"partitions": 4, "replication_factor": 1},
-    "serving": {"max_poll_records": 2000, "poll_timeout_ms": 100, "alias_poll_interval_s": 0.5,
+    "serving": {"max_poll_records": 2000, "poll_timeout_ms": 100, "fetch_max_wait_ms": 10, "alias_poll_interval_s": 0.5,
                 "metrics_interval_s": 1.0, "producer_linger_ms": 5, "producer_batch_bytes": 262144,
-                "compression": "lz4", "restore_lookback_max": 100000},
+                "compression": "lz4", "model_threads": 1, "restore_lookback_max": 100000},
 }
 PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks")
 

@@ -94,11 +94,13 @@ class KafkaParams:
 class ServingParams:
     max_poll_records: int = field(default=5000, metadata=_range(1, 1_000_000))
     poll_timeout_ms: int = field(default=100, metadata=_range(0, 60_000))
+    fetch_max_wait_ms: int = field(default=10, metadata=_range(0, 60_000))
     alias_poll_interval_s: float = field(default=5.0, metadata=_range(0.1, 3600))
     metrics_interval_s: float = field(default=10.0, metadata=_range(0.1, 3600))
     producer_linger_ms: int = field(default=5, metadata=_range(0, 10_000))
     producer_batch_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
     compression: Literal["none", "gzip", "lz4"] = "lz4"
+    model_threads: int = field(default=0, metadata=_range(0, 256))
     restore_lookback_max: int = field(default=100_000, metadata=_range(0, 100_000_000))
 
 

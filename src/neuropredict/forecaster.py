@@ -60,17 +60,19 @@ class Forecaster:
         """The raw model call on a batch of features."""
         return self._call(x).numpy().reshape(-1)
 
-    def predict_next(self, windows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
-        """(n, W) prices and n symbols -> n next-price forecasts."""
+    def features(self, windows: np.ndarray, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n, W) prices -> the model input and each row's (mean, sd): the shared feature function."""
         windows = np.asarray(windows, dtype=np.float64)
         if windows.ndim != 2 or windows.shape[1] != self.window:
             raise ValueError(f"expected windows of shape (n, {self.window}), got {windows.shape}")
         mu, sd = self.scaler.stats(symbols)
-        out = np.empty(len(windows), dtype=np.float64)
-        for lo in range(0, len(windows), EVAL_BATCH):
-            hi = lo + EVAL_BATCH
-            x = self.scaler.to_model_input(windows[lo:hi], mu[lo:hi], sd[lo:hi])
-            out[lo:hi] = self.model_outputs(x)
+        return self.scaler.to_model_input(windows, mu, sd), mu, sd
+
+    def predict_next(self, windows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
+        """(n, W) prices and n symbols -> n next-price forecasts."""
+        windows = np.asarray(windows, dtype=np.float64)
+        x, mu, sd = self.features(windows, symbols)
+        out = np.concatenate([self.model_outputs(x[lo:lo + EVAL_BATCH]) for lo in range(0, len(x), EVAL_BATCH)])
         return self.scaler.to_price(out, windows[:, -1], mu, sd)
 
     def drift(self, windows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:

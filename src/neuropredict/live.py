@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +62,20 @@ class LiveStats:
     by_version: dict[str, ErrorSums] = field(default_factory=dict)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50_000))
     started: float = field(default_factory=time.monotonic)
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time goes, per step of the loop
+    first_data_at: float = 0.0  # perf_counter when the first batch arrived ...
+    last_commit_at: float = 0.0  # ... and when the latest one was committed (end-to-end throughput)
+
+    def add_seconds(self, step: str, seconds: float) -> None:
+        self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_seconds(step, time.perf_counter() - began)
 
     def score(self, symbol: str, version: str, model_err: np.ndarray, naive_err: np.ndarray) -> None:
         if len(model_err) == 0:

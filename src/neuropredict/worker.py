@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from neuropredict.live import LiveStats, MlflowReporter
 from neuropredict.messages import Tick
 
 log = logging.getLogger(__name__)
+PIPELINE_CHUNKS = 8  # a batch's model calls, overlapped with publishing the previous chunk
 _worker_numbers = itertools.count(1)
 
 
@@ -70,6 +72,8 @@ class Worker:
         self.stop_event = threading.Event()
         self._batch_scores: list = []
         self._to_restore: set = set()  # partitions assigned but not yet rebuilt
+        self._partitions: dict[bytes, int] = {}  # symbol key -> output partition
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.reporter = MlflowReporter(self.model_name, group, self.s.metrics_interval_s) if report_to_mlflow else None
         self.loaded: registry.Loaded | None = None
         self.model_id: str | None = None
@@ -110,7 +114,8 @@ class Worker:
         if self.loaded is None:
             self._load_initial_model()
         self.producer = self.producer or kafka_io.producer(self.bootstrap, self.s)
-        self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.s.max_poll_records)
+        self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.s.max_poll_records,
+                                          fetch_max_wait_ms=self.s.fetch_max_wait_ms)
         self.consumer.subscribe([config.PRICES_TOPIC], listener=_Rebalance(self))
 
     def _start_threads(self) -> None:
@@ -133,12 +138,15 @@ class Worker:
         try:
             while not self.stop_event.is_set():
                 self._maybe_swap()
+                polled = time.perf_counter()
                 batch = self.consumer.poll(timeout_ms=self.s.poll_timeout_ms, max_records=self.s.max_poll_records)
+                self.stats.add_seconds("poll" if batch else "idle", time.perf_counter() - polled)
                 if self._to_restore:
                     assigned, self._to_restore = set(self._to_restore), set()
                     self._restore(assigned)
                 if batch:
                     began = time.perf_counter()
+                    self.stats.first_data_at = self.stats.first_data_at or began
                     self._process(batch)
                     self.stats.busy_s += time.perf_counter() - began
                     last_data = time.monotonic()
@@ -166,6 +174,7 @@ class Worker:
                 except Exception as exc:  # closing is best-effort
                     log.debug("close: %s", exc)
         self.producer = self.consumer = self._restorer = None
+        self._model_thread.shutdown(wait=False)
         log.info("worker stopped: %s", _summary(self.stats))
 
     # ---- the model ----
@@ -179,6 +188,7 @@ class Worker:
         return self.loaded.forecaster.window
 
     def _load_initial_model(self) -> None:
+        limit_tensorflow_threads(self.s.model_threads)
         self.loaded = registry.load(self.model_name, self.alias, version=self.pinned_version)
         self.model_id = registry.model_id(self.model_name, self.loaded.version)
         warm_up(self.loaded)
@@ -200,26 +210,47 @@ class Worker:
 
     def _process(self, batch: dict) -> None:
         self._batch_scores: list = []  # applied to the live stats only once the batch is committed
-        parsed, dead = self._parse(batch)
-        futures = [self.producer.send(config.DLQ_TOPIC, key=rec.key, value=rec.value,
-                                      headers=messages.dlq_headers(reason, rec.topic, rec.partition, rec.offset))
-                   for rec, reason in dead]
-        outputs, warmup = self._score(parsed)
-        futures += [self.producer.send(config.PREDICTIONS_TOPIC, key=key, value=value) for key, value in outputs]
-        self.producer.flush()
+        timed = self.stats.timed
+        with timed("decode"):
+            parsed, dead = self._parse(batch)
+        with timed("feature"):
+            by_symbol, windows, owners, warmup = self._features(parsed)
+        with timed("produce"):
+            futures = [self.producer.send(config.DLQ_TOPIC, key=rec.key, value=rec.value,
+                                          headers=messages.dlq_headers(reason, rec.topic, rec.partition, rec.offset))
+                       for rec, reason in dead]
+        predictions = self._predict_and_publish(parsed, windows, owners, futures)
+        with timed("score"):
+            for symbol, idx in by_symbol.items():
+                self._score_open_forecasts(symbol, [parsed.ticks[i] for i in idx], predictions[idx])
+        with timed("ack"):
+            self.producer.flush()
         if any(f.failed() for f in futures):
             self._rewind(futures)
             return
-        self.consumer.commit()
+        with timed("commit"):
+            self.consumer.commit()
+        self.stats.last_commit_at = time.perf_counter()
         for contribution in self._batch_scores:
             self.stats.score(*contribution)
         now_ms = time.time() * 1000
         self.stats.latencies_ms.extend(now_ms - np.asarray(parsed.created_ms, dtype=np.float64))
         self.stats.consumed += len(parsed.ticks) + len(dead)
-        self.stats.predicted += len(outputs)
+        self.stats.predicted += int(len(owners))
         self.stats.dead_lettered += len(dead)
         self.stats.warmup += warmup
         self.stats.batches += 1
+
+    def _output_partition(self, key: bytes) -> int:
+        """The default partitioner's choice for a key (murmur2, as the Java client), cached per
+        symbol: hashing in pure Python on every send costs more than the model call."""
+        part = self._partitions.get(key)
+        if part is None:
+            from kafka.partitioner.default import murmur2
+
+            count = len(self.producer.partitions_for(config.PREDICTIONS_TOPIC))
+            part = self._partitions[key] = (murmur2(key) & 0x7FFFFFFF) % count
+        return part
 
     def _parse(self, batch: dict) -> tuple[_Parsed, list]:
         parsed, dead = _Parsed(), []
@@ -234,8 +265,9 @@ class Worker:
                     parsed.created_ms.append(rec.timestamp)
         return parsed, dead
 
-    def _score(self, parsed: _Parsed) -> tuple[list[tuple[bytes, bytes]], int]:
-        """Window every tick, one model call for the batch, score open forecasts; return outputs."""
+    def _features(self, parsed: _Parsed) -> tuple[dict[str, list[int]], np.ndarray, np.ndarray, int]:
+        """Append every tick to its symbol's history; return the ticks by symbol, the full windows
+        (one per tick that has one), which tick owns each window, and the warm-up count."""
         by_symbol: dict[str, list[int]] = defaultdict(list)
         for i, tick in enumerate(parsed.ticks):
             by_symbol[tick.symbol].append(i)
@@ -246,20 +278,48 @@ class Worker:
             if len(rows):
                 windows.append(w)
                 owners.extend(idx[r] for r in rows)
+        stacked = np.concatenate(windows) if windows else np.empty((0, self.window))
+        return by_symbol, stacked, np.asarray(owners, dtype=np.int64), warmup
+
+    def _predict_and_publish(self, parsed: _Parsed, windows: np.ndarray, owners: np.ndarray,
+                             futures: list) -> np.ndarray:
+        """Model calls in chunks on a helper thread, so publishing chunk k overlaps the model call of
+        chunk k+1 (TensorFlow releases the GIL; the helper does no other Python work, so it never
+        waits for the GIL behind the send loop). Each symbol's outputs stay in order."""
         predictions = np.full(len(parsed.ticks), np.nan)
-        if windows:
-            stacked = np.concatenate(windows)
-            symbols = [parsed.ticks[i].symbol for i in owners]
-            predictions[owners] = self.loaded.forecaster.predict_next(stacked, symbols)
-        outputs = []
-        for symbol, idx in by_symbol.items():
-            self._score_open_forecasts(symbol, [parsed.ticks[i] for i in idx], predictions[idx])
-            for i in idx:
-                if not np.isnan(predictions[i]):
-                    part, off = parsed.where[i]
-                    outputs.append((symbol.encode(), messages.encode_prediction(
-                        parsed.ticks[i], float(predictions[i]), self.version, part, off, self.worker_id)))
-        return outputs, warmup
+        if not len(owners):
+            return predictions
+        forecaster, timed = self.loaded.forecaster, self.stats.timed
+        with timed("transform"):
+            x, mu, sd = forecaster.features(windows, [parsed.ticks[i].symbol for i in owners])
+        chunks = np.array_split(np.arange(len(owners)), max(1, min(PIPELINE_CHUNKS, len(owners) // 256)))
+        def call(chunk: np.ndarray) -> np.ndarray:  # on the model thread: no Python work but the call
+            began = time.perf_counter()
+            out = forecaster.model_outputs(chunk)
+            self.stats.add_seconds("model", time.perf_counter() - began)
+            return out
+
+        send, part, encode = self.producer.send, self._output_partition, messages.encode_prediction
+        version, worker = self.version, self.worker_id
+        pending = self._model_thread.submit(call, x[chunks[0]])
+        for k, rows in enumerate(chunks):
+            with timed("model_wait"):
+                outputs = pending.result()
+            if k + 1 < len(chunks):
+                pending = self._model_thread.submit(call, x[chunks[k + 1]])
+            mine = owners[rows]
+            values = forecaster.scaler.to_price(outputs, windows[rows, -1], mu[rows], sd[rows])
+            predictions[mine] = values
+            with timed("encode"):
+                out = []
+                for i, value in zip(mine.tolist(), values.tolist()):
+                    tick = parsed.ticks[i]
+                    p, o = parsed.where[i]
+                    out.append((tick.symbol.encode(), encode(tick, value, version, p, o, worker)))
+            with timed("produce"):
+                futures += [send(config.PREDICTIONS_TOPIC, key=key, value=value, partition=part(key))
+                            for key, value in out]
+        return predictions
 
     def _windows(self, symbol: str, ticks: list[Tick], partition: int) -> tuple[np.ndarray, list[int]]:
         """Append the ticks to the symbol's history; return the full windows ending at each tick
@@ -395,6 +455,20 @@ def _session_runs(ticks: list[Tick], session_reset: bool):
         if i == len(ticks) or ticks[i].timestamp[:10] != ticks[start].timestamp[:10]:
             yield start, i, ticks[start].timestamp[:10]
             start = i
+
+
+def limit_tensorflow_threads(threads: int) -> None:
+    """On a few cores a batched call on one thread leaves the other to Kafka's IO; TF's spinning
+    thread pool otherwise competes with the producer (measured: bench/serving.py). 0: TF decides."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran in this process (tests, notebooks): keep its pool
+        log.debug("TensorFlow already initialised; thread settings unchanged")
 
 
 def warm_up(loaded: registry.Loaded) -> None:
