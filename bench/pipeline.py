@@ -33,31 +33,16 @@ from pathlib import Path
 
 import yaml
 
+from neuropredict.scratch import copy_project, scratch_env
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench" / "results"
 STAGES = ("download", "validate", "featurize", "tune", "register")
-PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks")
 NOOP_SAMPLES = 3
 SYMBOL = "AAPL"
 
-# Copied literally from tests/conftest.py (TINY_PARAMS): seconds per stage, every path exercised.
-TINY_PARAMS = {
-    "seed": 7,
-    "data": {"symbols": ["AAPL", "MSFT"], "start": "2022-01-01", "end": "2024-12-31", "interval": "1d",
-             "source": "snapshot", "download_timeout_s": 5},
-    "validate": {"max_gap_days": 5, "max_abs_log_return": 0.4},
-    "featurize": {"price_column": "Close", "window": 10, "validation_start": "2023-07-01",
-                  "test_start": "2024-07-01"},
-    "tune": {"tuner": "random", "cells": ["lstm", "gru"], "trials_per_cell": 1, "max_epochs": 2,
-             "patience": 1, "batch_size": 64, "units": [4], "layers": [1], "dropout": [0.0, 0.0],
-             "learning_rate": [0.001, 0.003]},
-    "register": {"model_name": "stock-price-forecaster", "max_dm_t": 2.0, "min_mean_skill": -0.5},
-    "kafka": {"partitions": 4, "replication_factor": 1},
-    "serving": {"max_poll_records": 2000, "poll_timeout_ms": 100, "alias_poll_interval_s": 0.5,
-                "metrics_interval_s": 1.0, "producer_linger_ms": 5, "producer_batch_bytes": 262144,
-                "compression": "lz4", "restore_lookback_max": 100000},
-}
+TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"  # the tests' params: seconds per stage
 
 # (batch sizes, minimum seconds of timed calls per measurement, most timed calls)
 FULL_TIMING = ((1, 8, 64, 512, 4096), 0.5, 20_000)
@@ -71,21 +56,6 @@ class BenchError(RuntimeError):
 # ---- the project copy ----
 
 
-def project_env(root: Path) -> dict[str, str]:
-    """Environment for the project copy: its own MLflow store, this venv first on PATH."""
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "NEUROPREDICT_ROOT": str(root),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-        "NEUROPREDICT_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "TF_ENABLE_ONEDNN_OPTS": "0",
-    }
-
-
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -95,31 +65,12 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subproc
     return proc
 
 
-def make_project(dest: Path, smoke: bool) -> Path:
-    """A copy of the project (real git + DVC repo) like tests/conftest.py make_project."""
-    for rel in PROJECT_FILES:
-        src = REPO / rel
-        if src.is_dir():
-            shutil.copytree(src, dest / rel)
-        elif src.exists():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    if smoke:
-        (dest / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
-    else:
-        shutil.copy2(REPO / "params.yaml", dest / "params.yaml")
-    run(["git", "init", "-q"], dest)
-    run([str(BIN / "dvc"), "init", "-q"], dest)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], dest)
-    return dest
-
-
 # ---- dvc repro timings ----
 
 
 def timed_dvc(root: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    proc = run([str(BIN / "dvc"), *args], root, project_env(root))
+    proc = run([str(BIN / "dvc"), *args], root, scratch_env(root))
     return time.perf_counter() - start, proc
 
 
@@ -240,9 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def bench(args: argparse.Namespace, root: Path) -> dict:
     print(f"project copy: {root}", flush=True)
-    make_project(root, args.smoke)
+    params = yaml.safe_load(TINY_PARAMS.read_text()) if args.smoke else None
+    copy_project(REPO, root, params)
     # This process loads the model too: point its config at the copy, never at the user's store.
-    os.environ.update(project_env(root))
+    os.environ.update(scratch_env(root))
     print("dvc repro, one stage at a time:", flush=True)
     stage_seconds, total = time_stages(root)
     print(f"no-op dvc repro x{NOOP_SAMPLES}...", flush=True)

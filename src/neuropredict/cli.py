@@ -53,11 +53,11 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    uri = config.tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    from neuropredict import services, tracking
+
+    tracking.setup()  # creates the store if it does not exist yet
+    cmd, env = services.mlflow_ui_command(args.port)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {config.tracking_uri()}); Ctrl-C stops it")
     return subprocess.call(cmd, env=env)
 
 
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_promote)
 
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for this project's store")
-    p.add_argument("--port", type=int, default=config.DEFAULT_MLFLOW_UI_PORT)
+    p.add_argument("--port", type=int, default=config.mlflow_ui_port())
     p.set_defaults(fn=_ui)
 
     p = sub.add_parser("repro", help="`dvc repro` with this environment's Python (same as dvc repro)")

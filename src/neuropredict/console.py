@@ -15,15 +15,28 @@ QUIET_LOGGERS = ("great_expectations", "mlflow", "alembic", "kafka", "urllib3", 
                  "h5py", "matplotlib", "tensorflow", "keras_tuner", "py.warnings", "git")
 
 
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # no installation id, no lookups of telemetry hosts
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "False",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "TF_ENABLE_ONEDNN_OPTS": "0",  # with level 3: TensorFlow's import prints nothing
+}
+
+
+def quiet_environment(env=None) -> None:
+    """Offline-safe, quiet defaults for the libraries (values already set are kept)."""
+    env = os.environ if env is None else env
+    for key, value in QUIET_ENV.items():
+        env.setdefault(key, value)
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Configure the root logger once, in the entry point; modules only call getLogger."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    quiet_environment()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)

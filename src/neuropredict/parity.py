@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from neuropredict import config, kafka_io, producer, registry, services, stream_report
+from neuropredict import kafka_io, producer, registry, services, stream_report
 from neuropredict.config import Params, Paths
 from neuropredict.errors import NeuropredictError
 from neuropredict.features import load_price_series

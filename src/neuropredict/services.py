@@ -116,12 +116,7 @@ def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Servi
     """`mlflow server` on 127.0.0.1 for this project's store (job execution off: 2 processes, not 10)."""
     if port_open("127.0.0.1", port):
         raise ServiceError(f"port {port} is already in use: stop what runs there or set NEUROPREDICT_UI_PORT")
-    uri = config.tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1"]
-    if uri.startswith("sqlite"):
-        cmd += ["--default-artifact-root", config.artifact_root()]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd, env = mlflow_ui_command(port)
     proc = _spawn(cmd, log_path, env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
@@ -133,6 +128,17 @@ def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Servi
         time.sleep(0.25)
     _stop_pid(proc.pid)
     raise ServiceError(f"the MLflow UI did not answer within {timeout_s:g} s; see {log_path}")
+
+
+def mlflow_ui_command(port: int) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` for this project's store on 127.0.0.1 (job execution off: 2 processes, not 10)."""
+    uri = config.tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", config.artifact_root()]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return cmd, env
 
 
 def _http_ok(url: str) -> bool:

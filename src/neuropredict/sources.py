@@ -15,7 +15,6 @@ from neuropredict.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
-PRICE_COLUMNS = ("Open", "High", "Low", "Close")
 RAW_COLUMNS = {
     "1d": ("Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"),
     "1m": ("Datetime", "Open", "High", "Low", "Close", "Volume"),

@@ -14,7 +14,7 @@ import pandas as pd
 
 from neuropredict.config import ValidateParams
 from neuropredict.errors import DataValidationError
-from neuropredict.sources import PRICE_COLUMNS, RAW_COLUMNS
+from neuropredict.sources import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
 import pandas as pd
-import pytest
 
 from neuropredict.stream_report import join
 
