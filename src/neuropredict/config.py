@@ -75,6 +75,7 @@ class TuneParams:
     layers: tuple[int, ...] = (1, 2)
     dropout: tuple[float, float] = (0.0, 0.3)
     learning_rate: tuple[float, float] = (3e-4, 3e-3)
+    parsimony_tolerance: float = field(default=0.002, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class ServingParams:
     producer_linger_ms: int = field(default=5, metadata=_range(0, 10_000))
     producer_batch_bytes: int = field(default=262144, metadata=_range(1024, 16 * 1024 * 1024))
     compression: Literal["none", "gzip", "lz4"] = "lz4"
-    model_threads: int = field(default=0, metadata=_range(0, 256))
+    model_threads: int = field(default=1, metadata=_range(0, 256))
     restore_lookback_max: int = field(default=100_000, metadata=_range(0, 100_000_000))
 
 

@@ -36,8 +36,10 @@ class CellResult:
     best_hp: dict[str, Any]
     best_val_loss: float
     trials: int
-    model: Any  # keras.Model with the best trial's best-epoch weights
-    history: dict[str, list[float]]  # the best trial's per-epoch train/validation loss
+    model: Any  # keras.Model with the chosen trial's best-epoch weights
+    history: dict[str, list[float]]  # the chosen trial's per-epoch train/validation loss
+    n_params: int  # size of the chosen model (what it costs to serve)
+    lowest_val_loss: float  # the best validation loss any trial of this cell reached
 
 
 def supervised(rows: WindowSet, scaler: ReturnScaler) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +84,7 @@ class _MlflowTrials:
         with mlflow.start_run(run_name=f"trial-{hp['cell']}-{trial.trial_id}", nested=True,
                               tags={"neuropredict.stage": "tune-trial", "cell": hp["cell"]}):
             mlflow.log_params(hp)
+            mlflow.log_metric("n_params", self.hypermodel.build(trial.hyperparameters).count_params())
             histories = super().run_trial(trial, *args, **kwargs)
             history = histories[0].history if isinstance(histories, list) else histories.history
             self.histories[trial.trial_id] = {k: [float(v) for v in history[k]] for k in ("loss", "val_loss")}
@@ -134,11 +137,25 @@ def search(params: TuneParams, seed: int, train: WindowSet, validation: WindowSe
                                              restore_best_weights=True)
         tuner.search(x, y, validation_data=(xv, yv), epochs=params.max_epochs, batch_size=params.batch_size,
                      shuffle=True, callbacks=[stop, EpochLog(params.max_epochs)], verbose=0)
-        best = tuner.oracle.get_best_trials(1)[0]
-        hp = {k: v for k, v in best.hyperparameters.values.items() if k not in TUNER_STATE_KEYS}
-        results.append(CellResult(cell, hp, float(best.score), len(tuner.oracle.trials),
-                                  tuner.load_model(best), tuner.histories[best.trial_id]))
+        trials = [t for t in tuner.oracle.get_best_trials(len(tuner.oracle.trials)) if t.score is not None]
+        sizes = {t.trial_id: tuner.hypermodel.build(t.hyperparameters).count_params() for t in trials}
+        chosen = parsimonious([(t, float(t.score), sizes[t.trial_id]) for t in trials], params.parsimony_tolerance)
+        hp = {k: v for k, v in chosen.hyperparameters.values.items() if k not in TUNER_STATE_KEYS}
+        results.append(CellResult(cell, hp, float(chosen.score), len(tuner.oracle.trials),
+                                  tuner.load_model(chosen), tuner.histories[chosen.trial_id],
+                                  sizes[chosen.trial_id], float(trials[0].score)))
+        log.info("%s: chose trial %s (%d parameters, val_loss %.4f; lowest %.4f)", cell, chosen.trial_id,
+                 sizes[chosen.trial_id], chosen.score, trials[0].score)
     return results
+
+
+def parsimonious(candidates: list[tuple[Any, float, int]], tolerance: float) -> Any:
+    """Of (item, validation loss, size) candidates, the smallest whose loss is within `tolerance`
+    (relative) of the lowest: differences that small are noise on one validation year, while a
+    bigger model costs every served tick. Ties go to the lower loss."""
+    lowest = min(loss for _, loss, _ in candidates)
+    near = [c for c in candidates if c[1] <= lowest * (1 + tolerance)]
+    return min(near, key=lambda c: (c[2], c[1]))[0]
 
 
 def _make_tuner(params: TuneParams, seed: int, cell: str, steps: int, tuner_dir: Path):
@@ -167,9 +184,9 @@ def null_validation_loss(validation: WindowSet, scaler: ReturnScaler) -> float:
     return float(np.mean(yv.astype(np.float64) ** 2))
 
 
-def pick_winner(results: list[CellResult]) -> CellResult:
-    """Lowest validation loss wins; the test period plays no part."""
-    return min(results, key=lambda r: r.best_val_loss)
+def pick_winner(results: list[CellResult], tolerance: float) -> CellResult:
+    """Chosen on validation loss (with the same parsimony rule); the test period plays no part."""
+    return parsimonious([(r, r.best_val_loss, r.n_params) for r in results], tolerance)
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -182,7 +199,7 @@ def run(params: Params, p: Paths) -> dict[str, Any]:
     scaler = ReturnScaler.load(p.features_dir / SCALER_FILE)
     train, validation = (WindowSet.load(p.features_dir / f"{s}.npz") for s in ("train", "validation"))
     results = search(params.tune, params.seed, train, validation, scaler, p.tuner_dir)
-    winner = pick_winner(results)
+    winner = pick_winner(results, params.tune.parsimony_tolerance)
     series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
     test_rows = _save_and_score(results, scaler, series, params, p)
     scores = {cell: score_rows(rows) for cell, rows in test_rows.items()}
@@ -191,7 +208,7 @@ def run(params: Params, p: Paths) -> dict[str, Any]:
     shutil.copytree(p.model_dir / winner.cell, p.model_dir / BEST)
     write_json(p.model_dir / BEST / SELECTION_FILE, {
         "cell": winner.cell, "hyperparameters": winner.best_hp, "val_loss": winner.best_val_loss,
-        "chosen_on": "validation loss", "window": params.featurize.window})
+        "n_params": winner.n_params, "chosen_on": CHOSEN_ON, "window": params.featurize.window})
     report = _comparison(results, scores, winner, null_validation_loss(validation, scaler))
     write_json(p.metrics_dir / "tune.json", report)
     write_json(p.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
@@ -226,6 +243,7 @@ def _publish(p: Paths, report: dict[str, Any], winner_scores: dict, winner_cell:
 
 
 BEST = "best"
+CHOSEN_ON = "validation loss (smallest model within tune.parsimony_tolerance of the lowest)"
 SELECTION_FILE = "selection.json"
 
 
@@ -236,17 +254,19 @@ def _log_cell_run(r: CellResult, scores: dict[str, dict[str, float]]) -> None:
     with mlflow.start_run(run_name=f"best-{r.cell}", nested=True,
                           tags={"neuropredict.stage": "tune-best", "cell": r.cell}):
         mlflow.log_params(r.best_hp)
-        mlflow.log_metrics({"val_loss": r.best_val_loss, "trials": r.trials, **flat_metrics(scores, "test")})
+        mlflow.log_metrics({"val_loss": r.best_val_loss, "trials": r.trials, "n_params": r.n_params,
+                            **flat_metrics(scores, "test")})
 
 
 def _comparison(results: list[CellResult], scores: dict, winner: CellResult,
                 null_val_loss: float) -> dict[str, Any]:
     """LSTM against GRU: validation loss (how the winner was chosen) and test figures (reported)."""
-    report: dict[str, Any] = {"winner": winner.cell, "chosen_on": "validation loss", "null_val_loss": null_val_loss}
+    report: dict[str, Any] = {"winner": winner.cell, "chosen_on": CHOSEN_ON, "null_val_loss": null_val_loss}
     for r in results:
         pooled = scores[r.cell]["_pooled"]
         report[r.cell] = {
-            "val_loss": r.best_val_loss, "trials": r.trials,
+            "val_loss": r.best_val_loss, "lowest_val_loss": r.lowest_val_loss, "n_params": r.n_params,
+            "trials": r.trials,
             **{f"hp_{k}": v for k, v in r.best_hp.items() if k != "cell"},
             "test_mse": pooled["mse"], "test_persistence_mse": pooled["persistence_mse"],
             "test_drift_mse": pooled["drift_mse"], "test_skill": pooled["skill"],
@@ -266,11 +286,12 @@ def _comparison(results: list[CellResult], scores: dict, winner: CellResult,
 
 def comparison_table(report: dict[str, Any]) -> str:
     cells = [k for k in report if k in ("lstm", "gru")]
-    lines = [f"LSTM vs GRU (winner: {report['winner'].upper()}, chosen on {report['chosen_on']})",
+    lines = [f"LSTM vs GRU (winner: {report['winner'].upper()}, chosen on the {report['chosen_on']})",
              f"{'':<22}" + "".join(f"{c.upper():>12}" for c in cells)]
     lines.insert(1, f"validation loss of the null model (training mean return): {report['null_val_loss']:.4f}")
-    for key in ("val_loss", "test_mse", "test_persistence_mse", "test_skill", "test_mean_skill", "test_max_dm_t"):
-        lines.append(f"{key:<22}" + "".join(f"{report[c][key]:>12.4f}" for c in cells))
+    for key in ("n_params", "val_loss", "lowest_val_loss", "test_mse", "test_persistence_mse", "test_skill", "test_mean_skill", "test_max_dm_t"):
+        lines.append(f"{key:<22}" + "".join(f"{report[c][key]:>12,}" if isinstance(report[c][key], int)
+                                            else f"{report[c][key]:>12.4f}" for c in cells))
     lines.append(f"{'skill % by symbol':<22}" + "".join(f"{c.upper():>12}" for c in cells))
     for s, m in report["test_per_symbol"].items():
         lines.append(f"  {s:<20}" + "".join(f"{100 * m[f'{c}_skill']:>+12.2f}" for c in cells))

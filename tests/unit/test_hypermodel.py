@@ -27,3 +27,12 @@ def test_rejects_unknown_cell_and_too_short_windows():
         ForecasterHyperModel("rnn", 9, SPACE)
     with pytest.raises(ValueError, match="raise featurize.window"):
         ForecasterHyperModel("gru", 1, SPACE)
+
+
+def test_parsimony_picks_the_smallest_model_within_tolerance_of_the_lowest_loss():
+    from neuropredict.tuning import parsimonious
+
+    trials = [("big", 0.8977, 50_000), ("small", 0.8990, 2_000), ("tiny-but-worse", 0.9100, 100)]
+    assert parsimonious(trials, tolerance=0.002) == "small"
+    assert parsimonious(trials, tolerance=0.0) == "big"
+    assert parsimonious([("a", 0.9, 10), ("b", 0.899, 10)], tolerance=0.01) == "b"  # a tie in size: lower loss
