@@ -212,7 +212,7 @@ def main() -> int:
             a.pop("_thread").join(30)
             prof = a.pop("_profile")
         finally:
-            services._stop_pid(broker.pid)
+            services.stop_process(broker.pid)
     saturation = percentiles(list(worker.stats.latencies_ms)[: len(ticks)])
     report = {
         "throughput_ticks_per_s": a["throughput_ticks_per_s"],

@@ -105,4 +105,4 @@ def broker(tmp_path):
     try:
         yield bootstrap
     finally:
-        services._stop_pid(svc.pid)
+        services.stop_process(svc.pid)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 from neuropredict import config
-from neuropredict.console import run_main
+from neuropredict.console import run_main, tool, tools_env
 from neuropredict.errors import NeuropredictError
 
 
@@ -38,6 +35,15 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _date(text: str) -> str:
+    """argparse type: a date like 2024-01-31, checked here rather than deep inside pandas."""
+    try:
+        datetime.strptime(text[:10], "%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2024-01-31") from None
+    return text
+
+
 def _num(text: str | None, fmt: str = ".4f") -> str:
     return format(float(text), fmt) if text else "-"
 
@@ -62,9 +68,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
-    dvc = shutil.which("dvc") or os.path.join(os.path.dirname(sys.executable), "dvc")
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.call([dvc, "repro", *args.targets], cwd=config.project_root(), env=env)
+    return subprocess.call([tool("dvc"), "repro", *args.targets], cwd=config.project_root(), env=tools_env())
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -142,16 +146,9 @@ def _model_window(params) -> int:
     """The production model's window (so its first forecast is for --start), else params'."""
     from neuropredict import registry
 
-    try:
-        version = registry.alias_version(params.register.model_name, config.PRODUCTION_ALIAS)
-        if version:
-            import mlflow
-
-            info = mlflow.models.get_model_info(f"models:/{params.register.model_name}/{version}")
-            return int(info.metadata["window"])
-    except Exception:  # no registry yet: fall back to the configured window
-        pass
-    return params.featurize.window
+    name = params.register.model_name
+    version = registry.alias_version(name, config.PRODUCTION_ALIAS)
+    return registry.model_window(name, version) if version else params.featurize.window
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -171,7 +168,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from neuropredict import stream_report
 
-    rows = stream_report.in_period(stream_report.joined_rows(), args.start, args.end)
+    params = config.load_params()
+    rows = stream_report.in_period(stream_report.joined_rows(session_reset=params.data.intraday), args.start, args.end)
     out_dir = config.paths().reports_dir / "evaluate"
     result = stream_report.report(rows, out_dir, log_to_mlflow=not args.no_mlflow)
     print(stream_report.format_report(result))
@@ -230,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("produce", help="send ticks to stock_prices: replay of real history, or live yfinance")
     p.add_argument("--source", choices=["replay", "live"], default="replay")
     p.add_argument("--symbols", help="comma-separated (default: data.symbols)")
-    p.add_argument("--start", help="first forecast target (default: featurize.test_start)")
-    p.add_argument("--end", help="last date (default: data.end)")
+    p.add_argument("--start", type=_date, help="first forecast target (default: featurize.test_start)")
+    p.add_argument("--end", type=_date, help="last date (default: data.end)")
     p.add_argument("--interval", choices=["1d", "1m"], help="daily closes or 1-minute bars (default: data.interval)")
     p.add_argument("--lead", type=int, help="ticks per symbol before --start (default: the model's window)")
     p.add_argument("--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)")
@@ -250,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_serve)
 
     p = sub.add_parser("evaluate", help="join streamed forecasts with later prices: MSE etc. beside persistence")
-    p.add_argument("--start", help="first target date to score")
-    p.add_argument("--end", help="last target date to score")
+    p.add_argument("--start", type=_date, help="first target date to score")
+    p.add_argument("--end", type=_date, help="last target date to score")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(fn=_evaluate)
 
@@ -275,6 +273,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         except OSError as exc:
             raise NeuropredictError(f"{exc}") from None
+        except Exception as exc:
+            from mlflow.exceptions import MlflowException
+
+            if isinstance(exc, MlflowException):
+                raise NeuropredictError(f"MLflow ({config.tracking_uri()}): {exc.message.splitlines()[0][:300]}; "
+                                        f"is the store or server reachable? (MLFLOW_TRACKING_URI)") from None
+            raise
 
     run_main(call)
 

@@ -159,6 +159,15 @@ class Paths:
         return self.root / "models" / "tuned"
 
     @property
+    def best_model_dir(self) -> Path:
+        """The tuned model the register stage ships (a copy of the winning cell's folder)."""
+        return self.model_dir / "best"
+
+    @property
+    def selection_file(self) -> Path:
+        return self.best_model_dir / "selection.json"
+
+    @property
     def tuner_dir(self) -> Path:
         return self.root / "models" / "tuner"
 
@@ -208,12 +217,19 @@ def artifact_root(root: Path | None = None) -> str:
     return (paths(root).mlruns_dir / "artifacts").as_uri()
 
 
+def _port(variable: str, default: int) -> int:
+    text = os.environ.get(variable, str(default))
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{variable}={text!r} is not a port number (1..65535)")
+    return int(text)
+
+
 def embedded_kafka_port() -> int:
-    return int(os.environ.get("NEUROPREDICT_KAFKA_PORT", "9092"))
+    return _port("NEUROPREDICT_KAFKA_PORT", 9092)
 
 
 def mlflow_ui_port() -> int:
-    return int(os.environ.get("NEUROPREDICT_UI_PORT", str(DEFAULT_MLFLOW_UI_PORT)))
+    return _port("NEUROPREDICT_UI_PORT", DEFAULT_MLFLOW_UI_PORT)
 
 
 def kafka_bootstrap() -> str:

@@ -34,6 +34,18 @@ def quiet_environment(env=None) -> None:
         env.setdefault(key, value)
 
 
+def tool(name: str) -> str:
+    """A command installed in this environment (.venv/bin/dvc), whatever PATH says."""
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def tools_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment whose PATH finds this environment's tools first: DVC stages run `python`."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Configure the root logger once, in the entry point; modules only call getLogger."""
     quiet_environment()

@@ -7,18 +7,17 @@ Services the demo started are stopped at the end unless it was asked to keep the
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from neuropredict import config, producer, registry, services, stream_report
-from neuropredict.errors import ServiceError
+from neuropredict.console import tool, tools_env
+from neuropredict.errors import NeuropredictError, ServiceError
+from neuropredict.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +47,18 @@ class Steps:
         self.current = ""
 
 
-def _bin(name: str) -> str:
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-
-
 def train() -> None:
     """dvc repro; when the registry lost its production model (e.g. mlruns/ was wiped), register again."""
-    root = config.project_root()
-    subprocess.run([_bin("dvc"), "repro"], cwd=root, env=_env(), check=True)
-    params = config.load_params()
-    if registry.alias_version(params.register.model_name) is None:
+    _dvc("repro")
+    if registry.alias_version(config.load_params().register.model_name) is None:
         print("the registry has no production model: registering the tuned model again")
-        subprocess.run([_bin("dvc"), "repro", "--force", "--single-item", "register"], cwd=root, env=_env(),
-                       check=True)
+        _dvc("repro", "--force", "--single-item", "register")
+
+
+def _dvc(*args: str) -> None:
+    if subprocess.run([tool("dvc"), *args], cwd=config.project_root(), env=tools_env()).returncode != 0:
+        raise NeuropredictError(f"`dvc {' '.join(args)}` failed (its messages are above); fix that and run "
+                                f"`make demo` again")
 
 
 def start_services(params) -> list[str]:
@@ -73,7 +67,7 @@ def start_services(params) -> list[str]:
     before = {name for name, svc in services.load_state().items() if svc.alive()}
     if "kafka" in before and not config.kafka_is_external():
         state = services.load_state()
-        services._stop_pid(state["kafka"].pid)
+        services.stop_process(state["kafka"].pid)
         before.discard("kafka")
     result = services.up(params.kafka, ui=True)
     for name, svc in result["services"].items():
@@ -85,8 +79,8 @@ def start_worker(state_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
     log_path, stats_path = state_dir / "worker.log", state_dir / "worker-stats.json"
     stats_path.unlink(missing_ok=True)
     with open(log_path, "w") as out:
-        proc = subprocess.Popen([_bin("neuropredict"), "serve", "--stats-out", str(stats_path)],
-                                cwd=config.project_root(), env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([tool("neuropredict"), "serve", "--stats-out", str(stats_path)],
+                                cwd=config.project_root(), env=tools_env(), stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while "assigned partitions" not in log_path.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -145,7 +139,7 @@ def run(keep: bool = False) -> int:
         steps.next(f"serve: worker on {config.PRICES_TOPIC} with {name}@production (v{version})")
         worker, worker_log, stats_path = start_worker(p.state_dir)
         steps.next("replay: the held-out test period through Kafka")
-        window = registry.load(name, version=version).forecaster.window
+        window = registry.model_window(name, version)
         frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
         ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
                                       window, params.featurize.price_column)
@@ -153,17 +147,16 @@ def run(keep: bool = False) -> int:
         sent = producer.publish(ticks, serving=params.serving, malformed=MALFORMED)
         print(f"  sent {sent['ticks']} real ticks from {origin} ({window} lead-in ticks per symbol) "
               f"+ {sent['malformed']} malformed, in {sent['seconds']:.2f} s")
-        expected = len(ticks) - len(frames) * (window - 1)
-        wait_until_scored(expected, MALFORMED)
+        wait_until_scored(producer.expected_forecasts(ticks, window, params.data.intraday), MALFORMED)
         stop_worker(worker)
         steps.next("evaluate: join each forecast with the next actual price")
-        rows = stream_report.in_period(stream_report.joined_rows(since_ms=since_ms), params.featurize.test_start,
-                                       params.data.end)
+        rows = stream_report.in_period(stream_report.joined_rows(since_ms=since_ms, session_reset=params.data.intraday),
+                                       params.featurize.test_start, params.data.end)
         result = stream_report.report(rows, p.reports_dir / "evaluate")
         print(f"  {len(rows)} forecasts scored; report {p.reports_dir / 'evaluate' / 'report.json'}")
         steps.next("summary")
         steps.done()
-        print(summary(result, _read_json(stats_path), version, steps.timings, time.perf_counter() - started,
+        print(summary(result, read_json(stats_path, default={}), version, steps.timings, time.perf_counter() - started,
                       started_services, keep))
     finally:
         if worker is not None:
@@ -180,13 +173,6 @@ def _experiment_url(ui: str, name: str) -> str:
 
     exp_id = tracking.setup(name)
     return f"{ui}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, timings: dict[str, float],

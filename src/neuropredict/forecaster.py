@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuropredict.features import ReturnScaler, make_windows
+from neuropredict.features import SCALER_FILE, ReturnScaler, make_windows
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 MODEL_FILE = "model.keras"
-SCALER_FILE = "scaler.json"
 EVAL_BATCH = 4096  # fixed chunk so offline evaluation is bit-for-bit repeatable
 
 
@@ -90,8 +89,8 @@ def forecast_period(forecaster: Forecaster, series: dict[str, pd.Series], start:
     """
     rows = make_windows(series, forecaster.window, forecaster.scaler.session_reset)
     keep = rows.target_times >= np.datetime64(pd.Timestamp(start))
-    if end is not None:
-        keep &= rows.target_times <= np.datetime64(pd.Timestamp(end))
+    if end is not None:  # the whole end day (intraday bars are later than its midnight)
+        keep &= rows.target_times < np.datetime64(pd.Timestamp(end) + pd.Timedelta(days=1))
     rows = rows.select(keep)
     return pd.DataFrame({
         "symbol": rows.symbols,

@@ -13,7 +13,6 @@ import keras_tuner as kt  # noqa: E402
 from neuropredict.config import TuneParams  # noqa: E402
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
-HP_NAMES = ("cell", "units", "layers", "dropout", "learning_rate")
 
 
 def seed_everything(seed: int) -> None:

@@ -12,8 +12,8 @@ from neuropredict.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-# Session 6000 / heartbeat 2000: the smallest a default Apache Kafka accepts; joins take ~3 s
-# instead of ~23 s with the defaults (KAFKA_NOTES section 5).
+# Session 6000 / heartbeat 2000: the smallest a default Apache Kafka accepts. The embedded broker
+# holds a join until half the session timeout has passed: ~3 s here, ~23 s with the defaults.
 GROUP_SETTINGS = dict(session_timeout_ms=6000, heartbeat_interval_ms=2000, max_poll_interval_ms=300000)
 BOOTSTRAP_TIMEOUT_MS = 10000
 
@@ -27,7 +27,8 @@ def _unreachable(bootstrap: str, exc: Exception) -> ServiceError:
 def producer(bootstrap: str | None = None, serving: ServingParams | None = None, **overrides: Any):
     """A producer tuned for throughput. Idempotence is off: the embedded broker forgets producer
     ids on restart and an idempotent producer never recovers; at-least-once comes from committing
-    offsets only after sends are acknowledged."""
+    offsets only after sends are acknowledged. Without idempotence a retried request can land
+    after a later one, so order within a symbol holds except across a retry."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neuropredict import config, tracking
+from neuropredict.evaluation import skill
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ class ErrorSums:
         if self.n == 0:
             return {}
         mse, naive = self.model_sq / self.n, self.naive_sq / self.n
-        return {"mse": mse, "naive_mse": naive, "skill": 1 - mse / naive if naive > 0 else float("nan"),
-                "scored": float(self.n)}
+        return {"mse": mse, "naive_mse": naive, "skill": skill(mse, naive), "scored": float(self.n)}
 
 
 @dataclass
@@ -57,6 +57,7 @@ class LiveStats:
     batches: int = 0
     swaps: int = 0
     busy_s: float = 0.0  # time spent processing batches (throughput while there was work)
+    cadence_mismatches: int = 0  # ticks closer together than the model's interval
     overall: ErrorSums = field(default_factory=ErrorSums)
     by_symbol: dict[str, ErrorSums] = field(default_factory=dict)
     by_version: dict[str, ErrorSums] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class LiveStats:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         out = {"consumed": self.consumed, "predicted": self.predicted, "dlq_count": self.dead_lettered,
                "warmup_count": self.warmup, "model_swaps": self.swaps,
+               "cadence_mismatch_count": self.cadence_mismatches,
                "throughput_ticks_per_s": self.consumed / elapsed,
                "busy_throughput_ticks_per_s": self.consumed / self.busy_s if self.busy_s else 0.0}
         for key, value in self.overall.figures().items():

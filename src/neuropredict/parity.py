@@ -39,16 +39,16 @@ def check(params: Params, p: Paths, version: str | None = None) -> dict[str, Any
     series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
     start, end = params.featurize.test_start, params.data.end
     offline = forecast_period(loaded.forecaster, series, start, end)
-    online = stream_report.in_period(_stream(params, p, version, loaded.forecaster.window), start, end)
+    online = stream_report.in_period(_stream(params, p, version, loaded.forecaster), start, end)
     if params.data.interval == "1d":  # a replayed daily close is stamped 16:00; offline rows are dates
         online = online.assign(time=online["time"].dt.normalize())
     return compare(offline, online, version)
 
 
-def _stream(params: Params, p: Paths, version: str, window: int):
+def _stream(params: Params, p: Paths, version: str, forecaster):
     frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
     ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
-                                  window, params.featurize.price_column)
+                                  forecaster.window, params.featurize.price_column)
     with tempfile.TemporaryDirectory(prefix="neuropredict-parity-") as tmp:
         port = services.free_port()
         broker = services.start_broker(port, Path(tmp) / "kafka.log")
@@ -66,9 +66,9 @@ def _stream(params: Params, p: Paths, version: str, window: int):
                 time.sleep(0.1)
             worker.stop_event.set()
             thread.join(60)
-            return stream_report.joined_rows(bootstrap)
+            return stream_report.joined_rows(bootstrap, session_reset=forecaster.scaler.session_reset)
         finally:
-            services._stop_pid(broker.pid)
+            services.stop_process(broker.pid)
 
 
 def compare(offline, online, version: str) -> dict[str, Any]:

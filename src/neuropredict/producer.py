@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,18 +13,12 @@ import pandas as pd
 from neuropredict import config, kafka_io, messages
 from neuropredict.config import DataParams, ServingParams
 from neuropredict.errors import ConfigError, DataSourceError
+from neuropredict.messages import Tick
 from neuropredict.sources import read_manifest, read_raw, read_snapshot, time_column
 
 log = logging.getLogger(__name__)
 
 DAILY_CLOSE_TIME = "16:00:00"  # a daily close is stamped at the NYSE close
-
-
-@dataclass(frozen=True)
-class ReplayTick:
-    timestamp: str
-    symbol: str
-    price: float
 
 
 def replay_frames(symbols: Iterable[str], interval: str, raw_dir: Path, snapshot_dir: Path) -> tuple[dict, str]:
@@ -43,7 +36,7 @@ def replay_frames(symbols: Iterable[str], interval: str, raw_dir: Path, snapshot
 
 
 def replay_ticks(frames: dict[str, pd.DataFrame], interval: str, start: str, end: str, lead: int = 0,
-                 price_column: str = "Close") -> list[ReplayTick]:
+                 price_column: str = "Close") -> list[Tick]:
     """Real bars in time order (symbols interleaved), plus `lead` earlier bars per symbol so a
     worker's windows are full when `start` arrives and its first forecast is for `start`."""
     lo, hi = pd.Timestamp(start), pd.Timestamp(end)
@@ -62,10 +55,20 @@ def replay_ticks(frames: dict[str, pd.DataFrame], interval: str, start: str, end
         rows.append(pd.DataFrame({"timestamp": text.to_numpy(), "symbol": symbol,
                                   "price": frame.loc[keep, price_column].to_numpy(float)}))
     table = pd.concat(rows).sort_values(["timestamp", "symbol"], kind="stable")
-    return [ReplayTick(t, s, float(p)) for t, s, p in table.itertuples(index=False)]
+    return [Tick(t, s, float(p)) for t, s, p in table.itertuples(index=False)]
 
 
-def publish(ticks: Iterable[ReplayTick | tuple], bootstrap: str | None = None, rate: float = 0.0,
+def expected_forecasts(ticks: Sequence[Tick], window: int, session_reset: bool) -> int:
+    """How many forecasts a fresh worker makes for these ticks: every tick once its symbol has
+    `window` prices (in the same session, for intraday models)."""
+    runs: dict[tuple[str, str], int] = {}
+    for t in ticks:
+        key = (t.symbol, t.timestamp[:10] if session_reset else "")
+        runs[key] = runs.get(key, 0) + 1
+    return sum(max(0, n - (window - 1)) for n in runs.values())
+
+
+def publish(ticks: Iterable[Tick | tuple], bootstrap: str | None = None, rate: float = 0.0,
             serving: ServingParams | None = None, malformed: int = 0, stop: threading.Event | None = None) -> dict:
     """Send ticks (key = symbol) at `rate` ticks/s (0: as fast as possible); return counts and timing.
     `malformed` > 0 mixes that many broken messages in, to exercise the dead-letter path."""
@@ -121,7 +124,7 @@ def _malformed_examples(n: int) -> Iterator[tuple[bytes, bytes]]:
         yield kinds[i % len(kinds)]
 
 
-def live_ticks(symbols: Iterable[str], poll_s: float, timeout_s: float, stop: threading.Event) -> Iterator[ReplayTick]:
+def live_ticks(symbols: Iterable[str], poll_s: float, timeout_s: float, stop: threading.Event) -> Iterator[Tick]:
     """The latest 1-minute close of each symbol from yfinance, every poll_s seconds."""
     from neuropredict.sources import fetch_yfinance
 
@@ -146,6 +149,6 @@ def live_ticks(symbols: Iterable[str], poll_s: float, timeout_s: float, stop: th
                 stamp = str(last["Datetime"])[:19]
                 if seen.get(symbol) != stamp:
                     seen[symbol] = stamp
-                    yield ReplayTick(stamp, symbol, float(last["Close"]))
+                    yield Tick(stamp, symbol, float(last["Close"]))
         first = False
         stop.wait(poll_s)

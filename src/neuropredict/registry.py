@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from neuropredict import tracking
 from neuropredict.config import CHALLENGER_ALIAS, PRODUCTION_ALIAS, Params, Paths, RegisterParams
 from neuropredict.errors import ModelNotFoundError
+from neuropredict.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,8 @@ PIP_PACKAGES = ("mlflow", "keras", "numpy", "pandas")
 
 
 def _client():
-    from mlflow.tracking import MlflowClient
-
-    tracking.setup()
-    return MlflowClient()
+    """A client on our store. No experiment set-up: the alias is polled every few seconds."""
+    return tracking.client()
 
 
 def _pip_requirements() -> list[str]:
@@ -66,6 +64,14 @@ def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -
             f"no model '{name}@{alias}' in {tracking_uri_hint()}: train and register one with `dvc repro`")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     return Loaded(version=str(version), forecaster=pyfunc.unwrap_python_model().forecaster)
+
+
+def model_window(name: str, version: str) -> int:
+    """A version's window length, from its metadata (no need to load the model)."""
+    import mlflow
+
+    info = tracking.with_retry(lambda: mlflow.models.get_model_info(f"models:/{name}/{version}"))
+    return int(info.metadata["window"])
 
 
 def model_id(name: str, version: str) -> str | None:
@@ -148,8 +154,10 @@ def list_versions(name: str) -> list[dict[str, Any]]:
     client = _client()
     try:
         aliases = client.get_registered_model(name).aliases  # {'production': '3'}
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
     by_version: dict[str, list[str]] = {}
     for alias, v in aliases.items():
         by_version.setdefault(str(v), []).append(alias)
@@ -161,14 +169,16 @@ def list_versions(name: str) -> list[dict[str, Any]]:
 
 
 def gate(scores: dict[str, dict[str, float]], params: RegisterParams) -> list[str]:
-    """Reasons the model may not serve; empty when it passes (FORECASTING_NOTES: a sound gate)."""
+    """Reasons the model may not serve; empty when it passes. Requiring skill >= 0 on every symbol
+    would reward luck (one symbol's skill has a standard error of about 1 point on 252 days);
+    instead: no symbol significantly worse than persistence, and mean skill above a bound."""
     reasons = []
     pooled = scores["_pooled"]
     worse = [s for s, m in scores.items() if not s.startswith("_") and m["dm_t"] >= params.max_dm_t]
     if worse:
         reasons.append(f"significantly worse than persistence on {', '.join(worse)} "
                        f"(DM t >= {params.max_dm_t:g})")
-    if pooled["mean_skill"] <= params.min_mean_skill:
+    if not pooled["mean_skill"] > params.min_mean_skill:  # NaN fails too
         reasons.append(f"mean skill {100 * pooled['mean_skill']:+.2f} % is not above "
                        f"{100 * params.min_mean_skill:+.2f} %")
     return reasons
@@ -186,7 +196,7 @@ def decide(challenger: dict, production: dict | None, params: RegisterParams) ->
     p_skill = production["_pooled"]["mean_skill"]
     if failed:
         return False, "fails the gate: " + "; ".join(failed)
-    if c_skill <= p_skill:
+    if not c_skill > p_skill:  # NaN never beats anything
         return False, (f"does not beat production: mean skill {100 * c_skill:+.2f} % vs "
                        f"{100 * p_skill:+.2f} % on the same test period")
     return True, f"beats production: mean skill {100 * c_skill:+.2f} % vs {100 * p_skill:+.2f} %"
@@ -194,38 +204,56 @@ def decide(challenger: dict, production: dict | None, params: RegisterParams) ->
 
 def register_tuned(params: Params, p: Paths) -> dict[str, Any]:
     """The register stage: new version + `challenger`; `production` moves only if earned."""
-    import mlflow
-
-    from neuropredict.evaluation import flat_metrics, format_table, score_rows
     from neuropredict.features import load_price_series
-    from neuropredict.forecaster import Forecaster, forecast_period
-    from neuropredict.sources import read_manifest
-    from neuropredict.tuning import BEST, SELECTION_FILE, write_json
+    from neuropredict.forecaster import Forecaster
 
-    name, best = params.register.model_name, p.model_dir / BEST
-    selection = json.loads((best / SELECTION_FILE).read_text())
+    name = params.register.model_name
     series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    test_start, end = params.featurize.test_start, params.data.end
-    challenger = score_rows(forecast_period(Forecaster.load(best), series, test_start, end))
-    pooled = challenger["_pooled"]
-    tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
-            "data_source": str(read_manifest(p.raw_dir)["source"]), "git_commit": tracking.git_commit(p.root),
-            "test_period": f"{test_start}..{end}", "test_mse": repr(pooled["mse"]),
-            "test_persistence_mse": repr(pooled["persistence_mse"]),
-            "test_mean_skill": repr(pooled["mean_skill"]), "test_max_dm_t": repr(pooled["max_dm_t"]),
-            "val_loss": repr(selection["val_loss"])}
-    metadata = {"cell": selection["cell"], "window": selection["window"], "interval": params.data.interval,
-                "hyperparameters": selection["hyperparameters"], "test_period": [test_start, end]}
+    challenger = _test_scores(Forecaster.load(p.best_model_dir), series, params)
     previous = alias_version(name, PRODUCTION_ALIAS)
-    version = log_and_register(best, name, series, tags, metadata)
+    tags, metadata = _describe(params, p, challenger["_pooled"])
+    version = log_and_register(p.best_model_dir, name, series, tags, metadata)
     set_alias(name, CHALLENGER_ALIAS, version)
-    production = None
-    if previous is not None:
-        incumbent = load(name, version=previous).forecaster
-        production = score_rows(forecast_period(incumbent, series, test_start, end))
+    production = _test_scores(load(name, version=previous).forecaster, series, params) if previous else None
     promoted, reason = decide(challenger, production, params.register)
     if promoted:
         set_alias(name, PRODUCTION_ALIAS, version)
+    decision = _record(params, p, version, previous, promoted, reason, challenger, production)
+    (log.info if promoted else log.warning)("version %s: %s", version, reason)
+    return decision
+
+
+def _test_scores(forecaster, series: dict, params: Params) -> dict[str, dict[str, float]]:
+    """A forecaster's scores on the test period, beside the baselines, on the same rows for all."""
+    from neuropredict.evaluation import score_rows
+    from neuropredict.forecaster import forecast_period
+
+    return score_rows(forecast_period(forecaster, series, params.featurize.test_start, params.data.end))
+
+
+def _describe(params: Params, p: Paths, pooled: dict[str, float]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Version tags (searchable in the registry) and model metadata (travels with the model)."""
+    from neuropredict.sources import read_manifest
+
+    selection = read_json(p.selection_file)
+    period = f"{params.featurize.test_start}..{params.data.end}"
+    tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
+            "data_source": str(read_manifest(p.raw_dir)["source"]), "git_commit": tracking.git_commit(p.root),
+            "test_period": period, "val_loss": repr(selection["val_loss"]),
+            **{f"test_{k}": repr(pooled[k]) for k in ("mse", "persistence_mse", "mean_skill", "max_dm_t")}}
+    metadata = {"cell": selection["cell"], "window": selection["window"], "interval": params.data.interval,
+                "hyperparameters": selection["hyperparameters"], "test_period": period.split("..")}
+    return tags, metadata
+
+
+def _record(params: Params, p: Paths, version: str, previous: str | None, promoted: bool, reason: str,
+            challenger: dict, production: dict | None) -> dict[str, Any]:
+    """metrics/register.json for DVC, and the same figures in the stage's MLflow run."""
+    import mlflow
+
+    from neuropredict.evaluation import flat_metrics, format_table
+
+    pooled = challenger["_pooled"]
     decision = {"version": version, "previous_production": previous, "promoted": promoted,
                 "verdict": "production" if promoted else f"challenger (production stays {previous})",
                 "reason": reason, "test_mean_skill": pooled["mean_skill"], "test_mse": pooled["mse"],
@@ -234,6 +262,6 @@ def register_tuned(params: Params, p: Paths) -> dict[str, Any]:
     write_json(p.metrics_dir / "register.json", decision)
     mlflow.log_metrics({**flat_metrics(challenger, "test"), "promoted": float(promoted)})
     mlflow.set_tags({"model_version": version, "promoted": str(promoted)})
-    mlflow.log_text(format_table(challenger, f"{name} v{version} on {test_start}..{end}"), "test_scores.txt")
-    (log.info if promoted else log.warning)("version %s: %s", version, reason)
+    title = f"{params.register.model_name} v{version} on {params.featurize.test_start}..{params.data.end}"
+    mlflow.log_text(format_table(challenger, title), "test_scores.txt")
     return decision

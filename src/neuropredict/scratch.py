@@ -6,16 +6,14 @@ data, models or mlruns/.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from neuropredict.console import quiet_environment
+from neuropredict.console import quiet_environment, tool, tools_env
 
 PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks")
 
@@ -35,7 +33,7 @@ def copy_project(source: Path, dest: Path, params: dict[str, Any] | None = None)
         shutil.copy2(source / "params.yaml", dest / "params.yaml")
     else:
         write_params(dest, params)
-    dvc = str(Path(sys.executable).parent / "dvc")
+    dvc = tool("dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
@@ -48,10 +46,9 @@ def write_params(root: Path, params: dict[str, Any]) -> None:
 def scratch_env(root: Path) -> dict[str, str]:
     """Environment for commands run in a copy: its own store, this environment's tools first on PATH."""
     root = Path(root)
-    env = {**os.environ}
+    env = tools_env()
     quiet_environment(env)
     env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "NEUROPREDICT_ROOT": str(root),
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
         "NEUROPREDICT_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),

@@ -126,7 +126,7 @@ def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Servi
         if _http_ok(f"{url}/health"):
             return Service("mlflow-ui", proc.pid, url, str(log_path), "mlflow")
         time.sleep(0.25)
-    _stop_pid(proc.pid)
+    stop_process(proc.pid)
     raise ServiceError(f"the MLflow UI did not answer within {timeout_s:g} s; see {log_path}")
 
 
@@ -151,7 +151,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _stop_pid(pid: int, timeout_s: float = 15.0) -> None:
+def stop_process(pid: int, timeout_s: float = 15.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -210,7 +210,7 @@ def down() -> list[str]:
     stopped = []
     for name, svc in load_state().items():
         if svc.alive():
-            _stop_pid(svc.pid)
+            stop_process(svc.pid)
             stopped.append(name)
     path = _state_path()
     if path.exists():

@@ -46,19 +46,39 @@ def read_topic(topic: str, bootstrap: str | None = None, since_ms: int | None = 
         c.close()
 
 
-def joined_rows(bootstrap: str | None = None, since_ms: int | None = None) -> pd.DataFrame:
+PREDICTION_FIELDS = ("symbol", "actual_price", "predicted_price", "model_version", "input_partition",
+                     "input_offset")
+
+
+def joined_rows(bootstrap: str | None = None, since_ms: int | None = None,
+                session_reset: bool = False) -> pd.DataFrame:
     """One row per scored forecast: symbol, target time, actual, predicted, persistence, version."""
     ticks = []
     for r in read_topic(config.PRICES_TOPIC, bootstrap, since_ms):
         tick = messages.parse_tick(r.value)
         if not isinstance(tick, str):
             ticks.append((r.partition, r.offset, tick.symbol, tick.timestamp, tick.price))
-    preds = [messages.decode(r.value) for r in read_topic(config.PREDICTIONS_TOPIC, bootstrap, since_ms)]
-    return join(pd.DataFrame(ticks, columns=["partition", "offset", "symbol", "timestamp", "price"]), preds)
+    preds, foreign = [], 0
+    for r in read_topic(config.PREDICTIONS_TOPIC, bootstrap, since_ms):
+        try:
+            pred = messages.decode(r.value)
+        except ValueError:
+            pred = None
+        if isinstance(pred, dict) and all(k in pred for k in PREDICTION_FIELDS):
+            preds.append(pred)
+        else:
+            foreign += 1
+    if foreign:
+        log.warning("skipped %d records of %s that are not predictions of this product", foreign,
+                    config.PREDICTIONS_TOPIC)
+    frame = pd.DataFrame(ticks, columns=["partition", "offset", "symbol", "timestamp", "price"])
+    return join(frame, preds, session_reset)
 
 
-def join(ticks: pd.DataFrame, preds: list[dict]) -> pd.DataFrame:
-    """Pure: inputs (partition, offset, symbol, timestamp, price) + prediction dicts -> scored rows."""
+def join(ticks: pd.DataFrame, preds: list[dict], session_reset: bool = False) -> pd.DataFrame:
+    """Pure: inputs (partition, offset, symbol, timestamp, price) + prediction dicts -> scored rows.
+    session_reset (intraday models): a forecast made at a session's last tick is not scored
+    against the next session's first tick, as neither training nor the worker does."""
     if ticks.empty or not preds:
         return pd.DataFrame(columns=["symbol", "time", "actual", "predicted", "persistence", "model_version"])
     ticks = ticks.sort_values(["partition", "symbol", "offset"])
@@ -68,6 +88,8 @@ def join(ticks: pd.DataFrame, preds: list[dict]) -> pd.DataFrame:
     rows = p.merge(ticks, left_on=["input_partition", "input_offset", "symbol"],
                    right_on=["partition", "offset", "symbol"], how="inner")
     rows = rows.dropna(subset=["next_price"])
+    if session_reset:
+        rows = rows[rows["next_time"].str.slice(0, 10) == rows["timestamp"].str.slice(0, 10)]
     return pd.DataFrame({
         "symbol": rows["symbol"].to_numpy(),
         "time": pd.to_datetime(rows["next_time"]).to_numpy(),

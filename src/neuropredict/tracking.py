@@ -31,8 +31,8 @@ MODEL_TRAINING = "custom_model_development"
 T = TypeVar("T")
 
 
-def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) -> str:
-    """Point MLflow at our store, create the experiment if needed; return its id."""
+def connect(root: Path | None = None) -> str:
+    """Point MLflow (tracking and registry) at our store; cheap when nothing changed."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
@@ -41,6 +41,21 @@ def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) ->
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+def client(root: Path | None = None):
+    from mlflow.tracking import MlflowClient
+
+    uri = connect(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) -> str:
+    """Point MLflow at our store, create the experiment if needed; return its id."""
+    import mlflow
+
+    uri = connect(root)
     found = with_retry(lambda: mlflow.get_experiment_by_name(experiment))
     if found is not None:
         exp_id = found.experiment_id
@@ -137,11 +152,11 @@ def _invocation_id() -> str:
     chosen = pid
     for _ in range(12):  # a stage runs under sh under dvc; a few levels suffice
         cmd = _proc_cmdline(pid)
-        if cmd and any(Path(a).name == "dvc" for a in cmd[:2]):
+        if cmd and (any(Path(a).name == "dvc" for a in cmd[:2]) or cmd[1:3] == ["-m", "dvc"]):
             chosen = pid
             break
         parent = _proc_parent(pid)
-        if parent is None or parent <= 1:
+        if parent is None or parent < 1:
             break
         pid = parent
     return f"{socket.gethostname()}:{chosen}:{_proc_start_ticks(chosen)}"

@@ -7,7 +7,6 @@ is then reported for both cells' best models, never used to choose.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -21,6 +20,7 @@ import numpy as np
 from neuropredict import plots
 from neuropredict.config import Params, Paths, TuneParams
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
+from neuropredict.files import write_json
 from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, load_price_series
 from neuropredict.forecaster import Forecaster, forecast_period
 from neuropredict.hypermodel import ForecasterHyperModel, seed_everything
@@ -189,11 +189,6 @@ def pick_winner(results: list[CellResult], tolerance: float) -> CellResult:
     return parsimonious([(r, r.best_val_loss, r.n_params) for r in results], tolerance)
 
 
-def write_json(path: Path, payload: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
 def run(params: Params, p: Paths) -> dict[str, Any]:
     """The tune stage: search, save each cell's best forecaster, score both on the test period."""
     scaler = ReturnScaler.load(p.features_dir / SCALER_FILE)
@@ -205,8 +200,8 @@ def run(params: Params, p: Paths) -> dict[str, Any]:
     scores = {cell: score_rows(rows) for cell, rows in test_rows.items()}
     for r in results:
         _log_cell_run(r, scores[r.cell])
-    shutil.copytree(p.model_dir / winner.cell, p.model_dir / BEST)
-    write_json(p.model_dir / BEST / SELECTION_FILE, {
+    shutil.copytree(p.model_dir / winner.cell, p.best_model_dir)
+    write_json(p.selection_file, {
         "cell": winner.cell, "hyperparameters": winner.best_hp, "val_loss": winner.best_val_loss,
         "n_params": winner.n_params, "chosen_on": CHOSEN_ON, "window": params.featurize.window})
     report = _comparison(results, scores, winner, null_validation_loss(validation, scaler))
@@ -242,9 +237,7 @@ def _publish(p: Paths, report: dict[str, Any], winner_scores: dict, winner_cell:
     log.info("\n%s", format_table(winner_scores, f"Test period, winner {winner_cell.upper()} (chosen on validation)"))
 
 
-BEST = "best"
 CHOSEN_ON = "validation loss (smallest model within tune.parsimony_tolerance of the lowest)"
-SELECTION_FILE = "selection.json"
 
 
 def _log_cell_run(r: CellResult, scores: dict[str, dict[str, float]]) -> None:

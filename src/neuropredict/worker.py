@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from kafka.errors import KafkaError
+
 from neuropredict import config, kafka_io, messages, registry
 from neuropredict.config import Params
 from neuropredict.live import LiveStats, MlflowReporter
@@ -46,6 +48,8 @@ class SymbolState:
     pending_version: str = ""       # ... the model version that made it ...
     last_price: float = float("nan")  # ... and the price it was made at (persistence's forecast)
     last_session: str = ""
+    last_day: str = ""  # daily models: the date of the last tick (cadence check)
+    cadence_warned: bool = False
 
 
 @dataclass
@@ -141,15 +145,18 @@ class Worker:
                 polled = time.perf_counter()
                 batch = self.consumer.poll(timeout_ms=self.s.poll_timeout_ms, max_records=self.s.max_poll_records)
                 self.stats.add_seconds("poll" if batch else "idle", time.perf_counter() - polled)
-                if self._to_restore:
-                    assigned, self._to_restore = set(self._to_restore), set()
-                    self._restore(assigned)
-                if batch:
-                    began = time.perf_counter()
-                    self.stats.first_data_at = self.stats.first_data_at or began
-                    self._process(batch)
-                    self.stats.busy_s += time.perf_counter() - began
-                    last_data = time.monotonic()
+                try:
+                    if self._to_restore:
+                        assigned, self._to_restore = set(self._to_restore), set()
+                        self._restore(assigned)
+                    if batch:
+                        began = time.perf_counter()
+                        self.stats.first_data_at = self.stats.first_data_at or began
+                        self._process(batch)
+                        self.stats.busy_s += time.perf_counter() - began
+                        last_data = time.monotonic()
+                except KafkaError as exc:  # broker gone or group rebalanced mid-batch: nothing was committed
+                    self._recover(f"{type(exc).__name__}: {exc}")
                 self._maybe_report()
                 now = time.monotonic()
                 if max_messages is not None and self.stats.consumed >= max_messages:
@@ -204,7 +211,7 @@ class Worker:
         self.model_id = registry.model_id(self.model_name, new.version)
         self.stats.swaps += 1
         if self.window > old_window:  # the new model needs longer windows: read them back
-            self._restore(self.consumer.assignment())
+            self._restore(self.consumer.assignment(), reopen=False)
 
     # ---- one micro-batch ----
 
@@ -219,14 +226,16 @@ class Worker:
             futures = [self.producer.send(config.DLQ_TOPIC, key=rec.key, value=rec.value,
                                           headers=messages.dlq_headers(reason, rec.topic, rec.partition, rec.offset))
                        for rec, reason in dead]
-        predictions = self._predict_and_publish(parsed, windows, owners, futures)
+        predictions, published = self._predict_and_publish(parsed, windows, owners)
+        futures += published
         with timed("score"):
             for symbol, idx in by_symbol.items():
                 self._score_open_forecasts(symbol, [parsed.ticks[i] for i in idx], predictions[idx])
         with timed("ack"):
             self.producer.flush()
         if any(f.failed() for f in futures):
-            self._rewind(futures)
+            errors = {type(f.exception).__name__ for f in futures if f.failed()}
+            self._recover(f"publishing failed ({', '.join(sorted(errors))})")
             return
         with timed("commit"):
             self.consumer.commit()
@@ -273,7 +282,9 @@ class Worker:
             by_symbol[tick.symbol].append(i)
         windows, owners, warmup = [], [], 0
         for symbol, idx in by_symbol.items():
-            w, rows = self._windows(symbol, [parsed.ticks[i] for i in idx], parsed.where[idx[0]][0])
+            ticks = [parsed.ticks[i] for i in idx]
+            w, rows = self._windows(symbol, ticks, parsed.where[idx[0]][0])
+            self._check_cadence(symbol, ticks)
             warmup += len(idx) - len(rows)
             if len(rows):
                 windows.append(w)
@@ -281,14 +292,15 @@ class Worker:
         stacked = np.concatenate(windows) if windows else np.empty((0, self.window))
         return by_symbol, stacked, np.asarray(owners, dtype=np.int64), warmup
 
-    def _predict_and_publish(self, parsed: _Parsed, windows: np.ndarray, owners: np.ndarray,
-                             futures: list) -> np.ndarray:
+    def _predict_and_publish(self, parsed: _Parsed, windows: np.ndarray,
+                             owners: np.ndarray) -> tuple[np.ndarray, list]:
         """Model calls in chunks on a helper thread, so publishing chunk k overlaps the model call of
         chunk k+1 (TensorFlow releases the GIL; the helper does no other Python work, so it never
-        waits for the GIL behind the send loop). Each symbol's outputs stay in order."""
-        predictions = np.full(len(parsed.ticks), np.nan)
+        waits for the GIL behind the send loop). Each symbol's outputs are sent in order. Returns
+        the forecasts (NaN for warm-up ticks) and the send futures."""
+        predictions, futures = np.full(len(parsed.ticks), np.nan), []
         if not len(owners):
-            return predictions
+            return predictions, futures
         forecaster, timed = self.loaded.forecaster, self.stats.timed
         with timed("transform"):
             x, mu, sd = forecaster.features(windows, [parsed.ticks[i].symbol for i in owners])
@@ -319,7 +331,7 @@ class Worker:
             with timed("produce"):
                 futures += [send(config.PREDICTIONS_TOPIC, key=key, value=value, partition=part(key))
                             for key, value in out]
-        return predictions
+        return predictions, futures
 
     def _windows(self, symbol: str, ticks: list[Tick], partition: int) -> tuple[np.ndarray, list[int]]:
         """Append the ticks to the symbol's history; return the full windows ending at each tick
@@ -341,6 +353,24 @@ class Worker:
             st.prices = seq[-max(w, 1):].copy()
             st.session = session
         return (np.concatenate(out) if out else np.empty((0, w))), rows
+
+    def _check_cadence(self, symbol: str, ticks: list[Tick]) -> None:
+        """A daily model forecasts the next daily close. Several ticks of one symbol on one day
+        (the seed fed its daily model one-second ticks) get forecasts the model was never trained
+        for: they are still scored, but counted, and each symbol says so once."""
+        if self.loaded.forecaster.scaler.session_reset:
+            return
+        st = self.states[symbol]
+        days = [t.timestamp[:10] for t in ticks]
+        repeats = sum(a == b for a, b in zip([st.last_day, *days[:-1]], days))
+        st.last_day = days[-1]
+        if repeats:
+            self.stats.cadence_mismatches += repeats
+            if not st.cadence_warned:
+                st.cadence_warned = True
+                log.warning("%s: several ticks on %s, but model v%s forecasts daily closes; its forecasts "
+                            "for sub-daily ticks are not calibrated (train with data.interval: 1m)",
+                            symbol, days[-1], self.version)
 
     def _score_open_forecasts(self, symbol: str, ticks: list[Tick], preds: np.ndarray) -> None:
         """Each forecast meets the price it forecast: the symbol's next tick (in the same session,
@@ -368,26 +398,37 @@ class Worker:
 
     # ---- failures and rebalances ----
 
-    def _rewind(self, futures: list) -> None:
-        """A send failed: nothing of this batch is committed; rewind and rebuild state from Kafka."""
-        errors = {type(f.exception).__name__ for f in futures if f.failed()}
-        log.warning("publishing failed (%s); rewinding to the last commit and retrying", ", ".join(errors))
-        self.producer.close(timeout=1)
-        time.sleep(1.0)
-        self.producer = kafka_io.producer(self.bootstrap, self.s)
-        assigned = self.consumer.assignment()
-        for tp in assigned:
-            committed = self.consumer.committed(tp)
-            self.consumer.seek(tp, committed or 0)
-        self._restore(assigned)
+    def _recover(self, why: str) -> None:
+        """Nothing of the failed batch was committed: seek back to the last commit and rebuild the
+        windows from Kafka, retrying with backoff while the broker is away. The producer keeps
+        its connection pool and reconnects by itself (idempotence is off, so a broker restart
+        does not poison it)."""
+        self._batch_scores = []
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            log.warning("%s; rewinding to the last committed offsets", why)
+            try:
+                assigned = self.consumer.assignment()
+                for tp in assigned:
+                    self.consumer.seek(tp, self.consumer.committed(tp) or 0)
+                self._restore(assigned)
+                return
+            except KafkaError as exc:
+                why = f"Kafka still unavailable ({type(exc).__name__})"
+                if self.stop_event.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 30.0)
 
     def _drop(self, partitions) -> None:
         gone = {tp.partition for tp in partitions}
         for symbol in [s for s, st in self.states.items() if st.partition in gone]:
             del self.states[symbol]
 
-    def _restore(self, partitions) -> None:
-        """Rebuild each symbol's last W prices from the messages before the committed offset."""
+    def _restore(self, partitions, reopen: bool = True) -> None:
+        """Rebuild each symbol's last W prices from the messages before the committed offset.
+        reopen: recompute each symbol's open forecast (after a restart); a hot swap keeps the one
+        the previous model published instead, so it is scored under that model's version."""
+        kept = {s: (st.pending, st.pending_version) for s, st in self.states.items()} if not reopen else {}
         self._drop(partitions)
         for tp in partitions:
             committed = self.consumer.committed(tp)
@@ -399,8 +440,10 @@ class Worker:
                 self._windows(symbol, ticks, tp.partition)
                 st = self.states[symbol]
                 st.last_price = ticks[-1].price
-                st.last_session = st.session
-                if len(st.prices) >= self.window:  # reopen the forecast the last tick made
+                st.last_session, st.last_day = st.session, ticks[-1].timestamp[:10]
+                if symbol in kept:
+                    st.pending, st.pending_version = kept[symbol]
+                elif len(st.prices) >= self.window:  # reopen the forecast the last tick made
                     st.pending = float(self.loaded.forecaster.predict_next(st.prices[None, -self.window:], [symbol])[0])
                     st.pending_version = self.version
             log.info("partition %d: rebuilt %d symbols from %d messages before offset %d", tp.partition,
@@ -409,7 +452,7 @@ class Worker:
     def _read_back(self, tp, committed: int) -> dict[str, list[Tick]]:
         """The valid ticks of each symbol just before `committed`, reading further back until every
         symbol seen has a full window (or the partition start / the lookback bound is reached)."""
-        span = max(self.window * 16, 256)
+        span = min(max(self.window * 16, 256), self.s.restore_lookback_max)
         while True:
             lo = max(0, committed - span)
             ticks = self._read_range(tp, lo, committed)
@@ -434,7 +477,7 @@ class Worker:
                 tick = messages.parse_tick(rec.value)
                 if not isinstance(tick, str):
                     out[tick.symbol].append(tick)
-            if recs and recs[-1].offset >= hi - 1:
+            if c.position(tp) >= hi:  # also past gaps in the offsets (compaction, transaction markers)
                 return out
         log.warning("partition %d: read-back of offsets %d..%d timed out; some windows restart warm-up",
                     tp.partition, lo, hi)

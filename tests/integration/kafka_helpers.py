@@ -5,24 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
-from neuropredict import config, kafka_io, messages
+from neuropredict import config, kafka_io, messages, stream_report
 
 
-def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, timeout_s: float = 60) -> list:
-    """Every record of a topic (all partitions, from the start), once nothing new arrives."""
-    from kafka import TopicPartition
-
-    c = kafka_io.consumer(None, bootstrap, max_poll_records=50_000)
-    parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-    c.assign(parts)
-    c.seek_to_beginning(*parts)
-    out, last, deadline = [], time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() - last < idle_s and time.monotonic() < deadline:
-        for recs in c.poll(timeout_ms=200).values():
-            out.extend(recs)
-            last = time.monotonic()
-    c.close()
-    return out
+def read_topic(bootstrap: str, topic: str) -> list:
+    """Every record of a topic, with the product's own reader."""
+    return stream_report.read_topic(topic, bootstrap, idle_s=1.5)
 
 
 class TopicCounter:

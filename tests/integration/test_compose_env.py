@@ -49,4 +49,4 @@ def test_worker_entry_point_serves_with_the_compose_environment(trained_project,
         assert len(outs) == len(ticks) - len(frames) * (params.featurize.window - 1)
         assert {o["model_version"] for o in outs} == {"1"}
     finally:
-        services._stop_pid(server.pid)
+        services.stop_process(server.pid)

@@ -246,7 +246,7 @@ def test_worker_survives_a_broker_restart_and_scores_what_comes_after(served, tm
     try:
         producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
         wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring before the outage")
-        services._stop_pid(broker.pid)  # the embedded broker keeps nothing: a restart is a new cluster
+        services.stop_process(broker.pid)  # the embedded broker keeps nothing: a restart is a new cluster
         broker = services.start_broker(port, tmp_path / "k2.log")
         kafka_io.ensure_topics(params.kafka, bootstrap)
         before = w.stats.predicted
@@ -256,7 +256,7 @@ def test_worker_survives_a_broker_restart_and_scores_what_comes_after(served, tm
         assert w.stats.predicted - before == len(ticks) - 2 * (params.featurize.window - 1)
     finally:
         w.stop()
-        services._stop_pid(broker.pid)
+        services.stop_process(broker.pid)
 
 
 def test_worker_keeps_scoring_while_mlflow_is_unreachable(served, broker, monkeypatch, caplog):
@@ -273,3 +273,15 @@ def test_worker_keeps_scoring_while_mlflow_is_unreachable(served, broker, monkey
     assert w.thread.is_alive() and w.stats.predicted == len(ticks) - 2 * (params.featurize.window - 1)
     wait_for(lambda: "cannot check stock-price-forecaster@production" in caplog.text, what="a clear log line")
     w.stop()
+
+
+def test_sub_daily_ticks_to_a_daily_model_are_scored_but_counted_and_reported(served, broker, caplog):
+    root, params = served
+    ticks = _ticks(root, params)[:60]
+    doubled = [t for tick in ticks for t in (tick, tick)]  # the seed's mistake: several ticks a day
+    producer.publish(doubled, bootstrap=broker, serving=params.serving)
+    w = WorkerThread(params, broker)
+    wait_for(lambda: w.stats.consumed >= len(doubled), what="scoring")
+    w.stop()
+    assert w.stats.cadence_mismatches == len(ticks)
+    assert "forecasts daily closes" in caplog.text

@@ -62,3 +62,23 @@ def test_stage_script_reports_bad_params_without_traceback(tmp_path, tiny_params
 
 def test_tiny_params_are_valid():
     assert params_from_dict(TINY_PARAMS).data.symbols == ("AAPL", "MSFT")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["produce", "--start", "yesterday"], "'yesterday' is not a date like 2024-01-31"),
+    (["evaluate", "--end", "2024-13-45"], "'2024-13-45' is not a date like 2024-01-31"),
+])
+def test_cli_rejects_bad_dates_before_doing_anything(tmp_path, args, message):
+    write_params(tmp_path, TINY_PARAMS)
+    proc = subprocess.run([sys.executable, "-m", "neuropredict.cli", *args], cwd=tmp_path,
+                          env=project_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_port_variable_is_a_config_error(tmp_path):
+    write_params(tmp_path, TINY_PARAMS)
+    env = {**project_env(tmp_path), "NEUROPREDICT_KAFKA_PORT": "abc"}
+    proc = subprocess.run([sys.executable, "-m", "neuropredict.cli", "status"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "NEUROPREDICT_KAFKA_PORT='abc' is not a port number" in proc.stderr

@@ -38,3 +38,15 @@ def test_score_rows_scores_model_and_baselines_on_the_same_rows():
     assert s["A"]["skill"] == pytest.approx(0.75)
     assert s["_pooled"]["n"] == 4
     assert s["_pooled"]["mean_skill"] == pytest.approx((s["A"]["skill"] + s["B"]["skill"]) / 2)
+
+
+def test_a_nan_skill_never_passes_the_gate_nor_beats_production():
+    from neuropredict.config import RegisterParams
+    from neuropredict.registry import decide, gate
+
+    nan = float("nan")
+    scores = {"A": {"dm_t": 0.0, "skill": nan}, "_pooled": {"mean_skill": nan, "max_dm_t": 0.0}}
+    good = {"A": {"dm_t": 0.0, "skill": 0.01}, "_pooled": {"mean_skill": 0.01, "max_dm_t": 0.0}}
+    assert gate(scores, RegisterParams())
+    assert decide(scores, good, RegisterParams())[0] is False
+    assert decide(good, scores, RegisterParams())[0] is False  # nothing beats a NaN incumbent by accident

@@ -24,3 +24,25 @@ def test_each_forecast_meets_the_next_tick_of_its_symbol_and_duplicates_count_on
     b = rows[rows["symbol"] == "B"].iloc[0]
     assert (b["actual"], b["persistence"]) == (49.0, 50.0)
     assert b["time"] == pd.Timestamp("2024-01-03 16:00:00")
+
+
+def test_intraday_forecasts_are_not_scored_across_sessions():
+    ticks = pd.DataFrame([
+        (0, 0, "A", "2026-03-20 15:58:00", 10.0), (0, 1, "A", "2026-03-20 15:59:00", 11.0),
+        (0, 2, "A", "2026-03-23 09:30:00", 15.0),
+    ], columns=["partition", "offset", "symbol", "timestamp", "price"])
+    preds = [{"symbol": "A", "input_partition": 0, "input_offset": o, "actual_price": p, "predicted_price": p,
+              "model_version": "1"} for o, p in ((0, 10.0), (1, 11.0))]
+    assert len(join(ticks, preds)) == 2
+    same_session = join(ticks, preds, session_reset=True)
+    assert list(same_session["actual"]) == [11.0]  # the overnight gap is not a one-step forecast
+
+
+def test_expected_forecasts_count_warmup_per_symbol_or_per_session():
+    from neuropredict.messages import Tick
+    from neuropredict.producer import expected_forecasts
+
+    day1 = [Tick(f"2026-03-20 09:{m:02d}:00", "A", 1.0) for m in range(30, 40)]
+    day2 = [Tick(f"2026-03-23 09:{m:02d}:00", "A", 1.0) for m in range(30, 40)]
+    assert expected_forecasts(day1 + day2, window=5, session_reset=False) == 20 - 4
+    assert expected_forecasts(day1 + day2, window=5, session_reset=True) == 2 * (10 - 4)
