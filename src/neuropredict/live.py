@@ -99,6 +99,8 @@ class LiveStats:
             for key, value in sums.figures().items():
                 if key != "scored":
                     out[f"live_{key}_{symbol}"] = value
+        out.update({f"seconds_{step}": value for step, value in self.seconds.items()})  # where the time goes
+        out["batches"] = self.batches
         if self.latencies_ms:
             lat = np.fromiter(self.latencies_ms, np.float64)
             out.update({f"latency_ms_p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)})

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -113,11 +114,17 @@ class Worker:
                     raise
                 backoff = min(backoff * 2, 60.0)
         self._start_threads()
+        # TensorFlow, MLflow and pandas leave ~10^6 long-lived objects: a full garbage collection
+        # walks them all (measured: ~0.3 s stalls inside a batch). Freeze them out of the GC.
+        gc.collect()
+        gc.freeze()
 
     def _connect(self) -> None:
         if self.loaded is None:
             self._load_initial_model()
         self.producer = self.producer or kafka_io.producer(self.bootstrap, self.s)
+        for topic in (config.PREDICTIONS_TOPIC, config.DLQ_TOPIC):  # fetch metadata now, not on the
+            self.producer.partitions_for(topic)                   # first send of the first batch
         self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.s.max_poll_records,
                                           fetch_max_wait_ms=self.s.fetch_max_wait_ms)
         self.consumer.subscribe([config.PRICES_TOPIC], listener=_Rebalance(self))
@@ -572,9 +579,11 @@ class ModelWatcher:
         return ready
 
     def _loop(self) -> None:
+        """Check at once (the first registry call of a process is the slow one: better before
+        traffic than in the middle of a batch), then every alias_poll_interval_s."""
         w = self.worker
         backoff = w.s.alias_poll_interval_s
-        while not self._stop.wait(backoff):
+        while True:
             try:
                 version = registry.alias_version(w.model_name, w.alias)
                 if version and version != self._seen:
@@ -588,6 +597,8 @@ class ModelWatcher:
                 log.warning("cannot check %s@%s (%s: %s); serving v%s, retrying", w.model_name, w.alias,
                             type(exc).__name__, str(exc)[:120], w.version)
                 backoff = min(backoff * 2, 60.0)
+            if self._stop.wait(backoff):
+                return
 
 
 def serve(params: Params, wait: bool = False, **run_kwargs: Any) -> LiveStats:
