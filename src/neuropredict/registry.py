@@ -104,27 +104,18 @@ def log_and_register(forecaster_dir: Path, name: str, series: dict, tags: dict[s
     from mlflow.models import infer_signature
 
     from neuropredict import pyfunc_model
-    from neuropredict.forecaster import Forecaster, input_example
+    from neuropredict.forecaster import Forecaster, ForecasterModel, input_example
 
-    example = input_example(Forecaster.load(forecaster_dir), series)
-    signature = infer_signature(example, _example_output(forecaster_dir, example))
+    pyfunc = ForecasterModel()
+    pyfunc.forecaster = Forecaster.load(forecaster_dir)  # as load_context would: one load for both
+    example = input_example(pyfunc.forecaster, series)
+    signature = infer_signature(example, pyfunc.predict(None, example))
     info = mlflow.pyfunc.log_model(
         name="forecaster", python_model=pyfunc_model.__file__, artifacts={"forecaster": str(forecaster_dir)},
         signature=signature, input_example=example, pip_requirements=_pip_requirements(), metadata=metadata,
     )
     mv = tracking.with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))
     return str(mv.version)
-
-
-def _example_output(forecaster_dir: Path, example):
-    import pandas as pd
-
-    from neuropredict.forecaster import ForecasterModel
-
-    model = ForecasterModel()
-    model.load_context(type("Ctx", (), {"artifacts": {"forecaster": str(forecaster_dir)}})())
-    out = model.predict(None, example)
-    return pd.DataFrame({"predicted_price": out["predicted_price"].astype(float)})
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

@@ -236,8 +236,8 @@ class Worker:
         predictions, published = self._predict_and_publish(parsed, windows, owners)
         futures += published
         with timed("score"):
-            for symbol, idx in by_symbol.items():
-                self._score_open_forecasts(symbol, [parsed.ticks[i] for i in idx], predictions[idx])
+            for symbol, (idx, ticks) in by_symbol.items():
+                self._score_open_forecasts(symbol, ticks, predictions[idx])
         with timed("ack"):
             self.producer.flush()
         if any(f.failed() for f in futures):
@@ -281,15 +281,17 @@ class Worker:
                     parsed.created_ms.append(rec.timestamp)
         return parsed, dead
 
-    def _features(self, parsed: _Parsed) -> tuple[dict[str, list[int]], np.ndarray, np.ndarray, int]:
-        """Append every tick to its symbol's history; return the ticks by symbol, the full windows
-        (one per tick that has one), which tick owns each window, and the warm-up count."""
-        by_symbol: dict[str, list[int]] = defaultdict(list)
+    def _features(self, parsed: _Parsed) -> tuple[dict[str, tuple[list[int], list[Tick]]], np.ndarray,
+                                                   np.ndarray, int]:
+        """Append every tick to its symbol's history; return each symbol's positions and ticks, the
+        full windows (one per tick that has one), which tick owns each window, the warm-up count."""
+        by_symbol: dict[str, tuple[list[int], list[Tick]]] = defaultdict(lambda: ([], []))
         for i, tick in enumerate(parsed.ticks):
-            by_symbol[tick.symbol].append(i)
+            idx, ticks = by_symbol[tick.symbol]
+            idx.append(i)
+            ticks.append(tick)
         windows, owners, warmup = [], [], 0
-        for symbol, idx in by_symbol.items():
-            ticks = [parsed.ticks[i] for i in idx]
+        for symbol, (idx, ticks) in by_symbol.items():
             w, rows = self._windows(symbol, ticks, parsed.where[idx[0]][0])
             self._check_cadence(symbol, ticks)
             warmup += len(idx) - len(rows)
