@@ -131,15 +131,21 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
 
 
 def _log(result: dict[str, Any], out_dir: Path) -> None:
-    import mlflow
+    """An `evaluate` run in the serving experiment; each write retried while SQLite is locked."""
+    from mlflow.entities import Metric
 
     from neuropredict import tracking
 
     try:
-        tracking.setup(config.SERVING_EXPERIMENT_NAME)
-        with mlflow.start_run(run_name="evaluate", tags={"neuropredict.stage": "evaluate"}):
-            mlflow.log_metrics(flat_metrics(result["scores"], "stream"))
-            mlflow.log_artifacts(str(out_dir), "evaluate")
+        exp_id = tracking.setup(config.SERVING_EXPERIMENT_NAME)
+        client = tracking.client()
+        run_id = tracking.with_retry(lambda: client.create_run(
+            exp_id, run_name="evaluate", tags={tracking.STAGE_TAG: "evaluate"})).info.run_id
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in flat_metrics(result["scores"], "stream").items()]
+        tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics))
+        client.log_artifacts(run_id, str(out_dir), "evaluate")
+        tracking.with_retry(lambda: client.set_terminated(run_id))
     except Exception as exc:  # the report files exist either way
         log.warning("could not log the evaluation to MLflow: %s", exc)
 
