@@ -16,34 +16,14 @@ from neuropredict.evaluation import score_rows
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from tests.conftest import copy_project, load_json, project_env, write_params
-from tests.integration.kafka_helpers import TopicCounter, WorkerThread, predictions, read_topic, wait_for
+from tests.integration.kafka_helpers import (TopicCounter, WorkerThread, predictions, read_topic, replay, wait_for,
+                                             warmup_positions as _warmup_positions, inputs as _inputs)
 
 pytestmark = pytest.mark.slow
 
 
 def _ticks(root, params, start="2024-07-01", symbols=None):
-    frames, _ = producer.replay_frames(symbols or params.data.symbols, "1d", root / "data/raw", root / "data/snapshot")
-    return producer.replay_ticks(frames, "1d", start, params.data.end, params.featurize.window)
-
-
-def _inputs(bootstrap):
-    """(partition, offset) -> Tick or reason, for everything in stock_prices."""
-    out = {}
-    for r in read_topic(bootstrap, config.PRICES_TOPIC):
-        out[(r.partition, r.offset)] = messages.parse_tick(r.value)
-    return out
-
-
-def _warmup_positions(inputs, window):
-    """The first W-1 valid ticks of each symbol: the only inputs allowed to produce nothing."""
-    seen, warm = defaultdict(int), set()
-    for where in sorted(inputs):
-        tick = inputs[where]
-        if not isinstance(tick, str):
-            seen[tick.symbol] += 1
-            if seen[tick.symbol] < window:
-                warm.add(where)
-    return warm
+    return replay(root, params, start, symbols)
 
 
 @pytest.fixture

@@ -1,0 +1,292 @@
+"""Failure modes of the serving worker, each on real parts: a broker, MLflow stores, real models.
+
+What every test counts from the topics themselves: inputs lost (neither forecast, dead-lettered
+nor warm-up), inputs scored twice (by input partition/offset), and forecasts that differ from
+the same model run offline on the same windows.
+"""
+
+import dataclasses
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import mlflow
+import pytest
+import yaml
+
+from neuropredict import config, registry, stream_report
+from neuropredict.config import load_params
+from neuropredict.features import load_price_series
+from tests.conftest import copy_project, project_env, write_params
+from tests.integration.kafka_helpers import (Sender, TopicCounter, WorkerThread, assert_forecasts_match,
+                                             committed_offsets, end_offsets, expected_forecasts, inputs,
+                                             positions, predictions, replay, wait_for, warmup_positions)
+from tests.integration.test_serving import _register_another_version
+
+pytestmark = pytest.mark.slow
+
+EVERY_SYMBOL = ("AAPL", "AMZN", "GOOGL", "META", "MSFT", "NVDA", "TSLA")  # spread over 4 partitions
+
+
+def _project(trained_project, tmp_path, **serving):
+    """A copy of the trained project with serving overrides; its params."""
+    root = copy_project(trained_project, tmp_path / "copy")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["serving"].update(serving)
+    write_params(root, raw)
+    return root, load_params(root / "params.yaml")
+
+
+def _production(params):
+    return registry.load(params.register.model_name).forecaster
+
+
+def _covered(bootstrap, window):
+    """Every input forecast or warm-up (nothing lost)?"""
+    found = inputs(bootstrap)
+    return set(positions(predictions(bootstrap))) | warmup_positions(found, window) == set(found)
+
+
+def test_sigterm_mid_stream_then_a_restart_scores_every_input_exactly_once(trained_project, tmp_path, broker,
+                                                                              use_project):
+    root, params = _project(trained_project, tmp_path, max_poll_records=40)  # many batches
+    use_project(root)
+    env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": broker}
+    ticks = replay(root, params, start="2022-06-01")
+    cmd = [sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", "6"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log_file:
+        first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    sender = Sender(ticks, broker, rate=150, serving=params.serving)
+    try:
+        wait_for(lambda: "assigned partitions" in log_path.read_text(), what="the first worker to join")
+        sender.start()
+        published = TopicCounter(broker, config.PREDICTIONS_TOPIC)
+        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+        stopped_at = len(predictions(broker))
+        second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode == 0, second.stderr[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        sender.join()
+    assert "SIGTERM: finishing the current batch" in log_path.read_text()
+    found, outs = inputs(broker), predictions(broker)
+    where = positions(outs)
+    assert len(found) == len(ticks) and stopped_at < len(ticks) - 2 * params.featurize.window
+    assert len(where) == len(set(where)), f"{len(where) - len(set(where))} inputs scored twice"
+    assert set(where) | warmup_positions(found, params.featurize.window) == set(found), "inputs lost"
+    committed, ends = committed_offsets(broker), end_offsets(found)
+    assert {p: committed.get(p, 0) for p in range(4)} == {p: ends.get(p, 0) for p in range(4)}  # all drained
+    assert " 0 warm-up" in second.stderr  # the restart rebuilt its windows from Kafka ...
+    assert_forecasts_match(outs, expected_forecasts(found, _production(params)))  # ... correctly
+
+
+def test_a_worker_joining_and_another_leaving_under_load_lose_nothing(trained_project, tmp_path, broker,
+                                                                      use_project):
+    root, params = _project(trained_project, tmp_path, max_poll_records=100)
+    use_project(root)
+    ticks = replay(root, params, start="2022-10-01", symbols=EVERY_SYMBOL)  # ~20 s at 300 ticks/s
+    sender = Sender(ticks, broker, rate=300, serving=params.serving)
+    a = WorkerThread(params, broker)
+    wait_for(lambda: a.worker.consumer.assignment(), what="the first worker to join")
+    sender.start()
+    wait_for(lambda: a.stats.predicted > 300, what="the first worker to score")
+    b = WorkerThread(params, broker)  # joins while data flows: a rebalance under load
+    wait_for(lambda: b.worker.consumer.assignment() and b.stats.predicted > 100, what="the second worker to score")
+    assert sender.is_alive(), "the stream ended before the rebalance: make it longer"
+    a.stop()  # leaves: its partitions move to b
+    sender.join()
+    window = params.featurize.window
+    wait_for(lambda: _covered(broker, window), timeout_s=120, what="every input to be scored")
+    b.stop()
+
+    found, outs = inputs(broker), predictions(broker)
+    where = positions(outs)
+    duplicates = len(where) - len(set(where))
+    print(f"join+leave under load: {len(found)} inputs, {len(set(where))} scored, {duplicates} redelivered")
+    assert set(where) | warmup_positions(found, window) == set(found)
+    assert not set(where) & warmup_positions(found, window)  # a handed-over partition needs no new warm-up
+    assert duplicates <= 2 * params.serving.max_poll_records  # at most a batch per rebalance
+    assert a.stats.predicted > 0 and b.stats.predicted > 0
+    assert_forecasts_match(outs, expected_forecasts(found, _production(params)))
+
+
+def test_a_promotion_hot_swaps_both_workers_of_a_group(trained_project, tmp_path, broker, use_project):
+    root, params = _project(trained_project, tmp_path)
+    use_project(root)
+    name = params.register.model_name
+    first, second = registry.alias_version(name), _register_another_version(root, params)
+    ticks = replay(root, params, start="2023-01-01", symbols=EVERY_SYMBOL)
+    workers = [WorkerThread(params, broker), WorkerThread(params, broker)]
+    wait_for(lambda: all(w.worker.consumer.assignment() for w in workers)
+             and sum(len(w.worker.consumer.assignment()) for w in workers) == 4, what="both to own partitions")
+    sender = Sender(ticks, broker, rate=400, serving=params.serving)
+    sender.start()
+    wait_for(lambda: all(w.stats.predicted > 100 for w in workers), what="both workers to score")
+    registry.promote(name, second)
+    sender.join()
+    wait_for(lambda: sum(w.stats.consumed for w in workers) >= len(ticks), what="the whole stream")
+    for w in workers:
+        w.stop()
+    assert [w.stats.swaps for w in workers] == [1, 1]
+    outs = predictions(broker)
+    where = positions(outs)
+    assert len(where) == len(set(where))
+    for partition in {p for p, _ in where}:
+        versions = [o["model_version"] for o in sorted(outs, key=lambda o: o["input_offset"])
+                    if o["input_partition"] == partition]
+        assert versions[0] == first and versions[-1] == second
+        assert sum(x != y for x, y in zip(versions, versions[1:])) == 1
+
+
+def _register_longer_window(root, params, window: int) -> str:
+    """A real version whose window is longer: the production model's scaler, an untrained net."""
+    from neuropredict import hypermodel, tracking
+    from neuropredict.forecaster import Forecaster
+
+    scaler = _production(params).scaler
+    model = hypermodel.build_model("gru", window - 1, units=4, layers=1, dropout=0.0, learning_rate=1e-3)
+    folder = root / "models" / f"window-{window}"
+    Forecaster(model, dataclasses.replace(scaler, window=window)).save(folder)
+    series = load_price_series(root / "data/raw", params.data.symbols, "1d", "Close")
+    tracking.setup()
+    with mlflow.start_run(run_name=f"test-window-{window}"):
+        return registry.log_and_register(folder, params.register.model_name, series, {"cell": "gru"},
+                                         {"window": window})
+
+
+def test_a_hot_swap_to_a_longer_window_reads_history_back_and_needs_no_warmup(trained_project, tmp_path, broker,
+                                                                                use_project):
+    root, params = _project(trained_project, tmp_path)
+    use_project(root)
+    name = params.register.model_name
+    longer = params.featurize.window + 6
+    first = registry.load(name).forecaster
+    version = _register_longer_window(root, params, longer)
+    ticks = replay(root, params, start="2022-06-01")
+    w = WorkerThread(params, broker)
+    wait_for(lambda: w.worker.consumer.assignment(), what="the worker to join")
+    sender = Sender(ticks, broker, rate=200, serving=params.serving)
+    sender.start()
+    wait_for(lambda: w.stats.predicted > 100, what="the first forecasts")
+    registry.promote(name, version)
+    sender.join()
+    wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
+    w.stop()
+    assert w.stats.swaps == 1
+    found, outs = inputs(broker), predictions(broker)
+    after = [o for o in outs if o["model_version"] == version]
+    assert after, "nothing was scored by the new version"
+    assert set(positions(outs)) | warmup_positions(found, params.featurize.window) == set(found)  # no gap
+    new = registry.load(name, version=version).forecaster
+    assert_forecasts_match(after, expected_forecasts(found, new, longer))
+    assert_forecasts_match([o for o in outs if o["model_version"] != version], expected_forecasts(found, first))
+
+
+def _mlflow_server(root, port, log_path):
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+           "--default-artifact-root", (root / "mlruns" / "artifacts").as_uri()]
+    env = {**project_env(root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    from neuropredict import services
+
+    wait_for(lambda: services._http_ok(f"http://127.0.0.1:{port}/health"), timeout_s=60, what="the MLflow server")
+    return proc
+
+
+def _stop_group(proc, sig=signal.SIGKILL):
+    import os
+
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+def _latest(run_id, key):
+    run = mlflow.tracking.MlflowClient().get_run(run_id)
+    return run.data.metrics.get(key)
+
+
+def test_metrics_buffered_while_the_mlflow_server_is_down_reach_the_run_afterwards(
+        trained_project, tmp_path, broker, use_project, monkeypatch, caplog):
+    from neuropredict import services
+
+    root, params = _project(trained_project, tmp_path)
+    use_project(root)
+    port = services.free_port()
+    server = _mlflow_server(root, port, tmp_path / "mlflow.log")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    ticks = replay(root, params, start="2023-06-01")
+    half = len(ticks) // 2
+    w = WorkerThread(params, broker)
+    try:
+        Sender(ticks[:half], broker, rate=0, serving=params.serving).run()
+        wait_for(lambda: w.stats.consumed >= half, what="the first half")
+        wait_for(lambda: w.worker.reporter.run_id and _latest(w.worker.reporter.run_id, "consumed") == half,
+                 what="the first half's metrics on the server")
+        _stop_group(server)  # the tracking server dies mid-stream
+        Sender(ticks[half:], broker, rate=0, serving=params.serving).run()
+        wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring during the outage")
+        wait_for(lambda: "live metrics buffered" in caplog.text, what="the outage to be noticed")
+        assert w.thread.is_alive()
+        server = _mlflow_server(root, port, tmp_path / "mlflow.log")  # back, same store
+        run_id = w.worker.reporter.run_id
+        wait_for(lambda: _latest(run_id, "consumed") == len(ticks), timeout_s=90,
+                 what="the buffered metrics to reach the run")
+        w.stop()
+        run = mlflow.tracking.MlflowClient().get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["predicted"] == w.stats.predicted
+        assert run.data.metrics["live_scored"] == w.stats.overall.n
+    finally:
+        if w.thread.is_alive():
+            w.stop()
+        _stop_group(server, signal.SIGTERM)
+
+
+def test_a_locked_sqlite_store_is_retried_by_two_workers_and_evaluate(trained_project, tmp_path, broker,
+                                                                       use_project, caplog):
+    root, params = _project(trained_project, tmp_path, metrics_interval_s=0.2)
+    use_project(root)
+    ticks = replay(root, params, start="2023-06-01", symbols=EVERY_SYMBOL)
+    caplog.set_level(logging.INFO, logger="neuropredict")
+    workers = [WorkerThread(params, broker), WorkerThread(params, broker)]
+    Sender(ticks, broker, rate=0, serving=params.serving).run()
+    wait_for(lambda: sum(w.stats.consumed for w in workers) >= len(ticks), what="scoring")
+    wait_for(lambda: all(w.worker.reporter.run_id for w in workers), what="both runs")
+    rows = stream_report.joined_rows(broker)
+
+    db = sqlite3.connect(root / "mlruns" / "mlflow.db", timeout=30)
+    db.execute("BEGIN EXCLUSIVE")  # another writer holds the store: every MLflow write now waits
+    evaluated = {}
+    evaluate = threading.Thread(target=lambda: evaluated.update(
+        stream_report.report(rows, tmp_path / "evaluate", log_to_mlflow=True)))
+    evaluate.start()
+    time.sleep(25)  # longer than MLflow's own SQLite busy_timeout (20 s): writers see `database is locked`
+    db.rollback()
+    db.close()
+    evaluate.join(120)
+    for w in workers:
+        w.stop()
+    assert "MLflow store busy" in caplog.text or "database is locked" in caplog.text
+    client = mlflow.tracking.MlflowClient()
+    for w in workers:
+        run = client.get_run(w.worker.reporter.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["consumed"] == w.stats.consumed  # the last snapshot arrived
+    runs = mlflow.search_runs(experiment_names=[config.SERVING_EXPERIMENT_NAME], output_format="list",
+                              filter_string="tags.`neuropredict.stage` = 'evaluate'")
+    assert len(runs) == 1 and runs[0].data.metrics["stream_mse"] == pytest.approx(evaluated["scores"]["_pooled"]["mse"])
