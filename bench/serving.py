@@ -33,13 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from neuropredict import config, kafka_io, producer, registry, services  # noqa: E402
+from neuropredict import config, kafka_io, producer, registry, services  # noqa: E402  (sets quiet library defaults)
 from neuropredict.console import configure_logging  # noqa: E402
-from neuropredict.worker import Worker, limit_tensorflow_threads  # noqa: E402
+from neuropredict.forecaster import limit_threads  # noqa: E402
+from neuropredict.stream.worker import Worker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEED_TOPIC = "bench_seed_predictions"
@@ -63,16 +60,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def make_ticks(params, copies: int, limit: int) -> list[tuple[str, str, float]]:
+def make_ticks(params, copies: int, limit: int, suffix: str = "") -> list[tuple[str, str, float]]:
     """Replayed real daily closes of every configured symbol, `copies` times under other names."""
-    p = config.paths()
-    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
+    project = config.paths()
+    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
     real = producer.replay_ticks(frames, params.data.interval, params.data.start, params.data.end, 0,
                                  params.featurize.price_column)
     ticks = []
     for t in real:
         for c in range(copies):
-            ticks.append((t.timestamp, t.symbol if c == 0 else f"{t.symbol}.{c + 1}", t.price))
+            ticks.append((t.timestamp, (t.symbol if c == 0 else f"{t.symbol}.{c + 1}") + suffix, t.price))
             if len(ticks) == limit:
                 return ticks
     return ticks
@@ -166,12 +163,12 @@ def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, se
     deadline = time.monotonic() + 60
     while worker.stats.consumed < before + n and time.monotonic() < deadline:
         time.sleep(0.05)
-    from neuropredict.stream_report import read_topic
-
-    created = {(r.partition, r.offset): r.timestamp
-               for r in read_topic(config.PRICES_TOPIC, bootstrap, since_ms=since_ms, idle_s=1.0)}
+    with kafka_io.TopicReader(bootstrap) as reader:
+        created = {(r.partition, r.offset): r.timestamp
+                   for r in reader.read_all([config.PRICES_TOPIC]) if r.timestamp >= since_ms}
+        outputs = [r for r in reader.read_all([config.PREDICTIONS_TOPIC]) if r.timestamp >= since_ms]
     lat = []
-    for r in read_topic(config.PREDICTIONS_TOPIC, bootstrap, since_ms=since_ms, idle_s=1.0):
+    for r in outputs:
         v = json.loads(r.value)
         t_in = created.get((v["input_partition"], v["input_offset"]))
         if t_in is not None:
@@ -189,7 +186,7 @@ def main() -> int:
     if version is None:
         print(f"no {name}@production: run `dvc repro` first", file=sys.stderr)
         return 1
-    limit_tensorflow_threads(params.serving.model_threads)  # as a serving process does, before TF starts
+    limit_threads(params.serving.model_threads)  # as a serving process does, before TF starts
     loaded = registry.load(name, version=version)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         port = services.free_port()
@@ -206,7 +203,8 @@ def main() -> int:
             b = phase_seed_loop(params, bootstrap, loaded.forecaster, args.seed_ticks)
             print(f"   {b['seed_loop_ticks_per_s']:,.1f} ticks/s", flush=True)
             print(f"C. latency at {args.rate:g} ticks/s offered for {args.rate_seconds:g} s ...", flush=True)
-            c = phase_latency(params, bootstrap, worker, make_ticks(params, 1, 10**9)[::-1], args.rate,
+            # symbols of their own (the worker keeps the backlog's), in time order as a live feed
+            c = phase_latency(params, bootstrap, worker, make_ticks(params, 1, 10**9, suffix=".live"), args.rate,
                               args.rate_seconds)
             worker.stop_event.set()
             a.pop("_thread").join(30)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
 from neuropredict import config
-from neuropredict.console import run_main, tool, tools_env
+from neuropredict.console import configure_logging, run_main, tool, tools_env
 from neuropredict.errors import NeuropredictError
+from neuropredict.files import write_json
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -61,9 +63,10 @@ def _promote(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from neuropredict import services, tracking
 
+    port = args.port or config.mlflow_ui_port()
     tracking.setup()  # creates the store if it does not exist yet
-    cmd, env = services.mlflow_ui_command(args.port)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {config.tracking_uri()}); Ctrl-C stops it")
+    cmd, env = services.mlflow_ui_command(port)
+    print(f"MLflow UI on http://127.0.0.1:{port} (store {config.tracking_uri()}); Ctrl-C stops it")
     return subprocess.call(cmd, env=env)
 
 
@@ -125,8 +128,8 @@ def _produce(args: argparse.Namespace) -> int:
         end = args.end or params.data.end
         lead = args.lead if args.lead is not None else _model_window(params)
         interval = args.interval or params.data.interval
-        p = config.paths()
-        frames, origin = producer.replay_frames(symbols, interval, p.raw_dir, p.snapshot_dir)
+        project = config.paths()
+        frames, origin = producer.replay_frames(symbols, interval, project.raw_dir, project.snapshot_dir)
         ticks = producer.replay_ticks(frames, interval, start, end, lead, params.featurize.price_column)
         if args.limit:
             ticks = ticks[: args.limit]
@@ -152,24 +155,25 @@ def _model_window(params) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from neuropredict import worker
+    from neuropredict.stream import worker
 
     params = config.load_params()
     stats = worker.serve(params, wait=args.wait, max_messages=args.max_messages, timeout_s=args.timeout_s,
                          idle_timeout_s=args.idle_timeout_s)
     if args.stats_out:
-        import json
 
-        args.stats_out.parent.mkdir(parents=True, exist_ok=True)
-        args.stats_out.write_text(json.dumps(stats.snapshot(), indent=2) + "\n")
+        write_json(args.stats_out, stats.snapshot())
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from neuropredict import stream_report
 
+    from neuropredict.stream.rules import TickRules
+
     params = config.load_params()
-    rows = stream_report.in_period(stream_report.joined_rows(session_reset=params.data.intraday), args.start, args.end)
+    rows = stream_report.joined_rows(TickRules.from_params(params.validate, params.serving), params.data.intraday)
+    rows = stream_report.in_period(rows, args.start, args.end)
     out_dir = config.paths().reports_dir / "evaluate"
     result = stream_report.report(rows, out_dir, log_to_mlflow=not args.no_mlflow)
     print(stream_report.format_report(result))
@@ -178,26 +182,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_parity(args: argparse.Namespace) -> int:
-    import json
 
     from neuropredict import parity
 
     result = parity.check(config.load_params(), config.paths(), args.version)
     print(parity.format_result(result))
-    out = config.paths().reports_dir / "parity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(config.paths().reports_dir / "parity.json", result)
     return 0 if result["passed"] else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
     from neuropredict import demo
 
+    if args.interval == "1m":
+        return demo.run_intraday(keep=args.keep)
     return demo.run(keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuropredict", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="every library's log lines too (sets NEUROPREDICT_VERBOSE=1, also for dvc stages)")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("models", help="registered versions, aliases and key test metrics")
@@ -208,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_promote)
 
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for this project's store")
-    p.add_argument("--port", type=int, default=config.mlflow_ui_port())
+    p.add_argument("--port", type=int, help="default: $NEUROPREDICT_UI_PORT, else 5000")
     p.set_defaults(fn=_ui)
 
     p = sub.add_parser("repro", help="`dvc repro` with this environment's Python (same as dvc repro)")
@@ -259,14 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded defaults")
     p.add_argument("--keep", action="store_true", help="leave the services it started running")
+    p.add_argument("--interval", choices=["1d", "1m"], default="1d",
+                   help="1m: the intraday model (params-intraday.yaml), in its own workspace")
     p.set_defaults(fn=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-
     def call() -> int:
+        args = build_parser().parse_args(argv)  # inside the error boundary: nothing may escape it
+        if args.verbose:
+            os.environ["NEUROPREDICT_VERBOSE"] = "1"
+            configure_logging(verbose=True)
         try:
             return args.fn(args)
         except NeuropredictError:

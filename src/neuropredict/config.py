@@ -29,6 +29,46 @@ CHALLENGER_ALIAS = "challenger"
 EXPERIMENT_NAME = "neuropredict"
 SERVING_EXPERIMENT_NAME = "neuropredict-serving"
 DEFAULT_MLFLOW_UI_PORT = 5000
+DEFAULT_KAFKA_PORT = 9092
+EXCHANGE_TZ = "America/New_York"  # naive timestamps are this exchange's local time
+
+# ---- named constants: fixed by the brokers and libraries we run on, not knobs to tune ----
+# Session 6000 / heartbeat 2000: the smallest a default Apache Kafka accepts. The embedded broker
+# holds a group join until half the session timeout has passed: ~3 s here, ~23 s with the defaults.
+KAFKA_SESSION_TIMEOUT_MS = 6000
+KAFKA_HEARTBEAT_INTERVAL_MS = 2000
+KAFKA_MAX_POLL_INTERVAL_MS = 300_000  # a batch (model call included) must finish well within this
+KAFKA_BOOTSTRAP_TIMEOUT_MS = 10_000   # how long a client waits for the first broker answer
+KAFKA_CONSUMER_REQUEST_TIMEOUT_MS = 30_000
+KAFKA_PRODUCER_REQUEST_TIMEOUT_MS = 10_000  # capped by serving.delivery_timeout_ms
+# kafka-python refuses records over its 1 MiB max_request_size, and Apache Kafka's default
+# message.max.bytes is ~1 MB: a dead letter keeps at most this much of an oversized original.
+DEAD_LETTER_MAX_BYTES = 512 * 1024
+READ_RANGE_TIMEOUT_S = 30.0  # reading a partition back (restore, evaluate) gives up after this
+# A batch's model call is cut into at most MODEL_CHUNKS_MAX chunks of at least MODEL_CHUNK_MIN_ROWS
+# rows, so publishing one chunk overlaps the call of the next (smaller chunks cost more calls).
+MODEL_CHUNKS_MAX = 8
+MODEL_CHUNK_MIN_ROWS = 256
+HYPERBAND_FACTOR = 3  # keras-tuner's default reduction factor between Hyperband brackets
+
+# ---- environment defaults: quiet, offline-safe libraries (values already set are kept) ----
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # no installation id, no lookups of telemetry hosts
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "False",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "TF_ENABLE_ONEDNN_OPTS": "0",  # with level 3: TensorFlow's import prints nothing
+}
+
+
+def quiet_environment(env: dict[str, str] | None = None) -> None:
+    """Apply QUIET_ENV (to os.environ by default). Called before TensorFlow or MLflow is imported."""
+    env = os.environ if env is None else env
+    for key, value in QUIET_ENV.items():
+        env.setdefault(key, value)
 
 
 def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
@@ -103,6 +143,8 @@ class ServingParams:
     compression: Literal["none", "gzip", "lz4"] = "lz4"
     model_threads: int = field(default=1, metadata=_range(0, 256))
     restore_lookback_max: int = field(default=100_000, metadata=_range(0, 100_000_000))
+    delivery_timeout_ms: int = field(default=30_000, metadata=_range(1000, 3_600_000))
+    level_shift_ticks: int = field(default=5, metadata=_range(1, 10_000))
 
 
 @dataclass(frozen=True)
@@ -141,6 +183,16 @@ class Paths:
     @property
     def params_file(self) -> Path:
         return self.root / "params.yaml"
+
+    @property
+    def intraday_params_file(self) -> Path:
+        """The keys of the intraday (1-minute) model that differ from params.yaml."""
+        return self.root / "params-intraday.yaml"
+
+    @property
+    def intraday_dir(self) -> Path:
+        """The intraday demo's workspace: a project copy with its own outputs and MLflow store."""
+        return self.state_dir / "intraday"
 
     @property
     def snapshot_dir(self) -> Path:
@@ -201,12 +253,14 @@ def paths(root: Path | None = None) -> Paths:
     return Paths(root or project_root())
 
 
+def sqlite_uri(root: Path) -> str:
+    """The embedded MLflow store of a project folder."""
+    return f"sqlite:///{Paths(Path(root)).mlruns_dir / 'mlflow.db'}"
+
+
 def tracking_uri(root: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else the embedded sqlite store under mlruns/ (absolute path)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{paths(root).mlruns_dir / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(paths(root).root)
 
 
 def artifact_root(root: Path | None = None) -> str:
@@ -225,7 +279,7 @@ def _port(variable: str, default: int) -> int:
 
 
 def embedded_kafka_port() -> int:
-    return _port("NEUROPREDICT_KAFKA_PORT", 9092)
+    return _port("NEUROPREDICT_KAFKA_PORT", DEFAULT_KAFKA_PORT)
 
 
 def mlflow_ui_port() -> int:
@@ -256,7 +310,45 @@ def load_params(path: Path | str | None = None) -> Params:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     params = _build(Params, raw, "")
     _check_consistency(params)
+    if os.environ.get(TRACE_READS_ENV) and not _traced:
+        _traced.append(True)
+        _trace_reads(Path(os.environ[TRACE_READS_ENV]))
     return params
+
+
+TRACE_READS_ENV = "NEUROPREDICT_TRACE_READS"  # a folder: each process records what it read there
+_traced: list[bool] = []  # installed once per process
+
+
+def _trace_reads(folder: Path) -> None:
+    """A development aid: record every params key and every neuropredict module this process
+    reads, in <folder>/<script>.json at exit. The tests check that dvc.yaml lists exactly these
+    for each stage, so `dvc repro` reruns what a change affects and nothing else."""
+    import atexit
+    import sys
+
+    from neuropredict.files import write_json
+
+    read: set[str] = set()
+    sections = {hint: name for name, hint in typing.get_type_hints(Params).items() if dataclasses.is_dataclass(hint)}
+    for cls in (Params, *sections):
+        prefix = sections.get(cls, "")
+        names = {f.name for f in dataclasses.fields(cls) if not (cls is Params and f.name in
+                                                                  {s for s in sections.values()})}
+
+        def getattribute(self, name, _names=names, _prefix=prefix):
+            if name in _names:
+                read.add(_dotted(_prefix, name))
+            return object.__getattribute__(self, name)
+
+        cls.__getattribute__ = getattribute
+
+    def save() -> None:
+        modules = sorted(m.__file__ for name, m in list(sys.modules.items())
+                         if name.split(".")[0] == "neuropredict" and getattr(m, "__file__", None))
+        write_json(folder / f"{Path(sys.argv[0]).stem}.json", {"params": sorted(read), "modules": modules})
+
+    atexit.register(save)
 
 
 def params_from_dict(raw: dict[str, Any]) -> Params:
@@ -351,15 +443,15 @@ def _dotted(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _check_consistency(p: Params) -> None:
+def _check_consistency(params: Params) -> None:
     """Cross-key rules that no single field can check."""
     import pandas as pd
 
     dates = {
-        "data.start": p.data.start,
-        "data.end": p.data.end,
-        "featurize.validation_start": p.featurize.validation_start,
-        "featurize.test_start": p.featurize.test_start,
+        "data.start": params.data.start,
+        "data.end": params.data.end,
+        "featurize.validation_start": params.featurize.validation_start,
+        "featurize.test_start": params.featurize.test_start,
     }
     parsed = {}
     for key, text in dates.items():
@@ -371,12 +463,12 @@ def _check_consistency(p: Params) -> None:
     for a, b in zip(order, order[1:]):
         if not parsed[a] < parsed[b]:
             raise ConfigError(f"'{a}' ({dates[a]}) must be before '{b}' ({dates[b]})")
-    if not p.data.symbols or any(not s or s != s.strip() for s in p.data.symbols):
+    if not params.data.symbols or any(not s or s != s.strip() for s in params.data.symbols):
         raise ConfigError("'data.symbols' must list ticker symbols such as AAPL")
-    for key, values in (("tune.units", p.tune.units), ("tune.layers", p.tune.layers)):
+    for key, values in (("tune.units", params.tune.units), ("tune.layers", params.tune.layers)):
         if any(v < 1 for v in values):
             raise ConfigError(f"'{key}' values must be >= 1, got {list(values)}")
-    if not 0.0 <= p.tune.dropout[0] <= p.tune.dropout[1] < 1.0:
-        raise ConfigError(f"'tune.dropout' must be [min, max] within [0, 1), got {list(p.tune.dropout)}")
-    if not 0.0 < p.tune.learning_rate[0]:
-        raise ConfigError(f"'tune.learning_rate' must be positive, got {list(p.tune.learning_rate)}")
+    if not 0.0 <= params.tune.dropout[0] <= params.tune.dropout[1] < 1.0:
+        raise ConfigError(f"'tune.dropout' must be [min, max] within [0, 1), got {list(params.tune.dropout)}")
+    if not 0.0 < params.tune.learning_rate[0]:
+        raise ConfigError(f"'tune.learning_rate' must be positive, got {list(params.tune.learning_rate)}")

@@ -13,25 +13,9 @@ from neuropredict.errors import NeuropredictError
 
 QUIET_LOGGERS = ("great_expectations", "mlflow", "alembic", "kafka", "urllib3", "yfinance", "absl",
                  "h5py", "matplotlib", "tensorflow", "keras_tuner", "py.warnings", "git")
-
-
-QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",  # no installation id, no lookups of telemetry hosts
-    "DO_NOT_TRACK": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "MLFLOW_LOGGING_LEVEL": "WARNING",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    "TF_ENABLE_ONEDNN_OPTS": "0",  # with level 3: TensorFlow's import prints nothing
-}
-
-
-def quiet_environment(env=None) -> None:
-    """Offline-safe, quiet defaults for the libraries (values already set are kept)."""
-    env = os.environ if env is None else env
-    for key, value in QUIET_ENV.items():
-        env.setdefault(key, value)
+# Libraries whose failures we report ourselves, in one line (yfinance offline logs ~20 errors
+# before `sources` says "yfinance unavailable ...; using the bundled snapshot"): --verbose only.
+SPOKEN_FOR = ("yfinance",)
 
 
 def tool(name: str) -> str:
@@ -48,13 +32,14 @@ def tools_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def configure_logging(verbose: bool = False) -> None:
     """Configure the root logger once, in the entry point; modules only call getLogger."""
-    quiet_environment()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_libraries)
         handler.addFilter(RateLimit())
+        if not verbose:
+            handler.addFilter(_not_spoken_for)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
@@ -66,6 +51,10 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:
         return True
     return not any(record.name == n or record.name.startswith(n + ".") for n in QUIET_LOGGERS)
+
+
+def _not_spoken_for(record: logging.LogRecord) -> bool:
+    return not any(record.name == n or record.name.startswith(n + ".") for n in SPOKEN_FOR)
 
 
 class RateLimit(logging.Filter):
@@ -93,9 +82,14 @@ class RateLimit(logging.Filter):
         return True
 
 
+def verbose() -> bool:
+    """$NEUROPREDICT_VERBOSE (or `neuropredict --verbose`, which sets it for the stages it runs)."""
+    return os.environ.get("NEUROPREDICT_VERBOSE", "") not in ("", "0")
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run an entry point: a NeuropredictError becomes one clear line and exit status 1."""
-    configure_logging(verbose=bool(os.environ.get("NEUROPREDICT_VERBOSE")))
+    configure_logging(verbose=verbose())
     try:
         result = main()
     except NeuropredictError as exc:

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neuropredict import config, producer, registry, services, stream_report
+from neuropredict import config, producer, registry, scratch, services, stream_report
 from neuropredict.console import tool, tools_env
 from neuropredict.errors import NeuropredictError, ServiceError
 from neuropredict.files import read_json
+from neuropredict.stream.rules import TickRules
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +97,15 @@ def wait_until_scored(expected_outputs: int, expected_dead: int, timeout_s: floa
     from neuropredict import kafka_io
 
     counts = {config.PREDICTIONS_TOPIC: 0, config.DLQ_TOPIC: 0}
-    consumer = kafka_io.consumer(None, max_poll_records=50_000)
-    from kafka import TopicPartition
-
-    parts = [TopicPartition(t, p) for t in counts for p in sorted(consumer.partitions_for_topic(t) or [])]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
     deadline = time.monotonic() + timeout_s
-    try:
-        while counts[config.PREDICTIONS_TOPIC] < expected_outputs or counts[config.DLQ_TOPIC] < expected_dead:
-            if time.monotonic() > deadline:
-                raise ServiceError(f"only {counts} of {expected_outputs} predictions / {expected_dead} dead "
-                                   f"letters arrived within {timeout_s:g} s; see .neuropredict/worker.log")
-            for tp, recs in consumer.poll(timeout_ms=200).items():
-                counts[tp.topic] += len(recs)
-    finally:
-        consumer.close()
+    for batch in kafka_io.follow(None, counts):
+        for record in batch:
+            counts[record.topic] += 1
+        if counts[config.PREDICTIONS_TOPIC] >= expected_outputs and counts[config.DLQ_TOPIC] >= expected_dead:
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"only {counts} of {expected_outputs} predictions / {expected_dead} dead "
+                               f"letters arrived within {timeout_s:g} s; see .neuropredict/worker.log")
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
@@ -123,12 +117,32 @@ def stop_worker(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
+def run_intraday(keep: bool = False) -> int:
+    """The demo on the intraday (1-minute) model: params.yaml with params-intraday.yaml's keys, in a
+    workspace of its own (its own DVC outputs and MLflow store), so the daily model is untouched."""
+    import os
+
+    import yaml
+
+    project = config.paths()
+    params = scratch.overlay(yaml.safe_load(project.params_file.read_text()),
+                             yaml.safe_load(project.intraday_params_file.read_text()))
+    config.params_from_dict(params)  # a bad key stops here, named
+    workspace = scratch.copy_project(project.root, project.intraday_dir, params)
+    print(f"intraday demo in {workspace} (params.yaml + {project.intraday_params_file.name}; its own DVC outputs "
+          f"and MLflow store: `cd {workspace}` to look around)")
+    env = scratch.scratch_env(workspace)
+    if config.kafka_is_external():  # a cluster of the user's own is used as for the daily demo
+        env["KAFKA_BOOTSTRAP_SERVERS"] = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    return subprocess.call([tool("neuropredict"), "demo", *(["--keep"] if keep else [])], cwd=workspace, env=env)
+
+
 def run(keep: bool = False) -> int:
     started = time.perf_counter()
     steps = Steps(6)
     steps.next("train: dvc repro (stages whose inputs did not change are skipped)")
     train()
-    params, p = config.load_params(), config.paths()
+    params, project = config.load_params(), config.paths()
     name = params.register.model_name
     version = registry.alias_version(name)
     started_services: list[str] = []
@@ -137,10 +151,10 @@ def run(keep: bool = False) -> int:
         steps.next("services: embedded Kafka broker + MLflow UI")
         started_services = start_services(params)
         steps.next(f"serve: worker on {config.PRICES_TOPIC} with {name}@production (v{version})")
-        worker, worker_log, stats_path = start_worker(p.state_dir)
+        worker, worker_log, stats_path = start_worker(project.state_dir)
         steps.next("replay: the held-out test period through Kafka")
         window = registry.model_window(name, version)
-        frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
+        frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
         ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
                                       window, params.featurize.price_column)
         since_ms = int(time.time() * 1000) - 1000
@@ -150,10 +164,11 @@ def run(keep: bool = False) -> int:
         wait_until_scored(producer.expected_forecasts(ticks, window, params.data.intraday), MALFORMED)
         stop_worker(worker)
         steps.next("evaluate: join each forecast with the next actual price")
-        rows = stream_report.in_period(stream_report.joined_rows(since_ms=since_ms, session_reset=params.data.intraday),
+        rules = TickRules.from_params(params.validate, params.serving)
+        rows = stream_report.in_period(stream_report.joined_rows(rules, params.data.intraday, since_ms=since_ms),
                                        params.featurize.test_start, params.data.end)
-        result = stream_report.report(rows, p.reports_dir / "evaluate")
-        print(f"  {len(rows)} forecasts scored; report {p.reports_dir / 'evaluate' / 'report.json'}")
+        result = stream_report.report(rows, project.reports_dir / "evaluate")
+        print(f"  {len(rows)} forecasts scored; report {project.reports_dir / 'evaluate' / 'report.json'}")
         steps.next("summary")
         steps.done()
         print(summary(result, read_json(stats_path, default={}), version, steps.timings, time.perf_counter() - started,
@@ -177,7 +192,7 @@ def _experiment_url(ui: str, name: str) -> str:
 
 def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, timings: dict[str, float],
             total_s: float, started: list[str], keep: bool) -> str:
-    p = config.paths()
+    project = config.paths()
     pooled = result["scores"]["_pooled"]
     offline_mse = registry.version_tags(config.load_params().register.model_name, version).get("test_mse")
     lines = ["", "=" * 78, "KafkaNeuroPredict demo: summary", "=" * 78,
@@ -209,8 +224,8 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
               f"trials; compare best-lstm with best-gru)",
               f"  live serving   {_experiment_url(ui, config.SERVING_EXPERIMENT_NAME)}",
               f"  registry       {ui}/#/models/{config.load_params().register.model_name}",
-              f"reports          {p.reports_dir / 'evaluate' / 'report.json'}, "
-              f"{p.reports_dir / 'evaluate' / 'predicted_vs_actual.png'}",
-              f"                 {p.plots_dir}/*.png (dvc plots show), {p.validation_dir / 'data_docs' / 'index.html'}",
+              f"reports          {project.reports_dir / 'evaluate' / 'report.json'}, "
+              f"{project.reports_dir / 'evaluate' / 'predicted_vs_actual.png'}",
+              f"                 {project.plots_dir}/*.png (dvc plots show), {project.validation_dir / 'data_docs' / 'index.html'}",
               "=" * 78]
     return "\n".join(lines)

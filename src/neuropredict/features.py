@@ -11,23 +11,34 @@ over 1,000 % (see the README).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from neuropredict.config import FeaturizeParams
+from neuropredict.config import EXCHANGE_TZ, FeaturizeParams
 from neuropredict.errors import ConfigError
-from neuropredict.sources import EXCHANGE_TZ, time_column
+from neuropredict.files import read_json, write_json
+from neuropredict.sources import time_column
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SCALER_FILE = "scaler.json"
+SECONDS_PER_DAY = 86_400
+
+
+def session_ids(clock_s: np.ndarray | Sequence[float], intraday: bool) -> np.ndarray:
+    """THE session rule, for training, serving and evaluation alike: an intraday session is one
+    calendar day on the exchange's clock, and a daily series is a single session. Windows,
+    forecasts and their scoring never cross a session (an overnight gap is not one step)."""
+    clock_s = np.asarray(clock_s, dtype=np.float64)
+    if not intraday:
+        return np.zeros(len(clock_s), dtype=np.int64)
+    return np.floor(clock_s / SECONDS_PER_DAY).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,11 @@ class ReturnScaler:
         return cls(**d)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> ReturnScaler:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(path))
 
 
 @dataclass
@@ -109,14 +120,13 @@ class WindowSet:
     windows: np.ndarray       # (n, W) float64 prices
     targets: np.ndarray       # (n,) float64: the next price
     target_times: np.ndarray  # (n,) datetime64[ns]
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def select(self, mask: np.ndarray) -> WindowSet:
         return WindowSet(self.symbols[mask], self.windows[mask], self.targets[mask],
-                         self.target_times[mask], dict(self.meta))
+                         self.target_times[mask])
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, symbols=self.symbols.astype(str), windows=self.windows,
@@ -148,15 +158,14 @@ def parse_times(values: pd.Series | Sequence[str], interval: str) -> pd.Datetime
     return pd.DatetimeIndex(times)
 
 
-def _segments(index: pd.DatetimeIndex, session_reset: bool) -> np.ndarray:
-    if not session_reset:
-        return np.zeros(len(index), dtype=np.int64)
-    return index.normalize().asi8
+def _sessions(index: pd.DatetimeIndex, intraday: bool) -> np.ndarray:
+    """session_ids of a naive exchange-local index."""
+    return session_ids(index.as_unit("ns").asi8 / 1e9, intraday)
 
 
 def _log_returns(s: pd.Series, session_reset: bool) -> pd.Series:
     r = np.log(s).diff()
-    seg = _segments(s.index, session_reset)
+    seg = _sessions(s.index, session_reset)
     if session_reset:
         r[np.r_[True, seg[1:] != seg[:-1]]] = np.nan
     return r
@@ -171,7 +180,7 @@ def make_windows(series: dict[str, pd.Series], window: int, session_reset: bool 
         if n <= 0:
             continue
         idx = np.arange(n)[:, None] + np.arange(window + 1)[None, :]
-        seg = _segments(s.index, session_reset)
+        seg = _sessions(s.index, session_reset)
         ok = seg[idx[:, 0]] == seg[idx[:, -1]]
         idx = idx[ok]
         parts.append(WindowSet(

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: Any, indent: int = 2) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(payload, indent=indent, default=str) + "\n")
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -1,9 +1,11 @@
-"""kafka-python clients with settings that work on the embedded broker and on Apache Kafka alike."""
+"""kafka-python clients with settings that work on the embedded broker and on Apache Kafka alike,
+and the one reader of "the records of a partition between two offsets"."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from neuropredict import config
@@ -12,10 +14,10 @@ from neuropredict.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-# Session 6000 / heartbeat 2000: the smallest a default Apache Kafka accepts. The embedded broker
-# holds a join until half the session timeout has passed: ~3 s here, ~23 s with the defaults.
-GROUP_SETTINGS = dict(session_timeout_ms=6000, heartbeat_interval_ms=2000, max_poll_interval_ms=300000)
-BOOTSTRAP_TIMEOUT_MS = 10000
+GROUP_SETTINGS = dict(session_timeout_ms=config.KAFKA_SESSION_TIMEOUT_MS,
+                      heartbeat_interval_ms=config.KAFKA_HEARTBEAT_INTERVAL_MS,
+                      max_poll_interval_ms=config.KAFKA_MAX_POLL_INTERVAL_MS)
+BOOTSTRAP_TIMEOUT_MS = config.KAFKA_BOOTSTRAP_TIMEOUT_MS
 
 
 def _unreachable(bootstrap: str, exc: Exception) -> ServiceError:
@@ -38,7 +40,9 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, retries=5,
         linger_ms=s.producer_linger_ms, batch_size=s.producer_batch_bytes,
         compression_type=None if s.compression == "none" else s.compression,
-        delivery_timeout_ms=30000, request_timeout_ms=10000, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        delivery_timeout_ms=s.delivery_timeout_ms, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        # a request may not outlive the delivery it belongs to (kafka-python checks this)
+        request_timeout_ms=min(config.KAFKA_PRODUCER_REQUEST_TIMEOUT_MS, s.delivery_timeout_ms - s.producer_linger_ms),
         max_in_flight_requests_per_connection=5,
     )
     settings.update(overrides)
@@ -58,7 +62,7 @@ def consumer(group: str | None, bootstrap: str | None = None, max_poll_records: 
     settings: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024, max_poll_records=max_poll_records,
-        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, request_timeout_ms=30000,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, request_timeout_ms=config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS,
     )
     if group:
         settings.update(GROUP_SETTINGS)
@@ -117,3 +121,86 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 15.0) -> None:
             last = exc
             time.sleep(0.2)
     raise ServiceError(f"Kafka at {bootstrap} did not answer within {timeout_s:g} s ({last})")
+
+
+class TopicReader:
+    """Reads topics outside any consumer group: the records of a partition between two offsets
+    (restore, evaluate, the demo, tests). One consumer, reused from call to call.
+
+    The end of a partition is the high watermark the broker reports with a fetch, not
+    `end_offsets()`: the embedded broker answers that one wrongly (see KAFKA_NOTES)."""
+
+    def __init__(self, bootstrap: str | None = None, max_poll_records: int = 50_000):
+        self.consumer = consumer(None, bootstrap, max_poll_records=max_poll_records)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def partitions(self, topics: Iterable[str]) -> list:
+        from kafka import TopicPartition
+
+        return [TopicPartition(t, p) for t in topics for p in sorted(self.consumer.partitions_for_topic(t) or [])]
+
+    def read_range(self, tp, lo: int, hi: int | None = None,
+                   timeout_s: float = config.READ_RANGE_TIMEOUT_S) -> list:
+        """Records of one partition with lo <= offset < hi (hi None: up to its current end)."""
+        return [r for batch in self.read({tp: lo}, {tp: hi}, timeout_s) for r in batch]
+
+    def read_all(self, topics: Iterable[str], timeout_s: float = 300.0) -> list:
+        """Every record of the topics, from the beginning to their current end."""
+        parts = self.partitions(topics)
+        return [r for batch in self.read({tp: 0 for tp in parts}, {}, timeout_s) for r in batch]
+
+    def read(self, starts: dict, stops: dict, timeout_s: float) -> Iterator[list]:
+        """Batches of records from each partition's start to its stop (missing or None: the end
+        at the time of reading). Gaps in the offsets (transaction markers) are stepped over."""
+        c = self.consumer
+        c.assign(list(starts))
+        c.resume(*starts)
+        for tp, lo in starts.items():
+            c.seek(tp, lo)
+        open_parts, deadline = set(starts), time.monotonic() + timeout_s
+        while open_parts:
+            if time.monotonic() > deadline:
+                log.warning("reading %s timed out after %g s; some records were not read",
+                            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(open_parts)), timeout_s)
+                return
+            polled = c.poll(timeout_ms=200)
+            for tp, records in polled.items():
+                stop = self._stop(tp, stops)
+                batch = [r for r in records if stop is None or r.offset < stop]
+                if batch:
+                    yield batch
+            done = {tp for tp in open_parts if self._done(tp, stops)}
+            if done:
+                c.pause(*done)  # fetch only what is still wanted
+                open_parts -= done
+
+    def _stop(self, tp, stops: dict) -> int | None:
+        stop = stops.get(tp)
+        return self.consumer.highwater(tp) if stop is None else stop
+
+    def _done(self, tp, stops: dict) -> bool:
+        stop = self._stop(tp, stops)
+        return stop is not None and self.consumer.position(tp) >= stop
+
+
+def follow(bootstrap: str | None, topics: Iterable[str]) -> Iterator[list]:
+    """The topics' records from the beginning, batch by batch as they arrive; an empty batch
+    whenever it has caught up (so a caller can check its own condition). Never ends."""
+    from kafka import TopicPartition
+
+    with TopicReader(bootstrap) as reader:
+        positions = {tp: 0 for tp in reader.partitions(topics)}
+        while True:
+            for batch in reader.read(dict(positions), {}, config.READ_RANGE_TIMEOUT_S):
+                last = batch[-1]
+                positions[TopicPartition(last.topic, last.partition)] = last.offset + 1
+                yield batch
+            yield []

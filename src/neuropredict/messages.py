@@ -7,13 +7,18 @@ reason travels to the dead-letter topic with the original bytes untouched.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 
+from neuropredict.config import DEAD_LETTER_MAX_BYTES, EXCHANGE_TZ
+
 REQUIRED = ("timestamp", "symbol", "price")
 MAX_SYMBOL_LEN = 32
+_EXCHANGE = ZoneInfo(EXCHANGE_TZ)
+_EPOCH = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,17 @@ class Tick:
     timestamp: str
     symbol: str
     price: float
+    time_s: float = field(default=math.nan, compare=False)  # exchange-local clock, seconds (clock_seconds)
+
+
+def clock_seconds(moment: datetime | str) -> float:
+    """Seconds since 1970 on the exchange's local clock: naive stamps are exchange-local (as the
+    replay and the bundled data write them); stamps with an offset are converted to it first."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(_EXCHANGE).replace(tzinfo=None)
+    return (moment - _EPOCH).total_seconds()
 
 
 def parse_tick(value: bytes | None) -> Tick | str:
@@ -46,10 +62,10 @@ def parse_tick(value: bytes | None) -> Tick | str:
     if not isinstance(ts, str):
         return f"timestamp must be a string like '2025-02-27 21:54:55', got {type(ts).__name__}"
     try:
-        datetime.fromisoformat(ts)
+        moment = datetime.fromisoformat(ts)
     except ValueError:
         return f"timestamp {ts!r:.40} is not ISO 8601 (e.g. '2025-02-27 21:54:55')"
-    return Tick(ts, symbol, float(price))
+    return Tick(ts, symbol, float(price), clock_seconds(moment))
 
 
 def encode_tick(timestamp: str, symbol: str, price: float, **extra) -> bytes:
@@ -70,10 +86,35 @@ def decode(value: bytes) -> dict:
     return orjson.loads(value)
 
 
-def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """Dead-letter metadata travels in headers; the value stays the original bytes."""
-    return [("reason", reason.encode()), ("source_topic", topic.encode()),
-            ("source_partition", str(partition).encode()), ("source_offset", str(offset).encode())]
+def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode())]
+
+
+def dead_letter(key: bytes | None, value: bytes | None, reason: str, topic: str, partition: int, offset: int,
+                max_bytes: int = DEAD_LETTER_MAX_BYTES) -> tuple[bytes | None, bytes | None, list]:
+    """(key, value, headers) of a dead letter: the original bytes untouched, the reason and the
+    source in headers. A record too large to be sent again keeps its first max_bytes, and says so
+    (`truncated`, `original_size`); the source offset points at the whole of it."""
+    headers = [("reason", reason.encode()), *source_headers(topic, partition, offset)]
+    size = len(key or b"") + len(value or b"")
+    if size > max_bytes:
+        key, value = (key or b"")[:max_bytes // 64] or None, (value or b"")[:max_bytes]
+        headers += [("truncated", b"true"), ("original_size", str(size).encode())]
+    return key, value, headers
+
+
+def unsendable_trace(reason: str, topic: str, partition: int, offset: int, size: int,
+                     error: Exception) -> tuple[None, bytes, list]:
+    """What stays of a dead letter the broker refused even truncated: no bytes, every reason."""
+    why = f"{reason}; the dead letter itself was refused ({type(error).__name__}), so its bytes are not kept"
+    return None, b"", [("reason", why.encode()), *source_headers(topic, partition, offset),
+                       ("truncated", b"true"), ("original_size", str(size).encode())]
+
+
+def rekey_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """A tick sent again under its symbol's key says where it first arrived."""
+    return [("rekeyed_from_" + k.removeprefix("source_"), v) for k, v in source_headers(topic, partition, offset)]
 
 
 def header_dict(headers) -> dict[str, str]:

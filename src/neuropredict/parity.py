@@ -21,7 +21,7 @@ from neuropredict.config import Params, Paths
 from neuropredict.errors import NeuropredictError
 from neuropredict.features import load_price_series
 from neuropredict.forecaster import forecast_period
-from neuropredict.worker import Worker
+from neuropredict.stream.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +29,24 @@ MAX_REL_DIFF = 1e-4  # of the price
 MAX_MSE_REL_DIFF = 1e-3  # 0.1 %
 
 
-def check(params: Params, p: Paths, version: str | None = None) -> dict[str, Any]:
+def check(params: Params, project: Paths, version: str | None = None) -> dict[str, Any]:
     """Offline forecasts vs streamed forecasts of one version on the test period; PASS/FAIL."""
     name = params.register.model_name
     version = version or registry.alias_version(name)
     if version is None:
         raise NeuropredictError(f"no {name}@production to check: run `dvc repro` first")
     loaded = registry.load(name, version=version)
-    series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
     start, end = params.featurize.test_start, params.data.end
     offline = forecast_period(loaded.forecaster, series, start, end)
-    online = stream_report.in_period(_stream(params, p, version, loaded.forecaster), start, end)
+    online = stream_report.in_period(_stream(params, project, version, loaded.forecaster), start, end)
     if params.data.interval == "1d":  # a replayed daily close is stamped 16:00; offline rows are dates
         online = online.assign(time=online["time"].dt.normalize())
     return compare(offline, online, version)
 
 
-def _stream(params: Params, p: Paths, version: str, forecaster):
-    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, p.raw_dir, p.snapshot_dir)
+def _stream(params: Params, project: Paths, version: str, forecaster):
+    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
     ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
                                   forecaster.window, params.featurize.price_column)
     with tempfile.TemporaryDirectory(prefix="neuropredict-parity-") as tmp:
@@ -66,7 +66,7 @@ def _stream(params: Params, p: Paths, version: str, forecaster):
                 time.sleep(0.1)
             worker.stop_event.set()
             thread.join(60)
-            return stream_report.joined_rows(bootstrap, session_reset=forecaster.scaler.session_reset)
+            return stream_report.joined_rows(worker.rules, forecaster.intraday, bootstrap)
         finally:
             services.stop_process(broker.pid)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 from neuropredict import config, kafka_io, messages
 from neuropredict.config import DataParams, ServingParams
 from neuropredict.errors import ConfigError, DataSourceError
+from neuropredict.features import session_ids
 from neuropredict.messages import Tick
 from neuropredict.sources import read_manifest, read_raw, read_snapshot, time_column
 
@@ -61,10 +63,8 @@ def replay_ticks(frames: dict[str, pd.DataFrame], interval: str, start: str, end
 def expected_forecasts(ticks: Sequence[Tick], window: int, session_reset: bool) -> int:
     """How many forecasts a fresh worker makes for these ticks: every tick once its symbol has
     `window` prices (in the same session, for intraday models)."""
-    runs: dict[tuple[str, str], int] = {}
-    for t in ticks:
-        key = (t.symbol, t.timestamp[:10] if session_reset else "")
-        runs[key] = runs.get(key, 0) + 1
+    sessions = session_ids([messages.clock_seconds(t.timestamp) for t in ticks], session_reset)
+    runs = Counter(zip((t.symbol for t in ticks), sessions.tolist()))
     return sum(max(0, n - (window - 1)) for n in runs.values())
 
 

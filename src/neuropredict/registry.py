@@ -35,7 +35,7 @@ def _pip_requirements() -> list[str]:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class ServedModel:
     """A forecaster loaded from the registry, and which version it is."""
 
     version: str
@@ -54,7 +54,7 @@ def alias_version(name: str, alias: str = PRODUCTION_ALIAS) -> str | None:
         raise
 
 
-def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -> Loaded:
+def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -> ServedModel:
     """Load by alias (or an explicit version) through the pyfunc: model + scaler travel together."""
     import mlflow.pyfunc
 
@@ -63,7 +63,7 @@ def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -
         raise ModelNotFoundError(
             f"no model '{name}@{alias}' in {tracking_uri_hint()}: train and register one with `dvc repro`")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return Loaded(version=str(version), forecaster=pyfunc.unwrap_python_model().forecaster)
+    return ServedModel(version=str(version), forecaster=pyfunc.unwrap_python_model().forecaster)
 
 
 def model_window(name: str, version: str) -> int:
@@ -193,23 +193,23 @@ def decide(challenger: dict, production: dict | None, params: RegisterParams) ->
     return True, f"beats production: mean skill {100 * c_skill:+.2f} % vs {100 * p_skill:+.2f} %"
 
 
-def register_tuned(params: Params, p: Paths) -> dict[str, Any]:
+def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
     """The register stage: new version + `challenger`; `production` moves only if earned."""
     from neuropredict.features import load_price_series
     from neuropredict.forecaster import Forecaster
 
     name = params.register.model_name
-    series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    challenger = _test_scores(Forecaster.load(p.best_model_dir), series, params)
+    series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    challenger = _test_scores(Forecaster.load(project.best_model_dir), series, params)
     previous = alias_version(name, PRODUCTION_ALIAS)
-    tags, metadata = _describe(params, p, challenger["_pooled"])
-    version = log_and_register(p.best_model_dir, name, series, tags, metadata)
+    tags, metadata = _describe(params, project, challenger["_pooled"])
+    version = log_and_register(project.best_model_dir, name, series, tags, metadata)
     set_alias(name, CHALLENGER_ALIAS, version)
     production = _test_scores(load(name, version=previous).forecaster, series, params) if previous else None
     promoted, reason = decide(challenger, production, params.register)
     if promoted:
         set_alias(name, PRODUCTION_ALIAS, version)
-    decision = _record(params, p, version, previous, promoted, reason, challenger, production)
+    decision = _record(params, project, version, previous, promoted, reason, challenger, production)
     (log.info if promoted else log.warning)("version %s: %s", version, reason)
     return decision
 
@@ -222,14 +222,14 @@ def _test_scores(forecaster, series: dict, params: Params) -> dict[str, dict[str
     return score_rows(forecast_period(forecaster, series, params.featurize.test_start, params.data.end))
 
 
-def _describe(params: Params, p: Paths, pooled: dict[str, float]) -> tuple[dict[str, str], dict[str, Any]]:
+def _describe(params: Params, project: Paths, pooled: dict[str, float]) -> tuple[dict[str, str], dict[str, Any]]:
     """Version tags (searchable in the registry) and model metadata (travels with the model)."""
     from neuropredict.sources import read_manifest
 
-    selection = read_json(p.selection_file)
+    selection = read_json(project.selection_file)
     period = f"{params.featurize.test_start}..{params.data.end}"
     tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
-            "data_source": str(read_manifest(p.raw_dir)["source"]), "git_commit": tracking.git_commit(p.root),
+            "data_source": str(read_manifest(project.raw_dir)["source"]), "git_commit": tracking.git_commit(project.root),
             "test_period": period, "val_loss": repr(selection["val_loss"]),
             **{f"test_{k}": repr(pooled[k]) for k in ("mse", "persistence_mse", "mean_skill", "max_dm_t")}}
     metadata = {"cell": selection["cell"], "window": selection["window"], "interval": params.data.interval,
@@ -237,7 +237,7 @@ def _describe(params: Params, p: Paths, pooled: dict[str, float]) -> tuple[dict[
     return tags, metadata
 
 
-def _record(params: Params, p: Paths, version: str, previous: str | None, promoted: bool, reason: str,
+def _record(params: Params, project: Paths, version: str, previous: str | None, promoted: bool, reason: str,
             challenger: dict, production: dict | None) -> dict[str, Any]:
     """metrics/register.json for DVC, and the same figures in the stage's MLflow run."""
     import mlflow
@@ -250,7 +250,7 @@ def _record(params: Params, p: Paths, version: str, previous: str | None, promot
                 "reason": reason, "test_mean_skill": pooled["mean_skill"], "test_mse": pooled["mse"],
                 "test_persistence_mse": pooled["persistence_mse"], "test_max_dm_t": pooled["max_dm_t"],
                 "production_test_mean_skill": production["_pooled"]["mean_skill"] if production else None}
-    write_json(p.metrics_dir / "register.json", decision)
+    write_json(project.metrics_dir / "register.json", decision)
     mlflow.log_metrics({**flat_metrics(challenger, "test"), "promoted": float(promoted)})
     mlflow.set_tags({"model_version": version, "promoted": str(promoted)})
     title = f"{params.register.model_name} v{version} on {params.featurize.test_start}..{params.data.end}"

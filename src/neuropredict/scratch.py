@@ -13,19 +13,21 @@ from typing import Any
 
 import yaml
 
-from neuropredict.console import quiet_environment, tool, tools_env
+from neuropredict.config import quiet_environment, sqlite_uri
+from neuropredict.console import tool, tools_env
 
 PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks")
 
 
 def copy_project(source: Path, dest: Path, params: dict[str, Any] | None = None) -> Path:
     """Copy what the pipeline needs from `source` to `dest`, with `params` (else source's params.yaml),
-    and make it a git + DVC repository."""
+    and make it a git + DVC repository. Again on an existing copy: the files are brought up to
+    date, and its outputs, DVC cache and MLflow store are kept (dvc repro reruns what changed)."""
     source, dest = Path(source), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for rel in PROJECT_FILES:
         if (source / rel).is_dir():
-            shutil.copytree(source / rel, dest / rel)
+            shutil.copytree(source / rel, dest / rel, dirs_exist_ok=True)
         elif (source / rel).exists():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / rel, dest / rel)
@@ -33,10 +35,19 @@ def copy_project(source: Path, dest: Path, params: dict[str, Any] | None = None)
         shutil.copy2(source / "params.yaml", dest / "params.yaml")
     else:
         write_params(dest, params)
-    dvc = tool("dvc")
-    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    if not (dest / ".dvc").is_dir():
+        dvc = tool("dvc")
+        for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
+            subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
+
+
+def overlay(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """base with changes applied section by section (a params file of differences)."""
+    out = {**base}
+    for key, value in changes.items():
+        out[key] = overlay(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
 
 
 def write_params(root: Path, params: dict[str, Any]) -> None:
@@ -50,7 +61,7 @@ def scratch_env(root: Path) -> dict[str, str]:
     quiet_environment(env)
     env.update({
         "NEUROPREDICT_ROOT": str(root),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": sqlite_uri(root),
         "NEUROPREDICT_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),
     })
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)

@@ -7,7 +7,6 @@ records each process in .neuropredict/services.json, and `down` stops exactly th
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 from neuropredict import config, kafka_io
 from neuropredict.config import KafkaParams
 from neuropredict.errors import ServiceError
+from neuropredict.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,13 @@ def load_state() -> dict[str, Service]:
     path = _state_path()
     if not path.is_file():
         return {}
-    return {name: Service(**svc) for name, svc in json.loads(path.read_text()).items()}
+    return {name: Service(**svc) for name, svc in read_json(path).items()}
 
 
 def _save_state(services: dict[str, Service]) -> None:
     path = _state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: asdict(v) for k, v in services.items()}, indent=2) + "\n")
+    write_json(path, {k: asdict(v) for k, v in services.items()})
 
 
 def up(kafka_params: KafkaParams, ui: bool = True) -> dict[str, Any]:

@@ -1,14 +1,14 @@
 """`neuropredict evaluate`: join each streamed prediction with the symbol's next actual price.
 
 The join goes back to `stock_prices` itself: the forecast made at input (partition, offset) is
-scored against the next valid tick of the same symbol in that partition (a symbol's key keeps it
-in one partition), beside persistence on exactly the same rows, per symbol and per model version.
-At-least-once duplicates (the same input scored twice after a crash) are counted once.
+scored against the next tick of the same symbol in that partition that the worker accepted (the
+same data-quality rules, replayed in the same order), beside persistence on exactly the same
+rows, per symbol and per model version. At-least-once duplicates (the same input scored twice
+after a crash) are counted once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,49 +17,37 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuropredict import config, kafka_io, messages, plots
+from neuropredict import config, messages, plots
 from neuropredict.errors import NeuropredictError
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
+from neuropredict.files import write_json
+from neuropredict.features import session_ids
+from neuropredict.kafka_io import TopicReader
+from neuropredict.stream.rules import Guard, TickRules
+from neuropredict.stream.state import screen
 
 log = logging.getLogger(__name__)
 
 
-def read_topic(topic: str, bootstrap: str | None = None, since_ms: int | None = None,
-               idle_s: float = 2.0, timeout_s: float = 300.0) -> list:
-    """All records of a topic from the beginning (optionally only those stamped since since_ms)."""
-    from kafka import TopicPartition
-
-    c = kafka_io.consumer(None, bootstrap, max_poll_records=50_000)
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-        if not parts:
-            return []
-        c.assign(parts)
-        c.seek_to_beginning(*parts)
-        out, last, deadline = [], time.monotonic(), time.monotonic() + timeout_s
-        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=200).values():
-                out.extend(r for r in recs if since_ms is None or r.timestamp >= since_ms)
-                last = time.monotonic()
-        return out
-    finally:
-        c.close()
-
-
 PREDICTION_FIELDS = ("symbol", "actual_price", "predicted_price", "model_version", "input_partition",
                      "input_offset")
+TICK_COLUMNS = ["partition", "offset", "symbol", "timestamp", "price"]
 
 
-def joined_rows(bootstrap: str | None = None, since_ms: int | None = None,
-                session_reset: bool = False) -> pd.DataFrame:
+def joined_rows(rules: TickRules, intraday: bool, bootstrap: str | None = None,
+                since_ms: int | None = None) -> pd.DataFrame:
     """One row per scored forecast: symbol, target time, actual, predicted, persistence, version."""
+    with TopicReader(bootstrap) as reader:
+        inputs = [r for r in reader.read_all([config.PRICES_TOPIC]) if since_ms is None or r.timestamp >= since_ms]
+        outputs = [r for r in reader.read_all([config.PREDICTIONS_TOPIC])
+                   if since_ms is None or r.timestamp >= since_ms]
     ticks = []
-    for r in read_topic(config.PRICES_TOPIC, bootstrap, since_ms):
+    for r in inputs:
         tick = messages.parse_tick(r.value)
-        if not isinstance(tick, str):
+        if not isinstance(tick, str) and r.key == tick.symbol.encode():  # what the worker scores
             ticks.append((r.partition, r.offset, tick.symbol, tick.timestamp, tick.price))
     preds, foreign = [], 0
-    for r in read_topic(config.PREDICTIONS_TOPIC, bootstrap, since_ms):
+    for r in outputs:
         try:
             pred = messages.decode(r.value)
         except ValueError:
@@ -71,25 +59,43 @@ def joined_rows(bootstrap: str | None = None, since_ms: int | None = None,
     if foreign:
         log.warning("skipped %d records of %s that are not predictions of this product", foreign,
                     config.PREDICTIONS_TOPIC)
-    frame = pd.DataFrame(ticks, columns=["partition", "offset", "symbol", "timestamp", "price"])
-    return join(frame, preds, session_reset)
+    return join(pd.DataFrame(ticks, columns=TICK_COLUMNS), preds, intraday, rules)
 
 
-def join(ticks: pd.DataFrame, preds: list[dict], session_reset: bool = False) -> pd.DataFrame:
+def screened(ticks: pd.DataFrame, intraday: bool, rules: TickRules | None) -> pd.DataFrame:
+    """The ticks the worker accepted, each with its segment (session, level): the same rules,
+    in the same order (each symbol's partition, by offset). Without rules: every tick."""
+    ticks = ticks.sort_values(["partition", "symbol", "offset"], ignore_index=True)
+    times = np.array([messages.clock_seconds(t) for t in ticks["timestamp"]], dtype=np.float64)
+    keep = np.zeros(len(ticks), dtype=bool)
+    sessions = session_ids(times, intraday)
+    levels = np.zeros(len(ticks), dtype=np.int64)
+    for (_, symbol), group in ticks.groupby(["partition", "symbol"], sort=False):
+        idx = group.index.to_numpy()
+        if rules is None:
+            keep[idx] = True
+            continue
+        s = screen(Guard(), symbol, times[idx], group["price"].to_numpy(float), group["timestamp"].tolist(),
+                   rules, intraday)
+        keep[idx[s.accepted]] = True
+        levels[idx[s.accepted]] = s.levels
+    return ticks.assign(session=sessions, level=levels)[keep]
+
+
+def join(ticks: pd.DataFrame, preds: list[dict], intraday: bool = False,
+         rules: TickRules | None = None) -> pd.DataFrame:
     """Pure: inputs (partition, offset, symbol, timestamp, price) + prediction dicts -> scored rows.
-    session_reset (intraday models): a forecast made at a session's last tick is not scored
-    against the next session's first tick, as neither training nor the worker does."""
+    A forecast meets its symbol's next accepted tick when both lie in one segment: never across
+    an intraday session (as neither training nor the worker does) nor across a new price level."""
     if ticks.empty or not preds:
         return pd.DataFrame(columns=["symbol", "time", "actual", "predicted", "persistence", "model_version"])
-    ticks = ticks.sort_values(["partition", "symbol", "offset"])
-    nxt = ticks.groupby(["partition", "symbol"], sort=False)[["timestamp", "price"]].shift(-1)
-    ticks = ticks.assign(next_time=nxt["timestamp"], next_price=nxt["price"])
+    ticks = screened(ticks, intraday, rules)
+    nxt = ticks.groupby(["partition", "symbol"], sort=False)[["timestamp", "price", "session", "level"]].shift(-1)
+    same = (nxt["session"] == ticks["session"]) & (nxt["level"] == ticks["level"])
+    ticks = ticks.assign(next_time=nxt["timestamp"], next_price=nxt["price"])[same]
     p = pd.DataFrame(preds).drop_duplicates(["input_partition", "input_offset"])
     rows = p.merge(ticks, left_on=["input_partition", "input_offset", "symbol"],
-                   right_on=["partition", "offset", "symbol"], how="inner")
-    rows = rows.dropna(subset=["next_price"])
-    if session_reset:
-        rows = rows[rows["next_time"].str.slice(0, 10) == rows["timestamp"].str.slice(0, 10)]
+                   right_on=["partition", "offset", "symbol"], how="inner", suffixes=("_prediction", ""))
     return pd.DataFrame({
         "symbol": rows["symbol"].to_numpy(),
         "time": pd.to_datetime(rows["next_time"]).to_numpy(),
@@ -121,7 +127,7 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
         "scores": score_rows(rows),
         "by_version": {v: score_rows(g)["_pooled"] for v, g in rows.groupby("model_version")},
     }
-    (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out_dir / "report.json", result)
     rows.to_csv(out_dir / "rows.csv", index=False)
     plots.predicted_vs_actual(rows, out_dir / "predicted_vs_actual.png",
                               "Streamed forecasts vs actual (last 60 ticks per symbol)")

@@ -8,12 +8,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from neuropredict import config, kafka_io, messages, producer, stream_report
+from neuropredict import config, kafka_io, messages, producer
 
 
 def read_topic(bootstrap: str, topic: str) -> list:
     """Every record of a topic, with the product's own reader."""
-    return stream_report.read_topic(topic, bootstrap, idle_s=1.5)
+    with kafka_io.TopicReader(bootstrap) as reader:
+        return reader.read_all([topic])
 
 
 def replay(root, params, start="2024-07-01", symbols=None, interval="1d") -> list:
@@ -114,28 +115,22 @@ class TopicCounter:
     """Counts a topic's records as they arrive, with one consumer kept open (cheap to poll)."""
 
     def __init__(self, bootstrap: str, topic: str):
-        from kafka import TopicPartition
-
-        self.consumer = kafka_io.consumer(None, bootstrap, max_poll_records=50_000)
-        parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or [])]
-        self.consumer.assign(parts)
-        self.consumer.seek_to_beginning(*parts)
+        self.batches = kafka_io.follow(bootstrap, [topic])
         self.count = 0
 
     def __call__(self) -> int:
-        for recs in self.consumer.poll(timeout_ms=50).values():
-            self.count += len(recs)
+        self.count += len(next(self.batches))
         return self.count
 
     def close(self) -> None:
-        self.consumer.close()
+        self.batches.close()
 
 
 class WorkerThread:
     """A real Worker in a thread of the test process; stop() ends it like SIGTERM would."""
 
     def __init__(self, params, bootstrap: str, **kw):
-        from neuropredict.worker import Worker
+        from neuropredict.stream.worker import Worker
 
         self.worker = Worker(params, bootstrap=bootstrap, **kw)
         self.worker.start()

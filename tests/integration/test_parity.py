@@ -5,7 +5,7 @@ import pytest
 from neuropredict import parity
 from neuropredict.config import load_params, paths
 from neuropredict.features import ReturnScaler, load_price_series
-from neuropredict.worker import Worker
+from neuropredict.stream.worker import Worker
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +24,14 @@ def test_parity_fails_when_serving_uses_a_different_transform(trained_project, u
     params = load_params(trained_project / "params.yaml")
     p = paths(trained_project)
     series = load_price_series(p.raw_dir, params.data.symbols, "1d", "Close")
-    original = Worker._load_initial_model
+    original = Worker._use
 
-    def leaky(self):  # the seed's mistake: a scaler fitted on ALL data, test period included
-        original(self)
-        f = self.loaded.forecaster
+    def leaky(self, served):  # the seed's mistake: a scaler fitted on ALL data, test period included
+        f = served.forecaster
         f.scaler = ReturnScaler.fit(series, f.window, "2100-01-01")
+        original(self, served)
 
-    monkeypatch.setattr(Worker, "_load_initial_model", leaky)
+    monkeypatch.setattr(Worker, "_use", leaky)
     result = parity.check(params, p)
     assert not result["passed"]
     assert result["max_rel_diff"] > 1e-4

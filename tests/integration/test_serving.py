@@ -1,5 +1,6 @@
 """The serving worker on a real embedded broker, a real MLflow store and a real tiny model."""
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served
     assert run.data.metrics["consumed"] == w.stats.consumed
 
     # `neuropredict evaluate` joins with stock_prices: the same figures as computed here from the topic
-    evaluated = score_rows(stream_report.joined_rows(broker))["_pooled"]
+    evaluated = score_rows(stream_report.joined_rows(w.worker.rules, False, broker))["_pooled"]
     assert evaluated["n"] == n
     assert evaluated["mse"] == pytest.approx(model_sq / n, rel=1e-12)
     assert evaluated["persistence_mse"] == pytest.approx(naive_sq / n, rel=1e-12)
@@ -258,7 +259,8 @@ def test_worker_keeps_scoring_while_mlflow_is_unreachable(served, broker, monkey
 def test_sub_daily_ticks_to_a_daily_model_are_scored_but_counted_and_reported(served, broker, caplog):
     root, params = served
     ticks = _ticks(root, params)[:60]
-    doubled = [t for tick in ticks for t in (tick, tick)]  # the seed's mistake: several ticks a day
+    # the seed's mistake: several ticks a day (at distinct times: a repeated timestamp is a dead letter)
+    doubled = [t for tick in ticks for t in (dataclasses.replace(tick, timestamp=tick.timestamp[:10] + " 10:00:00"), tick)]
     producer.publish(doubled, bootstrap=broker, serving=params.serving)
     w = WorkerThread(params, broker)
     wait_for(lambda: w.stats.consumed >= len(doubled), what="scoring")

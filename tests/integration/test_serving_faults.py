@@ -267,7 +267,7 @@ def test_a_locked_sqlite_store_is_retried_by_two_workers_and_evaluate(trained_pr
     Sender(ticks, broker, rate=0, serving=params.serving).run()
     wait_for(lambda: sum(w.stats.consumed for w in workers) >= len(ticks), what="scoring")
     wait_for(lambda: all(w.worker.reporter.run_id for w in workers), what="both runs")
-    rows = stream_report.joined_rows(broker)
+    rows = stream_report.joined_rows(workers[0].worker.rules, False, broker)
 
     db = sqlite3.connect(root / "mlruns" / "mlflow.db", timeout=30)
     db.execute("BEGIN EXCLUSIVE")  # another writer holds the store: every MLflow write now waits

@@ -34,7 +34,7 @@ def test_intraday_forecasts_are_not_scored_across_sessions():
     preds = [{"symbol": "A", "input_partition": 0, "input_offset": o, "actual_price": p, "predicted_price": p,
               "model_version": "1"} for o, p in ((0, 10.0), (1, 11.0))]
     assert len(join(ticks, preds)) == 2
-    same_session = join(ticks, preds, session_reset=True)
+    same_session = join(ticks, preds, intraday=True)
     assert list(same_session["actual"]) == [11.0]  # the overnight gap is not a one-step forecast
 
 
