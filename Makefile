@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml requirements.lock
 		|| (echo "install failed: see the pip output above" >&2; exit 1)
 	@touch $(STAMP)
 
-demo: setup  ## the main job end to end on the embedded defaults (KEEP=1 leaves services running)
-	$(BIN)/neuropredict demo $(if $(KEEP),--keep)
+demo: setup  ## the main job end to end on the embedded defaults (KEEP=1 leaves services running; INTERVAL=1m: the intraday model)
+	$(BIN)/neuropredict demo $(if $(KEEP),--keep) $(if $(INTERVAL),--interval $(INTERVAL))
 
 test: setup  ## the test suite (real broker, MLflow, DVC, great-expectations, TensorFlow)
 	$(BIN)/python -m pytest

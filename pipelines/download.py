@@ -1,22 +1,23 @@
 """Stage download: prices from yfinance (bounded by a deadline) or the bundled real snapshot."""
 
-import mlflow
-
 from neuropredict import sources, tracking
 from neuropredict.config import load_params, paths
 from neuropredict.console import run_main
 
+import mlflow  # after neuropredict: its quiet logging defaults apply  # noqa: E402
+
 
 def main() -> None:
-    params, p = load_params(), paths()
+    params, project = load_params(), paths()
     with tracking.stage_run("download", params.data):
-        raw = sources.download(params.data, p.snapshot_dir)
-        manifest = sources.write_raw(raw, p.raw_dir, params.data)
+        raw = sources.download(params.data, project.snapshot_dir)
+        manifest = sources.write_raw(raw, project.raw_dir, params.data)
         mlflow.set_tag("data_source", raw.source)
         mlflow.log_param("source_reason", raw.reason[:500])
         mlflow.log_metrics({f"rows_{s}": v["rows"] for s, v in manifest["symbols"].items()})
         mlflow.log_dict(manifest, "raw/SOURCE.json")
-        print(f"download: {len(raw.frames)} symbols from {raw.source} ({raw.reason})")
+        origin = "the bundled snapshot" if raw.source == "snapshot" else "Yahoo Finance"
+        print(f"download: {len(raw.frames)} symbols from {origin} ({raw.reason})")
 
 
 if __name__ == "__main__":

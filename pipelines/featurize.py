@@ -1,25 +1,24 @@
 """Stage featurize: leakage-free windows, date splits, a scaler fitted on the training period only."""
 
-import json
-
-import mlflow
 
 from neuropredict import features, tracking
 from neuropredict.config import load_params, paths
 from neuropredict.console import run_main
+from neuropredict.files import write_json
+
+import mlflow  # after neuropredict: its quiet logging defaults apply  # noqa: E402
 
 
 def main() -> None:
-    params, p = load_params(), paths()
+    params, project = load_params(), paths()
     with tracking.stage_run("featurize", params.featurize):
-        summary = features.build(params.featurize, p.raw_dir, p.features_dir, params.data.symbols,
+        summary = features.build(params.featurize, project.raw_dir, project.features_dir, params.data.symbols,
                                  params.data.interval)
-        p.metrics_dir.mkdir(exist_ok=True)
-        (p.metrics_dir / "featurize.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(project.metrics_dir / "featurize.json", summary)
         mlflow.log_metrics({f"{s}_rows": summary[s]["rows"] for s in features.SPLITS})
         mlflow.log_params({f"{s}_targets": f"{summary[s]['first_target']}..{summary[s]['last_target']}"
                            for s in features.SPLITS})
-        mlflow.log_artifact(str(p.features_dir / features.SCALER_FILE), "features")
+        mlflow.log_artifact(str(project.features_dir / features.SCALER_FILE), "features")
         print("featurize: " + ", ".join(f"{s} {summary[s]['rows']} windows" for s in features.SPLITS))
 
 

@@ -6,9 +6,9 @@ from neuropredict.console import run_main
 
 
 def main() -> None:
-    params, p = load_params(), paths()
+    params, project = load_params(), paths()
     with tracking.stage_run("register", params.register):
-        decision = registry.register_tuned(params, p)
+        decision = registry.register_tuned(params, project)
         print(f"register: version {decision['version']} -> {decision['verdict']}: {decision['reason']}")
 
 

@@ -6,9 +6,9 @@ from neuropredict.console import run_main
 
 
 def main() -> None:
-    params, p = load_params(), paths()
+    params, project = load_params(), paths()
     with tracking.stage_run("tune", params.tune):
-        report = tuning.run(params, p)
+        report = tuning.run(params, project)
         print(f"tune: winner {report['winner'].upper()} (chosen on validation loss)")
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny params, temp project copies with their own MLflow store, one real broker.
+"""Shared fixtures: tiny params, temp project copies with their own MLflow store, and a fresh real
+broker per test that asks for one (the product's topic names are fixed, so tests cannot share one).
 
 Every test that touches MLflow gets a temporary sqlite store (never the user's mlruns/), and
 every project copy is a real git + DVC repository.
@@ -18,18 +19,19 @@ import pytest
 import yaml
 
 from neuropredict import scratch
-from neuropredict.console import quiet_environment
+from neuropredict.config import TRACE_READS_ENV, sqlite_uri
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # A safety net: a test that forgets to choose a store gets a throwaway one, never the user's mlruns/.
 _SCRATCH = Path(tempfile.mkdtemp(prefix="neuropredict-tests-"))
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SCRATCH / 'mlflow.db'}"
+os.environ["MLFLOW_TRACKING_URI"] = sqlite_uri(_SCRATCH)
 os.environ["NEUROPREDICT_ARTIFACT_ROOT"] = (_SCRATCH / "artifacts").as_uri()
 os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-quiet_environment()
 
+READS_DIR = ".neuropredict/reads"  # what each stage of trained_project read
+REPRO_LOG = ".neuropredict/repro.log"  # and what its `dvc repro` printed
 TINY_PARAMS = yaml.safe_load((REPO / "tests" / "data" / "tiny_params.yaml").read_text())
 
 
@@ -76,7 +78,9 @@ def use_project(monkeypatch):
 def trained_project(tmp_path_factory) -> Path:
     """One tiny end-to-end `dvc repro` shared by the tests that need a registered model."""
     root = make_project(tmp_path_factory.mktemp("trained") / "project", TINY_PARAMS)
-    dvc(root, "repro")
+    # each stage records the params keys and modules it reads (see test_pipeline.py)
+    proc = run([str(BIN / "dvc"), "repro"], root, {**project_env(root), TRACE_READS_ENV: str(root / READS_DIR)})
+    (root / REPRO_LOG).write_text(proc.stdout + proc.stderr)
     return root
 
 

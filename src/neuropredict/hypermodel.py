@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import keras
+import keras_tuner as kt
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import keras  # noqa: E402
-import keras_tuner as kt  # noqa: E402
-
-from neuropredict.config import TuneParams  # noqa: E402
+from neuropredict.config import TuneParams
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -10,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuropredict.config import DataParams
+from neuropredict.config import EXCHANGE_TZ, DataParams
 from neuropredict.errors import DataSourceError
+from neuropredict.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,6 @@ RAW_COLUMNS = {
     "1m": ("Datetime", "Open", "High", "Low", "Close", "Volume"),
 }
 SNAPSHOT_SUBDIR = {"1d": "daily", "1m": "intraday"}
-EXCHANGE_TZ = "America/New_York"
 MANIFEST = "SOURCE.json"
 
 
@@ -47,7 +46,7 @@ def download(params: DataParams, snapshot_dir: Path) -> RawPrices:
     except DataSourceError as exc:
         if params.source == "yfinance":
             raise
-        log.warning("yfinance unavailable (%s); using the bundled snapshot", exc)
+        log.debug("yfinance unavailable (%s); using the bundled snapshot", exc)  # the stage says so, once
         reason = f"yfinance unavailable: {exc}"
         return RawPrices("snapshot", reason, read_snapshot(params, snapshot_dir))
 
@@ -164,7 +163,7 @@ def write_raw(raw: RawPrices, raw_dir: Path, params: DataParams) -> dict[str, ob
                            "last": str(frame[tcol].iloc[-1])}
     manifest = {"source": raw.source, "reason": raw.reason, "interval": params.interval,
                 "symbols": summary}
-    (raw_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(raw_dir / MANIFEST, manifest)
     return manifest
 
 
@@ -172,4 +171,4 @@ def read_manifest(raw_dir: Path) -> dict[str, object]:
     path = Path(raw_dir) / MANIFEST
     if not path.is_file():
         raise DataSourceError(f"{path} is missing: run the download stage first (dvc repro download)")
-    return json.loads(path.read_text())
+    return read_json(path)

@@ -33,7 +33,6 @@ T = TypeVar("T")
 
 def connect(root: Path | None = None) -> str:
     """Point MLflow (tracking and registry) at our store; cheap when nothing changed."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     uri = config.tracking_uri(root)

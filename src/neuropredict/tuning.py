@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from neuropredict import plots
+from neuropredict import config, plots
 from neuropredict.config import Params, Paths, TuneParams
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
 from neuropredict.files import write_json
@@ -163,7 +163,7 @@ def _make_tuner(params: TuneParams, seed: int, cell: str, steps: int, tuner_dir:
     common = dict(hypermodel=ForecasterHyperModel(cell, steps, params), objective="val_loss", seed=seed,
                   directory=str(tuner_dir), project_name=cell, overwrite=True)
     if params.tuner == "hyperband":
-        return cls(max_epochs=params.max_epochs, factor=3, hyperband_iterations=1, **common)
+        return cls(max_epochs=params.max_epochs, factor=config.HYPERBAND_FACTOR, hyperband_iterations=1, **common)
     return cls(max_trials=params.trials_per_cell, **common)
 
 
@@ -189,48 +189,48 @@ def pick_winner(results: list[CellResult], tolerance: float) -> CellResult:
     return parsimonious([(r, r.best_val_loss, r.n_params) for r in results], tolerance)
 
 
-def run(params: Params, p: Paths) -> dict[str, Any]:
+def run(params: Params, project: Paths) -> dict[str, Any]:
     """The tune stage: search, save each cell's best forecaster, score both on the test period."""
-    scaler = ReturnScaler.load(p.features_dir / SCALER_FILE)
-    train, validation = (WindowSet.load(p.features_dir / f"{s}.npz") for s in ("train", "validation"))
-    results = search(params.tune, params.seed, train, validation, scaler, p.tuner_dir)
+    scaler = ReturnScaler.load(project.features_dir / SCALER_FILE)
+    train, validation = (WindowSet.load(project.features_dir / f"{s}.npz") for s in ("train", "validation"))
+    results = search(params.tune, params.seed, train, validation, scaler, project.tuner_dir)
     winner = pick_winner(results, params.tune.parsimony_tolerance)
-    series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    test_rows = _save_and_score(results, scaler, series, params, p)
+    series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    test_rows = _save_and_score(results, scaler, series, params, project)
     scores = {cell: score_rows(rows) for cell, rows in test_rows.items()}
     for r in results:
         _log_cell_run(r, scores[r.cell])
-    shutil.copytree(p.model_dir / winner.cell, p.best_model_dir)
-    write_json(p.selection_file, {
+    shutil.copytree(project.model_dir / winner.cell, project.best_model_dir)
+    write_json(project.selection_file, {
         "cell": winner.cell, "hyperparameters": winner.best_hp, "val_loss": winner.best_val_loss,
         "n_params": winner.n_params, "chosen_on": CHOSEN_ON, "window": params.featurize.window})
     report = _comparison(results, scores, winner, null_validation_loss(validation, scaler))
-    write_json(p.metrics_dir / "tune.json", report)
-    write_json(p.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
-    _write_plots(p, results, scores, test_rows[winner.cell], winner.cell, report["null_val_loss"])
-    _publish(p, report, scores[winner.cell], winner.cell)
+    write_json(project.metrics_dir / "tune.json", report)
+    write_json(project.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
+    _write_plots(project, results, scores, test_rows[winner.cell], winner.cell, report["null_val_loss"])
+    _publish(project, report, scores[winner.cell], winner.cell)
     return report
 
 
 def _save_and_score(results: list[CellResult], scaler: ReturnScaler, series: dict, params: Params,
-                    p: Paths) -> dict[str, Any]:
+                    project: Paths) -> dict[str, Any]:
     """Save each cell's best forecaster and forecast the test period with the saved copy."""
-    shutil.rmtree(p.model_dir, ignore_errors=True)
+    shutil.rmtree(project.model_dir, ignore_errors=True)
     rows = {}
     for r in results:
-        Forecaster(r.model, scaler).save(p.model_dir / r.cell)
-        forecaster = Forecaster.load(p.model_dir / r.cell)  # score exactly what register will ship
+        Forecaster(r.model, scaler).save(project.model_dir / r.cell)
+        forecaster = Forecaster.load(project.model_dir / r.cell)  # score exactly what register will ship
         rows[r.cell] = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
     return rows
 
 
-def _publish(p: Paths, report: dict[str, Any], winner_scores: dict, winner_cell: str) -> None:
+def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner_cell: str) -> None:
     import mlflow
 
     mlflow.log_metrics(flat_metrics(winner_scores, "test"))
     mlflow.log_metric("null_val_loss", report["null_val_loss"])
     mlflow.log_params({"winner_cell": winner_cell})
-    mlflow.log_artifacts(str(p.plots_dir), "plots")
+    mlflow.log_artifacts(str(project.plots_dir), "plots")
     mlflow.log_dict(report, "lstm_vs_gru.json")
     mlflow.log_text(comparison_table(report), "lstm_vs_gru.txt")
     log.info("\n%s", comparison_table(report))
@@ -291,23 +291,23 @@ def comparison_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_plots(p: Paths, results: list[CellResult], scores: dict, winner_rows, winner_cell: str,
+def _write_plots(project: Paths, results: list[CellResult], scores: dict, winner_rows, winner_cell: str,
                  null_val_loss: float) -> None:
     import pandas as pd
 
-    p.plots_dir.mkdir(parents=True, exist_ok=True)
+    project.plots_dir.mkdir(parents=True, exist_ok=True)
     symbols = [k for k in scores[results[0].cell] if not k.startswith("_")]
     skills = {r.cell: {s: scores[r.cell][s]["skill"] for s in symbols} for r in results}
     dm = {r.cell: {s: scores[r.cell][s]["dm_t"] for s in symbols} for r in results}
-    plots.skill_by_symbol(skills, dm, p.plots_dir / "lstm_vs_gru.png",
+    plots.skill_by_symbol(skills, dm, project.plots_dir / "lstm_vs_gru.png",
                           "Test period: skill vs persistence per symbol, best LSTM and best GRU")
-    plots.learning_curves({r.cell: r.history for r in results}, p.plots_dir / "learning_curves.png", null_val_loss)
-    plots.predicted_vs_actual(winner_rows, p.plots_dir / "test_predictions.png",
+    plots.learning_curves({r.cell: r.history for r in results}, project.plots_dir / "learning_curves.png", null_val_loss)
+    plots.predicted_vs_actual(winner_rows, project.plots_dir / "test_predictions.png",
                               f"Test period (last 60 days): {winner_cell.upper()} forecasts vs actual")
     pd.DataFrame([{"symbol": s, "model": c, "skill_pct": 100 * skills[c][s]} for c in skills for s in symbols]
-                 ).to_csv(p.plots_dir / "lstm_vs_gru.csv", index=False)
+                 ).to_csv(project.plots_dir / "lstm_vs_gru.csv", index=False)
     pd.DataFrame([{"cell": r.cell, "epoch": i + 1, "loss": lo, "val_loss": va}
                   for r in results for i, (lo, va) in enumerate(zip(r.history["loss"], r.history["val_loss"]))]
-                 ).to_csv(p.plots_dir / "learning_curves.csv", index=False)
+                 ).to_csv(project.plots_dir / "learning_curves.csv", index=False)
     out = winner_rows.assign(time=winner_rows["time"].astype(str))[["time", "symbol", "actual", "predicted", "persistence"]]
-    out.to_csv(p.plots_dir / "test_predictions.csv", index=False)
+    out.to_csv(project.plots_dir / "test_predictions.csv", index=False)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pandas as pd
 
 from neuropredict.config import ValidateParams
 from neuropredict.errors import DataValidationError
+from neuropredict.files import write_json
 from neuropredict.sources import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,6 @@ class Validator:
     """A great-expectations context with the suite and a Data Docs site in a fixed folder."""
 
     def __init__(self, interval: str, params: ValidateParams, docs_dir: Path):
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -201,8 +199,8 @@ def validate_files(raw_dir: Path, symbols: list[str] | tuple[str, ...], interval
         report.failures += failures
         log.info("validated %s: %d rows, %d failed expectations", path.name, len(frame), len(failures))
     validator.ctx.build_data_docs(site_names=["neuropredict"])
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps(report.summary(), indent=2) + "\n")
+    write_json(out_dir / "results.json", results, indent=1)
+    write_json(out_dir / "summary.json", report.summary())
     return report
 
 
