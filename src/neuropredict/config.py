@@ -144,7 +144,7 @@ class ServingParams:
     model_threads: int = field(default=1, metadata=_range(0, 256))
     restore_lookback_max: int = field(default=100_000, metadata=_range(0, 100_000_000))
     delivery_timeout_ms: int = field(default=30_000, metadata=_range(1000, 3_600_000))
-    level_shift_ticks: int = field(default=5, metadata=_range(1, 10_000))
+    level_shift_ticks: int = field(default=5, metadata=_range(2, 10_000))  # 1: every spike a new level
 
 
 @dataclass(frozen=True)

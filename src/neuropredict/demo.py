@@ -73,7 +73,25 @@ def start_services(params) -> list[str]:
     result = services.up(params.kafka, ui=True)
     for name, svc in result["services"].items():
         print(f"  {name:<10} {svc.url}")
+    if config.kafka_is_external():
+        require_fresh_stream()
     return [name for name in result["services"] if name not in before]
+
+
+def require_fresh_stream() -> None:
+    """The demo replays history into stock_prices. On a cluster that holds an earlier replay, the
+    worker would resume after it and rightly dead-letter the history as out of order."""
+    from neuropredict import kafka_io
+
+    client = kafka_io.admin()
+    try:
+        offsets = client.list_group_offsets(config.CONSUMER_GROUP).get(config.CONSUMER_GROUP, {})
+    finally:
+        client.close()
+    if any(meta.offset > 0 for tp, meta in offsets.items() if tp.topic == config.PRICES_TOPIC):
+        raise ServiceError(f"{config.kafka_bootstrap()} already holds a stream that group {config.CONSUMER_GROUP} "
+                           f"has scored; the demo replays history, which would arrive out of order: run it on "
+                           f"fresh topics (or unset KAFKA_BOOTSTRAP_SERVERS for the embedded broker)")
 
 
 def start_worker(state_dir: Path) -> tuple[subprocess.Popen, Path, Path]:

@@ -158,13 +158,16 @@ class TopicReader:
         return [r for batch in self.read({tp: 0 for tp in parts}, {}, timeout_s) for r in batch]
 
     def read(self, starts: dict, stops: dict, timeout_s: float) -> Iterator[list]:
-        """Batches of records from each partition's start to its stop (missing or None: the end
-        at the time of reading). Gaps in the offsets (transaction markers) are stepped over."""
+        """Batches of records from each partition's start to its stop (missing or None: its end
+        when first seen by this call, so a busy topic is not chased). Gaps in the offsets
+        (transaction markers) are stepped over. A second read of the same partitions on one
+        reader should give its stops: the high watermark seen before may be stale."""
         c = self.consumer
         c.assign(list(starts))
         c.resume(*starts)
         for tp, lo in starts.items():
             c.seek(tp, lo)
+        stops = dict(stops)
         open_parts, deadline = set(starts), time.monotonic() + timeout_s
         while open_parts:
             if time.monotonic() > deadline:
@@ -172,23 +175,19 @@ class TopicReader:
                             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(open_parts)), timeout_s)
                 return
             polled = c.poll(timeout_ms=200)
+            for tp in open_parts:
+                if stops.get(tp) is None:
+                    stops[tp] = c.highwater(tp)  # None until the broker has answered a fetch
             for tp, records in polled.items():
-                stop = self._stop(tp, stops)
+                stop = stops.get(tp)
                 batch = [r for r in records if stop is None or r.offset < stop]
                 if batch:
                     yield batch
-            done = {tp for tp in open_parts if self._done(tp, stops)}
+            done = {tp for tp in open_parts
+                    if stops.get(tp) is not None and c.position(tp, timeout_ms=1000) >= stops[tp]}
             if done:
                 c.pause(*done)  # fetch only what is still wanted
                 open_parts -= done
-
-    def _stop(self, tp, stops: dict) -> int | None:
-        stop = stops.get(tp)
-        return self.consumer.highwater(tp) if stop is None else stop
-
-    def _done(self, tp, stops: dict) -> bool:
-        stop = self._stop(tp, stops)
-        return stop is not None and self.consumer.position(tp) >= stop
 
 
 def follow(bootstrap: str | None, topics: Iterable[str]) -> Iterator[list]:
@@ -196,9 +195,14 @@ def follow(bootstrap: str | None, topics: Iterable[str]) -> Iterator[list]:
     whenever it has caught up (so a caller can check its own condition). Never ends."""
     from kafka import TopicPartition
 
+    topics = list(topics)
     with TopicReader(bootstrap) as reader:
-        positions = {tp: 0 for tp in reader.partitions(topics)}
+        positions: dict = {}
         while True:
+            for tp in reader.partitions(topics):  # topics and partitions may appear later
+                positions.setdefault(tp, 0)
+            if not positions:
+                time.sleep(0.2)
             for batch in reader.read(dict(positions), {}, config.READ_RANGE_TIMEOUT_S):
                 last = batch[-1]
                 positions[TopicPartition(last.topic, last.partition)] = last.offset + 1

@@ -89,13 +89,18 @@ def join(ticks: pd.DataFrame, preds: list[dict], intraday: bool = False,
     an intraday session (as neither training nor the worker does) nor across a new price level."""
     if ticks.empty or not preds:
         return pd.DataFrame(columns=["symbol", "time", "actual", "predicted", "persistence", "model_version"])
-    ticks = screened(ticks, intraday, rules)
+    ticks = accepted = screened(ticks, intraday, rules)
     nxt = ticks.groupby(["partition", "symbol"], sort=False)[["timestamp", "price", "session", "level"]].shift(-1)
     same = (nxt["session"] == ticks["session"]) & (nxt["level"] == ticks["level"])
     ticks = ticks.assign(next_time=nxt["timestamp"], next_price=nxt["price"])[same]
-    p = pd.DataFrame(preds).drop_duplicates(["input_partition", "input_offset"])
-    rows = p.merge(ticks, left_on=["input_partition", "input_offset", "symbol"],
-                   right_on=["partition", "offset", "symbol"], how="inner", suffixes=("_prediction", ""))
+    forecasts = pd.DataFrame(preds).drop_duplicates(["input_partition", "input_offset"])
+    unmatched = forecasts.merge(accepted[["partition", "offset"]], left_on=["input_partition", "input_offset"],
+                                right_on=["partition", "offset"], how="left", indicator=True)["_merge"] == "left_only"
+    if unmatched.any():  # the worker forecast at a tick the rules here reject: they disagree
+        log.warning("%d forecasts were made at ticks that evaluate's replay of the rules rejects (or that "
+                    "are not in %s any more); they are not scored", int(unmatched.sum()), config.PRICES_TOPIC)
+    rows = forecasts.merge(ticks, left_on=["input_partition", "input_offset", "symbol"],
+                           right_on=["partition", "offset", "symbol"], how="inner", suffixes=("_prediction", ""))
     return pd.DataFrame({
         "symbol": rows["symbol"].to_numpy(),
         "time": pd.to_datetime(rows["next_time"]).to_numpy(),

@@ -156,3 +156,34 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         producer.publish(**self.kwargs)
+
+
+def signal_mid_stream(root, env: dict, bootstrap: str, ticks, serving, sig, log_path,
+                      idle_timeout_s: float = 6) -> tuple[int, object]:
+    """A worker process scores a live stream; `sig` hits it after its first 100 forecasts; a
+    second worker then runs until the stream has been idle. Returns (forecasts published when
+    the signal hit, the second worker's finished process)."""
+    import signal as _signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", str(idle_timeout_s)]
+    with open(log_path, "w") as log_file:
+        first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    sender = Sender(ticks, bootstrap, rate=150, serving=serving)
+    try:
+        wait_for(lambda: "assigned partitions" in log_path.read_text(), what="the first worker to join")
+        sender.start()
+        published = TopicCounter(bootstrap, config.PREDICTIONS_TOPIC)
+        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")
+        first.send_signal(sig)
+        code = first.wait(60)
+        assert code == 0 or sig == _signal.SIGKILL, f"exit status {code} after {sig!r}"
+        stopped_at = len(predictions(bootstrap))
+        second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode == 0, second.stderr[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        sender.join()
+    return stopped_at, second

@@ -2,8 +2,6 @@
 
 import dataclasses
 import signal
-import subprocess
-import sys
 import threading
 from collections import defaultdict
 
@@ -17,7 +15,7 @@ from neuropredict.evaluation import score_rows
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from tests.conftest import copy_project, load_json, project_env, write_params
-from tests.integration.kafka_helpers import (TopicCounter, WorkerThread, predictions, read_topic, replay, wait_for,
+from tests.integration.kafka_helpers import (WorkerThread, signal_mid_stream, predictions, read_topic, replay, wait_for,
                                              warmup_positions as _warmup_positions, inputs as _inputs)
 
 pytestmark = pytest.mark.slow
@@ -158,26 +156,8 @@ def test_a_killed_worker_is_replaced_and_no_input_is_left_unscored(trained_proje
     params = load_params(root / "params.yaml")
     env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": broker}
     ticks = _ticks(root, params, start="2022-06-01")
-    sender = threading.Thread(target=producer.publish, kwargs=dict(
-        ticks=ticks, bootstrap=broker, rate=150, serving=params.serving))
-    cmd = [sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", "8"]
-    first_log = tmp_path / "first.log"
-    with open(first_log, "w") as log_file:
-        first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    try:
-        wait_for(lambda: "assigned partitions" in first_log.read_text(), what="the first worker to join")
-        sender.start()
-        published = TopicCounter(broker, config.PREDICTIONS_TOPIC)
-        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        partial = len(predictions(broker))
-        second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
-        assert second.returncode == 0, second.stderr[-3000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-        sender.join()
+    partial, second = signal_mid_stream(root, env, broker, ticks, params.serving, signal.SIGKILL,
+                                        tmp_path / "first.log", idle_timeout_s=8)
     inputs = _inputs(broker)
     assert len(inputs) == len(ticks) and partial < len(ticks) - 2 * params.featurize.window
     scored = {(o["input_partition"], o["input_offset"]) for o in predictions(broker)}

@@ -22,7 +22,7 @@ from neuropredict import config, registry, stream_report
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from tests.conftest import copy_project, project_env, write_params
-from tests.integration.kafka_helpers import (Sender, TopicCounter, WorkerThread, assert_forecasts_match,
+from tests.integration.kafka_helpers import (Sender, WorkerThread, signal_mid_stream, assert_forecasts_match,
                                              committed_offsets, end_offsets, expected_forecasts, inputs,
                                              positions, predictions, replay, wait_for, warmup_positions)
 from tests.integration.test_serving import _register_another_version
@@ -57,25 +57,8 @@ def test_sigterm_mid_stream_then_a_restart_scores_every_input_exactly_once(train
     use_project(root)
     env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": broker}
     ticks = replay(root, params, start="2022-06-01")
-    cmd = [sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", "6"]
     log_path = tmp_path / "first.log"
-    with open(log_path, "w") as log_file:
-        first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    sender = Sender(ticks, broker, rate=150, serving=params.serving)
-    try:
-        wait_for(lambda: "assigned partitions" in log_path.read_text(), what="the first worker to join")
-        sender.start()
-        published = TopicCounter(broker, config.PREDICTIONS_TOPIC)
-        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(60) == 0
-        stopped_at = len(predictions(broker))
-        second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
-        assert second.returncode == 0, second.stderr[-3000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-        sender.join()
+    stopped_at, second = signal_mid_stream(root, env, broker, ticks, params.serving, signal.SIGTERM, log_path)
     assert "SIGTERM: finishing the current batch" in log_path.read_text()
     found, outs = inputs(broker), predictions(broker)
     where = positions(outs)

@@ -21,6 +21,7 @@ from kafka.partitioner.default import murmur2
 from neuropredict import config, messages
 
 log = logging.getLogger(__name__)
+COMMITTED_TIMEOUT_MS = config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
 
 # Refusals of one record for what it is: sending it again can never succeed.
 PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
@@ -34,10 +35,11 @@ class Delivery:
         self.producer, self.consumer = producer, consumer
         self._futures: list = []
         self._dead: list = []  # (future, record, reason) of each dead letter
+        self._rekeyed: list = []  # (future, record) of each tick sent back under its symbol
         self._partitions: dict[bytes, int] = {}  # symbol key -> partition of predicted_prices
 
     def begin(self) -> None:
-        self._futures, self._dead = [], []
+        self._futures, self._dead, self._rekeyed = [], [], []
 
     def publish(self, keyed_values: list[tuple[bytes, bytes]]) -> None:
         """Forecasts, key = symbol. The partition is the default partitioner's (murmur2, as the
@@ -58,21 +60,31 @@ class Delivery:
 
     def rekey(self, rec, symbol: str) -> None:
         """A tick whose key is not its symbol goes back to the input topic under the right key,
-        so it lands in its symbol's partition (and with that symbol's window) and is scored there."""
-        self._futures.append(self.producer.send(
-            config.PRICES_TOPIC, key=symbol.encode(), value=rec.value,
-            headers=messages.rekey_headers(rec.topic, rec.partition, rec.offset)))
+        so it lands in its symbol's partition (and with that symbol's window) and is scored there.
+        One that can never be sent again (too large) is a dead letter instead."""
+        try:
+            future = self.producer.send(config.PRICES_TOPIC, key=symbol.encode(), value=rec.value,
+                                        headers=messages.rekey_headers(rec.topic, rec.partition, rec.offset))
+        except PERMANENT_RECORD_ERRORS as exc:
+            return self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} ({type(exc).__name__})")
+        self._rekeyed.append((future, rec, symbol))
 
     def acknowledge(self) -> str | None:
-        """Wait for every send of the batch; None when all were acknowledged, else what failed."""
+        """Wait for every send of the batch; None when all were acknowledged, else what failed.
+        A dead letter (or re-keyed tick) the broker refuses for what it is is replaced by a
+        trace (or a dead letter) rather than failing the batch forever."""
         self.producer.flush()
-        refused = [(f, rec, reason) for f, rec, reason in self._dead
-                   if f.failed() and isinstance(f.exception, PERMANENT_RECORD_ERRORS)]
-        traces = [self._send_trace(rec, reason, f.exception) for f, rec, reason in refused]
-        if traces:  # the broker refused a dead letter for what it is: a trace takes its place
+        refused_dead = [(f, rec, reason) for f, rec, reason in self._dead if _refused(f)]
+        refused_rekeys = [(f, rec, symbol) for f, rec, symbol in self._rekeyed if _refused(f)]
+        replaced = {id(f) for f, _, _ in (*refused_dead, *refused_rekeys)}
+        sent = [*self._futures, *(f for f, _, _ in (*self._dead, *self._rekeyed) if id(f) not in replaced)]
+        if replaced:
+            self._dead = []
+            for _, rec, symbol in refused_rekeys:
+                self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} (the broker refused it)")
+            sent += [self._send_trace(rec, reason, f.exception) for f, rec, reason in refused_dead]
+            sent += [f for f, _, _ in self._dead]
             self.producer.flush()
-        replaced = {id(f) for f, _, _ in refused}
-        sent = [*self._futures, *(f for f, _, _ in self._dead if id(f) not in replaced), *traces]
         errors = sorted({type(f.exception).__name__ for f in sent if f.failed()})
         return f"publishing failed ({', '.join(errors)})" if errors else None
 
@@ -89,7 +101,7 @@ class Delivery:
             try:
                 assigned = self.consumer.assignment()
                 for tp in assigned:
-                    self.consumer.seek(tp, self.consumer.committed(tp) or 0)
+                    self.consumer.seek(tp, self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS) or 0)
                 then(assigned)
                 return
             except KafkaError as exc:
@@ -109,3 +121,7 @@ class Delivery:
             count = len(self.producer.partitions_for(config.PREDICTIONS_TOPIC))
             part = self._partitions[key] = (murmur2(key) & 0x7FFFFFFF) % count
         return part
+
+
+def _refused(future) -> bool:
+    return future.failed() and isinstance(future.exception, PERMANENT_RECORD_ERRORS)

@@ -9,10 +9,11 @@ warm-up and no external store.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from neuropredict import messages
+from neuropredict import config, messages
 from neuropredict.kafka_io import TopicReader
 from neuropredict.messages import Tick
 from neuropredict.stream.state import SymbolBook
@@ -30,12 +31,12 @@ def rebuild(book: SymbolBook, reader: TopicReader, consumer, partitions: Iterabl
     kept = {s: _open(st) for s, st in book.states.items() if st.partition in gone} if keep_open else {}
     book.drop(gone)
     for tp in partitions:
-        committed = consumer.committed(tp)
+        committed = consumer.committed(tp, timeout_ms=config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS)
         if not committed:
             continue
-        history = read_back(reader, tp, committed, book.window, lookback_max)
+        history = read_back(reader, tp, committed, book.window + book.rules.level_shift_ticks, lookback_max)
         for symbol, ticks in history.items():
-            book.advance(symbol, tp.partition, ticks)
+            book.advance(symbol, tp.partition, settled(ticks, book.rules.max_abs_log_return))
             if symbol in kept:
                 _reopen(book.states[symbol], kept[symbol])
             elif (prices := book.full_window(symbol)) is not None:
@@ -45,10 +46,20 @@ def rebuild(book: SymbolBook, reader: TopicReader, consumer, partitions: Iterabl
                  len(history), sum(len(t) for t in history.values()), committed)
 
 
-def read_back(reader: TopicReader, tp, committed: int, window: int, lookback_max: int) -> dict[str, list[Tick]]:
+def settled(ticks: list[Tick], max_abs_log_return: float) -> list[Tick]:
+    """History from its first tick that agrees with the next: the rules judge each tick against
+    the one before, and the first tick read back has none (it may be a spike live rejected)."""
+    start = 0
+    while start + 1 < len(ticks) and abs(math.log(ticks[start + 1].price / ticks[start].price)) > max_abs_log_return:
+        start += 1
+    return ticks[start:]
+
+
+def read_back(reader: TopicReader, tp, committed: int, enough: int, lookback_max: int) -> dict[str, list[Tick]]:
     """The valid, correctly keyed ticks of each symbol just before `committed`, reading further
-    back until every symbol seen has a full window (or the partition start / the bound is hit)."""
-    span = min(max(window * 16, 256), lookback_max)
+    back until every symbol seen has `enough` of them (a window, and room for the rules to
+    settle), or the partition start / the bound is reached."""
+    span = min(max(enough * 16, 256), lookback_max)
     while True:
         lo = max(0, committed - span)
         ticks: dict[str, list[Tick]] = defaultdict(list)
@@ -56,7 +67,7 @@ def read_back(reader: TopicReader, tp, committed: int, window: int, lookback_max
             tick = messages.parse_tick(rec.value)
             if not isinstance(tick, str) and rec.key == tick.symbol.encode():  # re-keyed ones return
                 ticks[tick.symbol].append(tick)
-        if lo == 0 or span >= lookback_max or all(len(t) >= window for t in ticks.values()):
+        if lo == 0 or span >= lookback_max or all(len(t) >= enough for t in ticks.values()):
             return ticks
         span = min(span * 4, lookback_max)
 
@@ -69,5 +80,11 @@ def _open(st) -> tuple:
 
 
 def _reopen(st, values: tuple) -> None:
+    """The forecast the previous model left open, in the rebuilt state's segment when it was made
+    at the price the state ends with (a rebuilt guard counts price levels afresh); else none."""
     for name, value in zip(_OPEN, values):
         setattr(st, name, value)
+    if len(st.prices) and st.open_price == st.prices[-1]:
+        st.open_session, st.open_level = st.session, st.level
+    else:
+        st.open_forecast = float("nan")

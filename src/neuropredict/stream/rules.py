@@ -66,11 +66,11 @@ class Guard:
                 return f"duplicate: {symbol} already has a tick at {self.last_timestamp}"
             return f"out of order: {stamp} is before {symbol}'s last accepted tick ({self.last_timestamp})"
         limit = rules.max_abs_log_return
-        move = math.log(price / self.last_price) if self.last_price == self.last_price else 0.0
-        if abs(move) <= limit:
+        move = float(np.log(price / self.last_price)) if self.last_price == self.last_price else 0.0
+        if abs(move) <= limit:  # np.log, as the vectorised path: the same decision at the threshold
             self._accept(time_s, price, stamp)
             return None
-        agrees = self.shift_count and abs(math.log(price / self.shift_price)) <= limit
+        agrees = self.shift_count and abs(float(np.log(price / self.shift_price))) <= limit
         self.shift_count = self.shift_count + 1 if agrees else 1
         self.shift_price = price
         if self.shift_count >= rules.level_shift_ticks:

@@ -119,12 +119,12 @@ class Worker:
         limits = Limits(max_messages, timeout_s, idle_timeout_s)
         try:
             while not self.stop_event.is_set() and not limits.reached(self.stats.consumed):
-                self._maybe_swap()
                 polled_at = time.perf_counter()
                 polled = self.consumer.poll(timeout_ms=self.serving.poll_timeout_ms,
                                             max_records=self.serving.max_poll_records)
                 self.stats.add_seconds("poll" if polled else "idle", time.perf_counter() - polled_at)
                 try:
+                    self._maybe_swap()  # between two batches (a swap to another window reads Kafka)
                     if self._to_restore:
                         assigned, self._to_restore = set(self._to_restore), set()
                         self._restore(assigned)
