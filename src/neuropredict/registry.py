@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +116,9 @@ def log_and_register(forecaster_dir: Path, name: str, series: dict, tags: dict[s
         name="forecaster", python_model=pyfunc_model.__file__, artifacts={"forecaster": str(forecaster_dir)},
         signature=signature, input_example=example, pip_requirements=_pip_requirements(), metadata=metadata,
     )
-    mv = tracking.with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints what the stage says itself
+        mv = tracking.with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))
+    log.debug(said.getvalue().strip())
     return str(mv.version)
 
 
@@ -210,7 +214,6 @@ def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
     if promoted:
         set_alias(name, PRODUCTION_ALIAS, version)
     decision = _record(params, project, version, previous, promoted, reason, challenger, production)
-    (log.info if promoted else log.warning)("version %s: %s", version, reason)
     return decision
 
 

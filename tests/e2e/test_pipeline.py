@@ -162,7 +162,7 @@ def test_a_change_to_one_key_or_module_marks_exactly_the_stages_that_read_it(tra
 
 
 NOISE = ("Traceback", "E0000", "W0000", "I0000", "absl::InitializeLog", "node_def_util", "oneDNN custom operations",
-         "WARNING:tensorflow", "possibly delisted", "Cookie/crumb", "Failed to get ticker", "Failed downloads")
+         "WARNING:tensorflow", "Successfully registered", "possibly delisted", "Cookie/crumb", "Failed to get ticker", "Failed downloads")
 
 
 def test_repro_prints_one_clear_line_per_fact_and_no_library_noise(trained_project):
