@@ -187,3 +187,20 @@ def signal_mid_stream(root, env: dict, bootstrap: str, ticks, serving, sig, log_
             first.kill()
         sender.join()
     return stopped_at, second
+
+
+def promote_mid_stream(params, bootstrap: str, ticks, version: str, rate: float, after: int = 100):
+    """A worker scores a live stream; `version` becomes production after its first `after`
+    forecasts; returns the stopped worker once it has consumed the whole stream."""
+    from neuropredict import registry
+
+    w = WorkerThread(params, bootstrap)
+    wait_for(lambda: w.worker.consumer.assignment(), what="the worker to join")
+    sender = Sender(ticks, bootstrap, rate=rate, serving=params.serving)
+    sender.start()
+    wait_for(lambda: w.stats.predicted > after, what="the first forecasts")
+    registry.promote(params.register.model_name, version)
+    sender.join()
+    wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
+    w.stop()
+    return w

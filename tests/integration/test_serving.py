@@ -2,7 +2,6 @@
 
 import dataclasses
 import signal
-import threading
 from collections import defaultdict
 
 import mlflow
@@ -15,7 +14,7 @@ from neuropredict.evaluation import score_rows
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from tests.conftest import copy_project, load_json, project_env, write_params
-from tests.integration.kafka_helpers import (WorkerThread, signal_mid_stream, predictions, read_topic, replay, wait_for,
+from tests.integration.kafka_helpers import (WorkerThread, promote_mid_stream, signal_mid_stream, predictions, read_topic, replay, wait_for,
                                              warmup_positions as _warmup_positions, inputs as _inputs)
 
 pytestmark = pytest.mark.slow
@@ -114,15 +113,7 @@ def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one
     assert registry.alias_version(name) == first  # registering alone does not move production
 
     ticks = _ticks(root, params, start="2022-06-01")
-    w = WorkerThread(params, broker)
-    sender = threading.Thread(target=producer.publish, kwargs=dict(
-        ticks=ticks, bootstrap=broker, rate=250, serving=params.serving))
-    sender.start()
-    wait_for(lambda: w.stats.predicted > 200, what="the first predictions")
-    registry.promote(name, second)
-    sender.join()
-    wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
-    w.stop()
+    w = promote_mid_stream(params, broker, ticks, second, rate=250, after=200)
 
     outs = predictions(broker)
     where = [(o["input_partition"], o["input_offset"]) for o in outs]

@@ -22,7 +22,7 @@ from neuropredict import config, registry, stream_report
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from tests.conftest import copy_project, project_env, write_params
-from tests.integration.kafka_helpers import (Sender, WorkerThread, signal_mid_stream, assert_forecasts_match,
+from tests.integration.kafka_helpers import (Sender, WorkerThread, promote_mid_stream, signal_mid_stream, assert_forecasts_match,
                                              committed_offsets, end_offsets, expected_forecasts, inputs,
                                              positions, predictions, replay, wait_for, warmup_positions)
 from tests.integration.test_serving import _register_another_version
@@ -153,16 +153,7 @@ def test_a_hot_swap_to_a_longer_window_reads_history_back_and_needs_no_warmup(tr
     longer = params.featurize.window + 6
     first = registry.load(name).forecaster
     version = _register_longer_window(root, params, longer)
-    ticks = replay(root, params, start="2022-06-01")
-    w = WorkerThread(params, broker)
-    wait_for(lambda: w.worker.consumer.assignment(), what="the worker to join")
-    sender = Sender(ticks, broker, rate=200, serving=params.serving)
-    sender.start()
-    wait_for(lambda: w.stats.predicted > 100, what="the first forecasts")
-    registry.promote(name, version)
-    sender.join()
-    wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
-    w.stop()
+    w = promote_mid_stream(params, broker, replay(root, params, start="2022-06-01"), version, rate=200)
     assert w.stats.swaps == 1
     found, outs = inputs(broker), predictions(broker)
     after = [o for o in outs if o["model_version"] == version]
