@@ -36,6 +36,7 @@ class Delivery:
         self._futures: list = []
         self._dead: list = []  # (future, record, reason) of each dead letter
         self._rekeyed: list = []  # (future, record) of each tick sent back under its symbol
+        self._rekey_warned: set[str] = set()
         self._partitions: dict[bytes, int] = {}  # symbol key -> partition of predicted_prices
 
     def begin(self) -> None:
@@ -68,6 +69,11 @@ class Delivery:
         except PERMANENT_RECORD_ERRORS as exc:
             return self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} ({type(exc).__name__})")
         self._rekeyed.append((future, rec, symbol))
+        if symbol not in self._rekey_warned:
+            self._rekey_warned.add(symbol)
+            log.warning("%s: ticks arrive under another key (or none): re-keying them to its partition. Key them "
+                        "by symbol: with several workers, ticks re-keyed by different workers can arrive out of "
+                        "order (dead letters, counted as dlq_out_of_order_count)", symbol)
 
     def acknowledge(self) -> str | None:
         """Wait for every send of the batch; None when all were acknowledged, else what failed.
