@@ -81,14 +81,7 @@ def start_services(params) -> list[str]:
 def require_fresh_stream() -> None:
     """The demo replays history into stock_prices. On a cluster that holds an earlier replay, the
     worker would resume after it and rightly dead-letter the history as out of order."""
-    from neuropredict import kafka_io
-
-    client = kafka_io.admin()
-    try:
-        offsets = client.list_group_offsets(config.CONSUMER_GROUP).get(config.CONSUMER_GROUP, {})
-    finally:
-        client.close()
-    if any(meta.offset > 0 for tp, meta in offsets.items() if tp.topic == config.PRICES_TOPIC):
+    if services.status().get("group_committed", {}).get(config.PRICES_TOPIC, 0) > 0:
         raise ServiceError(f"{config.kafka_bootstrap()} already holds a stream that group {config.CONSUMER_GROUP} "
                            f"has scored; the demo replays history, which would arrive out of order: run it on "
                            f"fresh topics (or unset KAFKA_BOOTSTRAP_SERVERS for the embedded broker)")

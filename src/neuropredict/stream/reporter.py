@@ -24,8 +24,6 @@ class MlflowReporter:
     def __init__(self, model_name: str, group: str, interval_s: float):
         self.model_name, self.group, self.interval_s = model_name, group, interval_s
         self.run_id: str | None = None
-        self.model_id: str | None = None
-        self.version: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlflow-reporter", daemon=True)
@@ -76,7 +74,7 @@ class MlflowReporter:
 
             exp_id = tracking.setup(config.SERVING_EXPERIMENT_NAME)
             run = MlflowClient().create_run(exp_id, run_name=f"serve-{socket.gethostname()}-{os.getpid()}", tags={
-                "neuropredict.stage": "serve", "model_name": self.model_name, "consumer_group": self.group,
+                tracking.STAGE_TAG: "serve", "model_name": self.model_name, "consumer_group": self.group,
                 "kafka_bootstrap": config.kafka_bootstrap()})
             self.run_id = run.info.run_id
             log.info("live metrics -> MLflow run %s (experiment %s)", self.run_id, config.SERVING_EXPERIMENT_NAME)
