@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 
-.PHONY: help setup demo test test-fast bench notebooks ui clean
+.PHONY: help setup kafka demo test test-fast bench notebooks ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,10 +26,14 @@ $(STAMP): pyproject.toml requirements.lock
 		|| (echo "install failed: see the pip output above" >&2; exit 1)
 	@touch $(STAMP)
 
-demo: setup  ## the main job end to end on the embedded defaults (KEEP=1 leaves services running; INTERVAL=1m: the intraday model)
-	$(BIN)/neuropredict demo $(if $(KEEP),--keep) $(if $(INTERVAL),--interval $(INTERVAL))
+kafka: setup  ## fetch Apache Kafka's broker and tools (pinned in serving/apache-kafka/pom.xml; not with KAFKA_HOME set)
+	$(BIN)/python -m neuropredict.apache_kafka
 
-test: setup  ## the test suite (real broker, MLflow, DVC, great-expectations, TensorFlow)
+demo: setup  ## the main job end to end (KEEP=1 leaves services running; INTERVAL=1m: the intraday model; BROKER=apache)
+	$(BIN)/neuropredict demo $(if $(KEEP),--keep) $(if $(INTERVAL),--interval $(INTERVAL)) $(if $(BROKER),--broker $(BROKER))
+
+test: setup  ## the test suite (real brokers: Tansu and Apache Kafka; MLflow, DVC, great-expectations, TensorFlow)
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(BIN)/python -m neuropredict.apache_kafka; fi
 	$(BIN)/python -m pytest
 
 test-fast: setup  ## the tests that take seconds, not minutes

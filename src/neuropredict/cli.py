@@ -77,7 +77,8 @@ def _repro(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from neuropredict import services
 
-    result = services.up(config.load_params().kafka, ui=not args.no_ui)
+    broker = "apache" if args.brokers > 1 else args.broker  # only Apache Kafka runs as a cluster here
+    result = services.up(config.load_params().kafka, ui=not args.no_ui, broker=broker, nodes=args.brokers)
     for name, svc in result["services"].items():
         print(f"{name:<10} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
     print("topics     " + ", ".join(f"{t} ({n} partitions)" for t, n in result["topics"].items()))
@@ -97,14 +98,20 @@ def _status(args: argparse.Namespace) -> int:
     from neuropredict import registry, services
 
     st = services.status()
-    kind = "external cluster" if st["external_kafka"] else "embedded"
+    kind = "external cluster" if st["external_kafka"] else "local"
     print(f"Kafka      {st['bootstrap']} ({kind}): {'reachable' if st['kafka_reachable'] else 'NOT reachable'}")
     for name, svc in st["services"].items():
         print(f"{name:<10} {svc['url']:<28} pid {svc['pid']}  {'running' if svc['alive'] else 'DEAD'}")
+    if "brokers" in st:
+        print(f"brokers    {', '.join(map(str, st['brokers']))} (controller {st['controller']})")
     for topic, n in st.get("topics", {}).items():
         committed = st.get("group_committed", {}).get(topic)
-        extra = f", group {config.CONSUMER_GROUP} committed {committed}" if committed is not None else ""
+        extra = (f", group {config.CONSUMER_GROUP} committed {committed}, lag {st['group_lag'].get(topic, '?')}"
+                 if committed is not None else "")
         print(f"topic      {topic} ({n} partitions{extra})")
+        for row in st["partitions"][topic]:
+            print(f"             [{row['partition']}] leader {row['leader']}  replicas {row['replicas']}  "
+                  f"in sync {row['isr']}")
     if "kafka_error" in st:
         print(f"Kafka error: {st['kafka_error']}")
     name = config.load_params().register.model_name
@@ -185,7 +192,7 @@ def _check_parity(args: argparse.Namespace) -> int:
 
     from neuropredict import parity
 
-    result = parity.check(config.load_params(), config.paths(), args.version)
+    result = parity.check(config.load_params(), config.paths(), args.version, broker=args.broker)
     print(parity.format_result(result))
     write_json(config.paths().reports_dir / "parity.json", result)
     return 0 if result["passed"] else 1
@@ -195,8 +202,8 @@ def _demo(args: argparse.Namespace) -> int:
     from neuropredict import demo
 
     if args.interval == "1m":
-        return demo.run_intraday(keep=args.keep)
-    return demo.run(keep=args.keep)
+        return demo.run_intraday(keep=args.keep, broker=args.broker)
+    return demo.run(keep=args.keep, broker=args.broker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,8 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*")
     p.set_defaults(fn=_repro)
 
-    p = sub.add_parser("up", help="start the embedded Kafka broker and MLflow UI; create the topics")
+    p = sub.add_parser("up", help="start a local Kafka broker and the MLflow UI; create the topics")
     p.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
+    p.add_argument("--broker", choices=["tansu", "apache"], default="tansu",
+                   help="tansu: embedded, in memory, no dependencies (default); apache: Apache Kafka (Java 17+), "
+                        "data kept in .neuropredict/")
+    p.add_argument("--brokers", type=int, choices=[1, 3], default=1,
+                   help="Apache Kafka nodes (3 implies --broker apache): every partition then has 3 replicas, "
+                        "and a write waits for 2 of them")
     p.set_defaults(fn=_up)
 
     p = sub.add_parser("down", help="stop what `up` started (and nothing else)")
@@ -260,12 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-parity", help="replay the test period through Kafka: same forecasts as offline?")
     p.add_argument("--version", help="model version (default: production)")
+    p.add_argument("--broker", choices=["tansu", "apache"], default="tansu",
+                   help="the private broker it starts (apache: Apache Kafka, the worker exactly-once)")
     p.set_defaults(fn=_check_parity)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded defaults")
     p.add_argument("--keep", action="store_true", help="leave the services it started running")
     p.add_argument("--interval", choices=["1d", "1m"], default="1d",
                    help="1m: the intraday model (params-intraday.yaml), in its own workspace")
+    p.add_argument("--broker", choices=["tansu", "apache"], default="tansu",
+                   help="apache: on a local Apache Kafka (Java 17+; fetched from Maven Central on first use)")
     p.set_defaults(fn=_demo)
     return parser
 

@@ -41,6 +41,10 @@ KAFKA_MAX_POLL_INTERVAL_MS = 300_000  # a batch (model call included) must finis
 KAFKA_BOOTSTRAP_TIMEOUT_MS = 10_000   # how long a client waits for the first broker answer
 KAFKA_CONSUMER_REQUEST_TIMEOUT_MS = 30_000
 KAFKA_PRODUCER_REQUEST_TIMEOUT_MS = 10_000  # capped by serving.delivery_timeout_ms
+# A worker that dies mid-transaction leaves it open; the broker aborts it after this. Until then
+# read_committed readers of its partitions wait, and so does the worker taking them over (unless
+# it has the same NEUROPREDICT_WORKER_ID, which aborts it at once). A batch must fit well within.
+KAFKA_TRANSACTION_TIMEOUT_MS = 10_000
 # kafka-python refuses records over its 1 MiB max_request_size, and Apache Kafka's default
 # message.max.bytes is ~1 MB: a dead letter keeps at most this much of an oversized original.
 DEAD_LETTER_MAX_BYTES = 512 * 1024
@@ -145,6 +149,7 @@ class ServingParams:
     restore_lookback_max: int = field(default=100_000, metadata=_range(0, 100_000_000))
     delivery_timeout_ms: int = field(default=30_000, metadata=_range(1000, 3_600_000))
     level_shift_ticks: int = field(default=5, metadata=_range(2, 10_000))  # 1: every spike a new level
+    guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,15 @@ class Paths:
         """PIDs and logs of the embedded services that `neuropredict up` started."""
         return self.root / ".neuropredict"
 
+    @property
+    def services_file(self) -> Path:
+        """What `neuropredict up` started: name, PID, address and log of each process."""
+        return self.state_dir / "services.json"
+
+    def apache_kafka_dir(self, nodes: int) -> Path:
+        """A local Apache Kafka cluster's config and data (topics, committed offsets): kept by `down`."""
+        return self.state_dir / f"apache-kafka-{nodes}"
+
 
 def paths(root: Path | None = None) -> Paths:
     return Paths(root or project_root())
@@ -287,8 +301,39 @@ def mlflow_ui_port() -> int:
 
 
 def kafka_bootstrap() -> str:
-    """$KAFKA_BOOTSTRAP_SERVERS (a real cluster), else the embedded broker on 127.0.0.1."""
-    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{embedded_kafka_port()}"
+    """$KAFKA_BOOTSTRAP_SERVERS (a real cluster), else the local broker(s) `neuropredict up` started
+    (every node of a local cluster), else the embedded broker's port on 127.0.0.1."""
+    return (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _local_bootstrap()
+            or f"127.0.0.1:{embedded_kafka_port()}")
+
+
+def _local_bootstrap() -> str | None:
+    import json
+
+    try:
+        started = json.loads(paths().services_file.read_text())
+    except (OSError, ValueError):
+        return None
+    urls = [svc["url"] for name, svc in sorted(started.items()) if name.startswith("kafka")]
+    return ",".join(urls) or None
+
+
+def worker_id() -> str | None:
+    """$NEUROPREDICT_WORKER_ID: a serving worker's stable name (e.g. a replica's index), if set."""
+    return os.environ.get("NEUROPREDICT_WORKER_ID") or None
+
+
+def kafka_libs_dir() -> Path | None:
+    """$NEUROPREDICT_KAFKA_LIBS: where fetched Apache Kafka jars go (default: this checkout's
+    serving/apache-kafka/libs); one folder can serve several checkouts."""
+    folder = os.environ.get("NEUROPREDICT_KAFKA_LIBS")
+    return Path(folder).expanduser() if folder else None
+
+
+def kafka_home() -> Path | None:
+    """$KAFKA_HOME: an Apache Kafka distribution of the user's own (else one is fetched with Maven)."""
+    home = os.environ.get("KAFKA_HOME")
+    return Path(home).expanduser() if home else None
 
 
 def kafka_is_external() -> bool:

@@ -1,6 +1,6 @@
-"""`make demo`: the main job end to end on the embedded defaults.
+"""`make demo`: the main job end to end on the embedded defaults (BROKER=apache: on Apache Kafka).
 
-train (dvc repro, skipped when up to date) -> embedded Kafka + MLflow UI -> serving worker ->
+train (dvc repro, skipped when up to date) -> Kafka + MLflow UI -> serving worker ->
 replay the held-out test period -> evaluate the stream -> a summary beside persistence.
 Services the demo started are stopped at the end unless it was asked to keep them.
 """
@@ -62,19 +62,22 @@ def _dvc(*args: str) -> None:
                                 f"`make demo` again")
 
 
-def start_services(params) -> list[str]:
-    """Broker + UI; a broker kept from an earlier demo is restarted so the stream starts empty.
-    Returns the names of the services this call started."""
+def start_services(params, broker: str = "tansu") -> list[str]:
+    """Broker + UI, with an empty stream: an embedded broker kept from an earlier demo is
+    restarted (it forgets everything); the local Apache Kafka keeps its data, so the topics of an
+    earlier demo are deleted and created again. Returns the names of the services it started."""
     before = {name for name, svc in services.load_state().items() if svc.alive()}
     if "kafka" in before and not config.kafka_is_external():
         state = services.load_state()
         services.stop_process(state["kafka"].pid)
         before.discard("kafka")
-    result = services.up(params.kafka, ui=True)
+    result = services.up(params.kafka, ui=True, broker=broker)
     for name, svc in result["services"].items():
         print(f"  {name:<10} {svc.url}")
     if config.kafka_is_external():
         require_fresh_stream()
+    elif broker == "apache" and services.reset_stream(params.kafka, result["replication"]):
+        print("  emptied the topics of an earlier demo (Apache Kafka keeps them across restarts)")
     return [name for name in result["services"] if name not in before]
 
 
@@ -128,7 +131,7 @@ def stop_worker(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def run_intraday(keep: bool = False) -> int:
+def run_intraday(keep: bool = False, broker: str = "tansu") -> int:
     """The demo on the intraday (1-minute) model: params.yaml with params-intraday.yaml's keys, in a
     workspace of its own (its own DVC outputs and MLflow store), so the daily model is untouched."""
     import os
@@ -145,10 +148,11 @@ def run_intraday(keep: bool = False) -> int:
     env = scratch.scratch_env(workspace)
     if config.kafka_is_external():  # a cluster of the user's own is used as for the daily demo
         env["KAFKA_BOOTSTRAP_SERVERS"] = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    return subprocess.call([tool("neuropredict"), "demo", *(["--keep"] if keep else [])], cwd=workspace, env=env)
+    return subprocess.call([tool("neuropredict"), "demo", "--broker", broker, *(["--keep"] if keep else [])],
+                           cwd=workspace, env=env)
 
 
-def run(keep: bool = False) -> int:
+def run(keep: bool = False, broker: str = "tansu") -> int:
     started = time.perf_counter()
     steps = Steps(6)
     steps.next("train: dvc repro (stages whose inputs did not change are skipped)")
@@ -159,8 +163,8 @@ def run(keep: bool = False) -> int:
     started_services: list[str] = []
     worker = None
     try:
-        steps.next("services: embedded Kafka broker + MLflow UI")
-        started_services = start_services(params)
+        steps.next(f"services: {'Apache Kafka' if broker == 'apache' else 'embedded Kafka broker'} + MLflow UI")
+        started_services = start_services(params, broker)
         steps.next(f"serve: worker on {config.PRICES_TOPIC} with {name}@production (v{version})")
         worker, worker_log, stats_path = start_worker(project.state_dir)
         steps.next("replay: the held-out test period through Kafka")

@@ -26,18 +26,24 @@ def _unreachable(bootstrap: str, exc: Exception) -> ServiceError:
     return ServiceError(f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): {hint}")
 
 
-def producer(bootstrap: str | None = None, serving: ServingParams | None = None, **overrides: Any):
-    """A producer tuned for throughput. Idempotence is off: the embedded broker forgets producer
-    ids on restart and an idempotent producer never recovers; at-least-once comes from committing
-    offsets only after sends are acknowledged. Without idempotence a retried request can land
-    after a later one, so order within a symbol holds except across a retry."""
+def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
+             transactional_id: str | None = None, **overrides: Any):
+    """A producer tuned for throughput, idempotent where the broker keeps producer state.
+
+    Idempotence keeps a symbol's ticks in order when a send is retried (a leader moved: measured
+    on a 3-broker Apache Kafka, a plain producer's retried batch landed after later ones). The
+    embedded broker forgets producer ids on restart and an idempotent producer then never
+    recovers, so there it is off, and order holds except across a retry.
+    With a transactional_id: transactional too, initialised (which fences an older producer of
+    the same id and aborts what it left open)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     bootstrap = bootstrap or config.kafka_bootstrap()
     s = serving or ServingParams()
     settings: dict[str, Any] = dict(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, retries=5,
+        bootstrap_servers=bootstrap, acks="all", retries=5,
+        enable_idempotence=bool(transactional_id) or supports_transactions(bootstrap),
         linger_ms=s.producer_linger_ms, batch_size=s.producer_batch_bytes,
         compression_type=None if s.compression == "none" else s.compression,
         delivery_timeout_ms=s.delivery_timeout_ms, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
@@ -45,9 +51,15 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
         request_timeout_ms=min(config.KAFKA_PRODUCER_REQUEST_TIMEOUT_MS, s.delivery_timeout_ms - s.producer_linger_ms),
         max_in_flight_requests_per_connection=5,
     )
+    if transactional_id:
+        settings.update(enable_idempotence=True, transactional_id=transactional_id,
+                        transaction_timeout_ms=config.KAFKA_TRANSACTION_TIMEOUT_MS)
     settings.update(overrides)
     try:
-        return KafkaProducer(**settings)
+        made = KafkaProducer(**settings)
+        if transactional_id:
+            made.init_transactions()
+        return made
     except KafkaError as exc:
         raise _unreachable(bootstrap, exc) from None
 
@@ -61,6 +73,8 @@ def consumer(group: str | None, bootstrap: str | None = None, max_poll_records: 
     bootstrap = bootstrap or config.kafka_bootstrap()
     settings: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
+        # every reader skips what an aborted transaction wrote (the worker writes exactly-once)
+        isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024, max_poll_records=max_poll_records,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, request_timeout_ms=config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS,
     )
@@ -86,20 +100,78 @@ def admin(bootstrap: str | None = None):
 
 
 def ensure_topics(params: KafkaParams, bootstrap: str | None = None,
-                  topics: tuple[str, ...] = config.TOPICS) -> dict[str, int]:
+                  topics: tuple[str, ...] = config.TOPICS, replication: int | None = None) -> dict[str, int]:
     """Create the product's topics with explicit partition counts (never rely on auto-creation);
-    return each topic's partition count."""
+    return each topic's partition count. With 3 replicas or more, acks=all waits for 2 of them:
+    a write then survives the loss of any one broker."""
+    replication = replication or params.replication_factor
+    options: dict[str, Any] = {"num_partitions": params.partitions, "replication_factor": replication}
+    if replication >= 3:
+        options["configs"] = {"min.insync.replicas": "2"}
     client = admin(bootstrap)
     try:
         existing = set(client.list_topics())
-        missing = {t: {"num_partitions": params.partitions, "replication_factor": params.replication_factor}
-                   for t in topics if t not in existing}
+        missing = {t: options for t in topics if t not in existing}
         if missing:
             client.create_topics(missing, raise_errors=False, wait_for_metadata=True, timeout_ms=10000)
-            log.info("created topics %s with %d partitions", ", ".join(missing), params.partitions)
+            log.info("created topics %s with %d partitions, %d replicas", ", ".join(missing), params.partitions,
+                     replication)
         return partition_counts(client, topics)
     finally:
         client.close()
+
+
+def cluster_size(bootstrap: str) -> int:
+    """Brokers the cluster reports (0 while it does not answer)."""
+    import socket
+
+    from kafka.errors import KafkaError
+
+    def listening(address: str) -> bool:  # checked first: the client logs every refused connection
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=0.3).close()
+            return True
+        except OSError:
+            return False
+
+    if not any(listening(a) for a in bootstrap.split(",")):
+        return 0
+    try:
+        client = admin(bootstrap)
+    except ServiceError:
+        return 0
+    try:
+        return len(client.describe_cluster()["brokers"])
+    except KafkaError:
+        return 0
+    finally:
+        client.close()
+
+
+def supports_transactions(bootstrap: str) -> bool:
+    """Whether the broker isolates transactions (and keeps producer state). The embedded broker
+    accepts the transactional calls but delivers aborted records to read_committed readers; it
+    also lacks the transaction admin APIs (ListTransactions), which is what this checks."""
+    from kafka.errors import IncompatibleBrokerVersion
+
+    client = admin(bootstrap)
+    try:
+        client.list_transactions()
+        return True
+    except IncompatibleBrokerVersion:
+        return False
+    finally:
+        client.close()
+
+
+def high_watermarks(partitions: list, bootstrap: str | None = None) -> dict:
+    """Each partition's end (the high watermark a fetch reports; never `end_offsets()`, which the
+    embedded broker answers wrongly)."""
+    if not partitions:
+        return {}
+    with TopicReader(bootstrap) as reader:
+        return reader.high_watermarks(partitions)
 
 
 def partition_counts(client, topics) -> dict[str, int]:
@@ -146,6 +218,17 @@ class TopicReader:
         from kafka import TopicPartition
 
         return [TopicPartition(t, p) for t in topics for p in sorted(self.consumer.partitions_for_topic(t) or [])]
+
+    def high_watermarks(self, partitions: list, timeout_s: float = 10.0) -> dict:
+        c = self.consumer
+        c.assign(list(partitions))
+        c.resume(*partitions)
+        c.seek_to_end(*partitions)  # a fetch from near the end answers with the high watermark
+        deadline, ends = time.monotonic() + timeout_s, {}
+        while len(ends) < len(partitions) and time.monotonic() < deadline:
+            c.poll(timeout_ms=200, max_records=1)
+            ends.update({tp: c.highwater(tp) for tp in partitions if c.highwater(tp) is not None})
+        return ends
 
     def read_range(self, tp, lo: int, hi: int | None = None,
                    timeout_s: float = config.READ_RANGE_TIMEOUT_S) -> list:

@@ -1,8 +1,9 @@
 """Train/serve parity: the held-out test period through Kafka and a worker must give the same
 forecasts as the offline test evaluation of the same model version.
 
-It runs on a private embedded broker (a free port, its own topics), so it never mixes with a
-running stream, and it pins the model version so a promotion mid-check cannot confuse it.
+It runs on a private broker (free ports, its own topics: the embedded Tansu, or Apache Kafka with
+the worker's exactly-once transactions), so it never mixes with a running stream, and it pins the
+model version so a promotion mid-check cannot confuse it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from neuropredict import kafka_io, producer, registry, services, stream_report
+from neuropredict import producer, registry, services, stream_report
 from neuropredict.config import Params, Paths
 from neuropredict.errors import NeuropredictError
 from neuropredict.features import load_price_series
@@ -29,7 +30,7 @@ MAX_REL_DIFF = 1e-4  # of the price
 MAX_MSE_REL_DIFF = 1e-3  # 0.1 %
 
 
-def check(params: Params, project: Paths, version: str | None = None) -> dict[str, Any]:
+def check(params: Params, project: Paths, version: str | None = None, broker: str = "tansu") -> dict[str, Any]:
     """Offline forecasts vs streamed forecasts of one version on the test period; PASS/FAIL."""
     name = params.register.model_name
     version = version or registry.alias_version(name)
@@ -39,22 +40,20 @@ def check(params: Params, project: Paths, version: str | None = None) -> dict[st
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
     start, end = params.featurize.test_start, params.data.end
     offline = forecast_period(loaded.forecaster, series, start, end)
-    online = stream_report.in_period(_stream(params, project, version, loaded.forecaster), start, end)
+    online = stream_report.in_period(_stream(params, project, version, loaded.forecaster, broker), start, end)
     if params.data.interval == "1d":  # a replayed daily close is stamped 16:00; offline rows are dates
         online = online.assign(time=online["time"].dt.normalize())
-    return compare(offline, online, version)
+    return {**compare(offline, online, version), "broker": broker}
 
 
-def _stream(params: Params, project: Paths, version: str, forecaster):
+def _stream(params: Params, project: Paths, version: str, forecaster, kind: str):
     frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
     ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
                                   forecaster.window, params.featurize.price_column)
     with tempfile.TemporaryDirectory(prefix="neuropredict-parity-") as tmp:
-        port = services.free_port()
-        broker = services.start_broker(port, Path(tmp) / "kafka.log")
-        bootstrap = f"127.0.0.1:{port}"
+        broker = services.start_scratch_broker(kind, Path(tmp), params.kafka)
+        bootstrap = broker.bootstrap
         try:
-            kafka_io.ensure_topics(params.kafka, bootstrap)
             worker = Worker(params, bootstrap=bootstrap, group="neuropredict-parity", report_to_mlflow=False,
                             pinned_version=version)
             worker.start()
@@ -68,7 +67,7 @@ def _stream(params: Params, project: Paths, version: str, forecaster):
             thread.join(60)
             return stream_report.joined_rows(worker.rules, forecaster.intraday, bootstrap)
         finally:
-            services.stop_process(broker.pid)
+            broker.stop()
 
 
 def compare(offline, online, version: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Embedded services for development and the demo: the Tansu Kafka broker and the MLflow UI.
+"""Local services for development and the demo: a Kafka broker (the embedded Tansu, or Apache
+Kafka: one node or a 3-node cluster) and the MLflow UI.
 
-`up` starts what is not running (and nothing when KAFKA_BOOTSTRAP_SERVERS names a real cluster),
+`up` starts what is not running (and no broker when KAFKA_BOOTSTRAP_SERVERS names a real cluster),
 records each process in .neuropredict/services.json, and `down` stops exactly those processes.
+Apache Kafka keeps its data in .neuropredict/apache-kafka-N/: topics and committed offsets
+survive `down` and `up`; Tansu keeps everything in memory.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from neuropredict import config, kafka_io
+from neuropredict import apache_kafka, config, kafka_io
 from neuropredict.config import KafkaParams
 from neuropredict.errors import ServiceError
 from neuropredict.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "services.json"
+BROKERS = ("tansu", "apache")
+APACHE_START_TIMEOUT_S = 90.0  # a JVM start and a KRaft election; ~6 s here
 
 
 @dataclass
@@ -112,6 +116,38 @@ def start_broker(port: int, log_path: Path) -> Service:
     return Service("kafka", proc.pid, bootstrap, str(log_path), "tansu")
 
 
+def start_apache_kafka(cluster: apache_kafka.Cluster) -> list[Service]:
+    """Every node of `cluster` on 127.0.0.1; ready when each is alive and the cluster reports all
+    of them (a Kafka-level answer, not an open port). A node that fails stops the others."""
+    taken = [n.port for n in cluster.nodes if port_open("127.0.0.1", n.port)]
+    if taken:
+        raise ServiceError(f"port {taken[0]} is already in use: stop what runs there, or set "
+                           f"NEUROPREDICT_KAFKA_PORT to a free port (nodes use it and the next ones)")
+    cluster.prepare()
+    started = [Service(f"kafka-{n.node_id}", _spawn(cluster.command(n), n.log_file).pid, n.bootstrap,
+                       str(n.log_file), str(n.properties_file)) for n in cluster.nodes]
+    try:
+        _wait_for_nodes(cluster, started)
+    except BaseException:
+        stop_processes([svc.pid for svc in started])
+        raise
+    return started
+
+
+def _wait_for_nodes(cluster: apache_kafka.Cluster, started: list[Service]) -> None:
+    deadline = time.monotonic() + APACHE_START_TIMEOUT_S
+    while True:
+        dead = [svc for svc in started if not svc.alive()]
+        if dead:
+            raise ServiceError(f"Apache Kafka node {dead[0].name} exited at start: see {dead[0].log}")
+        if kafka_io.cluster_size(cluster.bootstrap) == len(cluster.nodes):
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"Apache Kafka did not report {len(cluster.nodes)} node(s) within "
+                               f"{APACHE_START_TIMEOUT_S:g} s: see {started[0].log}")
+        time.sleep(0.5)
+
+
 def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Service:
     """`mlflow server` on 127.0.0.1 for this project's store (job execution off: 2 processes, not 10)."""
     if port_open("127.0.0.1", port):
@@ -152,25 +188,33 @@ def _http_ok(url: str) -> bool:
 
 
 def stop_process(pid: int, timeout_s: float = 15.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.1)
-    if _pid_alive(pid):
+    stop_processes([pid], timeout_s)
+
+
+def stop_processes(pids: list[int], timeout_s: float = 30.0) -> None:
+    """SIGTERM to all at once (the nodes of a cluster shut down together: one by one, the last
+    would wait for a quorum that is gone), SIGKILL what is left after timeout_s."""
+    for pid in pids:
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
             pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_pid_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if _pid_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ---- the state file: what `up` started ----
 
 
 def _state_path() -> Path:
-    return config.paths().state_dir / STATE_FILE
+    return config.paths().services_file
 
 
 def load_state() -> dict[str, Service]:
@@ -186,46 +230,119 @@ def _save_state(services: dict[str, Service]) -> None:
     write_json(path, {k: asdict(v) for k, v in services.items()})
 
 
-def up(kafka_params: KafkaParams, ui: bool = True) -> dict[str, Any]:
-    """Start the embedded broker (unless a real cluster is configured) and the MLflow UI;
-    create the topics. Services already running are left as they are."""
+def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes: int = 1) -> dict[str, Any]:
+    """Start a local broker (unless a real cluster is configured) and the MLflow UI; create the
+    topics. Services already running are left as they are; another kind of broker is refused."""
     services = {k: v for k, v in load_state().items() if v.alive()}
     logs = config.paths().state_dir
+    replication = kafka_params.replication_factor
     if config.kafka_is_external():
-        log.info("KAFKA_BOOTSTRAP_SERVERS=%s: using that cluster, no embedded broker", config.kafka_bootstrap())
-    elif "kafka" not in services:
-        services["kafka"] = start_broker(config.embedded_kafka_port(), logs / "kafka.log")
-        log.info("embedded Kafka broker (Tansu) on %s, pid %d", services["kafka"].url, services["kafka"].pid)
+        log.info("KAFKA_BOOTSTRAP_SERVERS=%s: using that cluster, no local broker", config.kafka_bootstrap())
+    else:
+        _refuse_another_broker(services, broker, nodes)
+        if broker == "apache":
+            cluster = local_cluster(nodes)
+            if f"kafka-{nodes}" not in services:
+                services.update((svc.name, svc) for svc in start_apache_kafka(cluster))
+                log.info("Apache Kafka %s, %d node(s) on %s, data in %s", apache_kafka.version(), nodes,
+                         cluster.bootstrap, cluster.folder)
+            replication = cluster.replication
+        elif "kafka" not in services:
+            services["kafka"] = start_broker(config.embedded_kafka_port(), logs / "kafka.log")
+            log.info("embedded Kafka broker (Tansu) on %s, pid %d", services["kafka"].url, services["kafka"].pid)
     _save_state(services)
-    partitions = kafka_io.ensure_topics(kafka_params)
+    partitions = kafka_io.ensure_topics(kafka_params, replication=replication)
     if ui and "mlflow-ui" not in services and not config.tracking_uri().startswith("http"):
         services["mlflow-ui"] = start_mlflow_ui(config.mlflow_ui_port(), logs / "mlflow-ui.log")
         log.info("MLflow UI on %s, pid %d", services["mlflow-ui"].url, services["mlflow-ui"].pid)
         _save_state(services)
-    return {"services": services, "topics": partitions, "bootstrap": config.kafka_bootstrap()}
+    return {"services": services, "topics": partitions, "bootstrap": config.kafka_bootstrap(),
+            "replication": replication}
+
+
+def local_cluster(nodes: int) -> apache_kafka.Cluster:
+    """This project's Apache Kafka of `nodes` nodes: client ports from NEUROPREDICT_KAFKA_PORT up."""
+    first = config.embedded_kafka_port()
+    return apache_kafka.Cluster.layout(config.paths().apache_kafka_dir(nodes), [first + i for i in range(nodes)],
+                                       [free_port() for _ in range(nodes)])
+
+
+@dataclass
+class ScratchBroker:
+    """A throwaway broker with the product's topics (tests, parity checks, benchmarks)."""
+
+    kind: str
+    bootstrap: str
+    services: list[Service]
+
+    def stop(self) -> None:
+        stop_processes([svc.pid for svc in self.services])
+
+
+def start_scratch_broker(kind: str, folder: Path, kafka_params: KafkaParams, nodes: int = 1) -> ScratchBroker:
+    """Tansu or Apache Kafka (`nodes` nodes) on free 127.0.0.1 ports, its files in `folder`."""
+    if kind == "tansu":
+        svc = start_broker(free_port(), Path(folder) / "kafka.log")
+        started, replication = [svc], kafka_params.replication_factor
+    else:
+        cluster = apache_kafka.Cluster.layout(Path(folder) / "apache-kafka", [free_port() for _ in range(nodes)],
+                                              [free_port() for _ in range(nodes)])
+        started, replication = start_apache_kafka(cluster), cluster.replication
+    broker = ScratchBroker(kind, ",".join(svc.url for svc in started), started)
+    try:
+        kafka_io.ensure_topics(kafka_params, broker.bootstrap, replication=replication)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def _refuse_another_broker(running: dict[str, Service], broker: str, nodes: int) -> None:
+    wanted = {"kafka"} if broker == "tansu" else {f"kafka-{i + 1}" for i in range(nodes)}
+    other = sorted(name for name in running if name.startswith("kafka") and name not in wanted)
+    if other:
+        raise ServiceError(f"another local broker is running ({', '.join(other)}): `neuropredict down` first, "
+                           f"then `neuropredict up{'' if broker == 'tansu' else ' --broker apache'}"
+                           f"{f' --brokers {nodes}' if nodes > 1 else ''}`")
+
+
+def reset_stream(kafka_params: KafkaParams, replication: int) -> bool:
+    """Delete the product's topics and the serving group's offsets if they hold anything, then
+    create the topics again (the demo replays history into an empty stream). True if it did."""
+    client = kafka_io.admin()
+    try:
+        if not _group_offsets(client):
+            return False
+        client.delete_groups([config.CONSUMER_GROUP])
+        client.delete_topics(list(config.TOPICS), timeout_ms=30_000)
+        deadline = time.monotonic() + 30
+        while set(config.TOPICS) & set(client.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        client.close()
+    kafka_io.ensure_topics(kafka_params, replication=replication)
+    return True
 
 
 def down() -> list[str]:
-    """Stop exactly the processes `up` recorded; return their names."""
-    stopped = []
-    for name, svc in load_state().items():
-        if svc.alive():
-            stop_process(svc.pid)
-            stopped.append(name)
+    """Stop exactly the processes `up` recorded, all at once; return their names."""
+    running = {name: svc for name, svc in load_state().items() if svc.alive()}
+    stop_processes([svc.pid for svc in running.values()])
     path = _state_path()
     if path.exists():
         path.unlink()
-    return stopped
+    return sorted(running)
 
 
 def status() -> dict[str, Any]:
-    """What runs where: services, topics with partitions, the serving group's committed offsets."""
+    """What runs where: services, brokers, topics (partitions, replicas in sync), the serving
+    group's committed offsets and lag."""
     out: dict[str, Any] = {"bootstrap": config.kafka_bootstrap(), "external_kafka": config.kafka_is_external(),
                            "tracking_uri": config.tracking_uri(), "services": {}}
     for name, svc in load_state().items():
         out["services"][name] = {"pid": svc.pid, "url": svc.url, "alive": svc.alive(), "log": svc.log}
-    host, _, port = config.kafka_bootstrap().split(",")[0].rpartition(":")
-    out["kafka_reachable"] = port_open(host, int(port))
+    addresses = [a.rpartition(":") for a in config.kafka_bootstrap().split(",")]
+    out["kafka_reachable"] = any(port_open(host, int(port)) for host, _, port in addresses)
     if out["kafka_reachable"]:
         out.update(_kafka_details())
     return out
@@ -237,14 +354,40 @@ def _kafka_details() -> dict[str, Any]:
     except ServiceError as exc:
         return {"kafka_error": str(exc)}
     try:
+        cluster = client.describe_cluster()
         topics = sorted(t for t in client.list_topics() if not t.startswith("__"))
-        partitions = kafka_io.partition_counts(client, topics) if topics else {}
-        offsets = client.list_group_offsets(config.CONSUMER_GROUP).get(config.CONSUMER_GROUP, {})
-        committed: dict[str, int] = {}
-        for tp, meta in offsets.items():
-            committed[tp.topic] = committed.get(tp.topic, 0) + max(meta.offset, 0)
-        return {"topics": partitions, "group_committed": committed}
+        described = client.describe_topics(topics) if topics else []
+        offsets = _group_offsets(client)
+        committed = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        ends = kafka_io.high_watermarks(list(committed))
+        lag = {tp: ends[tp] - offset for tp, offset in committed.items() if tp in ends}
+        return {"brokers": sorted(b["broker_id"] for b in cluster["brokers"]),
+                "controller": cluster.get("controller_id"),
+                "topics": {d["name"]: len(d["partitions"]) for d in described},
+                "partitions": {d["name"]: _partition_rows(d) for d in described},
+                "group_committed": _per_topic(committed), "group_lag": _per_topic(lag)}
     except Exception as exc:  # status is best-effort reporting
         return {"kafka_error": f"{type(exc).__name__}: {exc}"}
     finally:
         client.close()
+
+
+def _group_offsets(client) -> dict:
+    from kafka.errors import CoordinatorNotAvailableError
+
+    try:
+        return client.list_group_offsets(config.CONSUMER_GROUP).get(config.CONSUMER_GROUP, {})
+    except CoordinatorNotAvailableError:  # Apache Kafka before any group existed: no offsets topic yet
+        return {}
+
+
+def _partition_rows(described: dict) -> list[dict[str, Any]]:
+    return [{"partition": p["partition_index"], "leader": p["leader_id"], "replicas": p["replica_nodes"],
+             "isr": p["isr_nodes"]} for p in sorted(described["partitions"], key=lambda p: p["partition_index"])]
+
+
+def _per_topic(by_partition: dict) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for tp, n in by_partition.items():
+        totals[tp.topic] = totals.get(tp.topic, 0) + n
+    return totals
