@@ -105,9 +105,10 @@ def dead_letter(key: bytes | None, value: bytes | None, reason: str, topic: str,
 
 
 def unsendable_trace(reason: str, topic: str, partition: int, offset: int, size: int,
-                     error: Exception) -> tuple[None, bytes, list]:
-    """What stays of a dead letter the broker refused even truncated: no bytes, every reason."""
-    why = f"{reason}; the dead letter itself was refused ({type(error).__name__}), so its bytes are not kept"
+                     error: str) -> tuple[None, bytes, list]:
+    """What stays of a dead letter the broker refused even truncated: no bytes, every reason.
+    `error`: the name of the refusal (e.g. MessageSizeTooLargeError)."""
+    why = f"{reason}; the dead letter itself was refused ({error}), so its bytes are not kept"
     return None, b"", [("reason", why.encode()), *source_headers(topic, partition, offset),
                        ("truncated", b"true"), ("original_size", str(size).encode())]
 

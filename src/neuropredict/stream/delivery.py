@@ -1,6 +1,15 @@
 """Delivery of a batch: send its forecasts, dead letters and re-keyed ticks, wait until the broker
-acknowledges all of them, then commit the consumed offsets (at-least-once). When anything fails
-nothing is committed and the worker rewinds to the last commit.
+acknowledges all of them, then commit the consumed offsets. When anything fails nothing is
+committed and the worker rewinds to the last commit.
+
+Two guarantees (serving.guarantee):
+- exactly_once: the batch is one Kafka transaction: its outputs and its consumed offsets commit
+  together or not at all; a failed batch is aborted, and read_committed readers (every reader
+  here) never see it. The consumer's group generation goes with the offsets (KIP-447): a worker
+  that lost its partitions in a rebalance cannot commit them (a zombie is fenced).
+- at_least_once: offsets commit after every send is acknowledged; a batch that failed after some
+  sends is sent again (duplicates, never losses). On a broker whose transactions do not isolate
+  (the embedded one) the worker uses this and says so.
 
 A record that can never be sent (too large, invalid: the broker or the client refuses it for
 what it is) must not block its partition forever: a dead letter that is refused is replaced by
@@ -17,8 +26,10 @@ from collections.abc import Callable
 from kafka.errors import (InvalidRecordError, InvalidTimestampError, KafkaError, MessageSizeTooLargeError,
                           RecordListTooLargeError)
 from kafka.partitioner.default import murmur2
+from kafka.structs import OffsetAndMetadata
 
 from neuropredict import config, messages
+from neuropredict.errors import ServiceError
 
 log = logging.getLogger(__name__)
 COMMITTED_TIMEOUT_MS = config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
@@ -31,16 +42,24 @@ PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, In
 class Delivery:
     """Sends, acknowledges, then commits or reports the failure: one batch at a time."""
 
-    def __init__(self, producer, consumer):
-        self.producer, self.consumer = producer, consumer
+    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool):
+        self.make_producer, self.consumer, self.transactional = make_producer, consumer, transactional
+        self.producer = make_producer()
+        self._in_transaction = False
         self._futures: list = []
         self._dead: list = []  # (future, record, reason) of each dead letter
         self._rekeyed: list = []  # (future, record) of each tick sent back under its symbol
         self._rekey_warned: set[str] = set()
         self._partitions: dict[bytes, int] = {}  # symbol key -> partition of predicted_prices
+        # Exactly-once: a record the broker refused fails its whole transaction, so the retried
+        # batch must know it: (topic, partition, offset) -> why, for what replaces it then.
+        self._refused: dict[tuple[str, int, int], str] = {}
 
     def begin(self) -> None:
         self._futures, self._dead, self._rekeyed = [], [], []
+        if self.transactional:
+            self._in_transaction = True  # first: if beginning fails, the rewind's abort replaces the producer
+            self.producer.begin_transaction()
 
     def publish(self, keyed_values: list[tuple[bytes, bytes]]) -> None:
         """Forecasts, key = symbol. The partition is the default partitioner's (murmur2, as the
@@ -52,17 +71,23 @@ class Delivery:
 
     def dead_letter(self, rec, reason: str) -> None:
         """The original bytes (the first DEAD_LETTER_MAX_BYTES of an oversized one) with the reason."""
+        refused = self._refused.get(_where(rec))
+        if refused:
+            self._dead.append((self._send_trace(rec, reason, refused), rec, reason))
+            return
         key, value, headers = messages.dead_letter(rec.key, rec.value, reason, rec.topic, rec.partition, rec.offset)
         try:
             future = self.producer.send(config.DLQ_TOPIC, key=key, value=value, headers=headers)
         except PERMANENT_RECORD_ERRORS as exc:
-            future = self._send_trace(rec, reason, exc)
+            future = self._send_trace(rec, reason, type(exc).__name__)
         self._dead.append((future, rec, reason))
 
     def rekey(self, rec, symbol: str) -> None:
         """A tick whose key is not its symbol goes back to the input topic under the right key,
         so it lands in its symbol's partition (and with that symbol's window) and is scored there.
         One that can never be sent again (too large) is a dead letter instead."""
+        if _where(rec) in self._refused:
+            return self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} (the broker refused it)")
         try:
             future = self.producer.send(config.PRICES_TOPIC, key=symbol.encode(), value=rec.value,
                                         headers=messages.rekey_headers(rec.topic, rec.partition, rec.offset))
@@ -82,41 +107,74 @@ class Delivery:
         self.producer.flush()
         refused_dead = [(f, rec, reason) for f, rec, reason in self._dead if _refused(f)]
         refused_rekeys = [(f, rec, symbol) for f, rec, symbol in self._rekeyed if _refused(f)]
+        if self.transactional and (refused_dead or refused_rekeys):
+            # the transaction is doomed: the retried batch replaces these records at once
+            for f, rec, _ in (*refused_dead, *refused_rekeys):
+                self._refused[_where(rec)] = type(f.exception).__name__
+            return "the broker refused a record for what it is; the batch is retried without it"
         replaced = {id(f) for f, _, _ in (*refused_dead, *refused_rekeys)}
         sent = [*self._futures, *(f for f, _, _ in (*self._dead, *self._rekeyed) if id(f) not in replaced)]
         if replaced:
             self._dead = []
             for _, rec, symbol in refused_rekeys:
                 self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} (the broker refused it)")
-            sent += [self._send_trace(rec, reason, f.exception) for f, rec, reason in refused_dead]
+            sent += [self._send_trace(rec, reason, type(f.exception).__name__) for f, rec, reason in refused_dead]
             sent += [f for f, _, _ in self._dead]
             self.producer.flush()
         errors = sorted({type(f.exception).__name__ for f in sent if f.failed()})
         return f"publishing failed ({', '.join(errors)})" if errors else None
 
     def commit(self) -> None:
-        self.consumer.commit()
+        """The consumed offsets: in the batch's transaction (with the group's generation, which
+        fences a zombie), else directly."""
+        if not self.transactional:
+            self.consumer.commit()
+            return
+        offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
+        self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        self.producer.commit_transaction()
+        self._in_transaction = False
+        self._refused.clear()
+
+    def abort(self) -> None:
+        """Abort the open transaction, if any. A producer that cannot abort (fenced by a newer
+        one, or its state is unknown) is replaced: a new one with the same transactional id
+        aborts whatever the old one left open."""
+        if not self._in_transaction:
+            return
+        try:
+            self.producer.abort_transaction()
+        except KafkaError as exc:
+            log.warning("the transaction could not be aborted (%s); starting a new transactional producer",
+                        type(exc).__name__)
+            try:
+                self.producer.close(timeout=1)
+            except Exception as close_exc:  # the old producer is discarded either way
+                log.debug("close: %s", close_exc)
+            self.producer = self.make_producer()  # if this fails too, the rewind retries it all
+        self._in_transaction = False
 
     def rewind(self, stop_event: threading.Event, then: Callable[[set], None]) -> None:
-        """Seek every assigned partition back to its last commit, then `then(partitions)` (rebuild
-        the state), retrying with backoff while the broker is away. The producer keeps its
-        connections and reconnects by itself (idempotence is off: a broker restart does not
-        poison it)."""
+        """Abort the open transaction, seek every assigned partition back to its last commit, then
+        `then(partitions)` (rebuild the state), retrying with backoff while the broker is away.
+        An at-least-once producer keeps its connections and reconnects by itself (idempotence is
+        off: a restart of the embedded broker does not poison it)."""
         backoff = 1.0
         while not stop_event.is_set():
             try:
+                self.abort()
                 assigned = self.consumer.assignment()
                 for tp in assigned:
                     self.consumer.seek(tp, self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS) or 0)
                 then(assigned)
                 return
-            except KafkaError as exc:
+            except (KafkaError, ServiceError) as exc:
                 log.warning("Kafka still unavailable (%s); retrying the rewind in %.0f s", type(exc).__name__, backoff)
                 if stop_event.wait(backoff):
                     return
                 backoff = min(backoff * 2, 30.0)
 
-    def _send_trace(self, rec, reason: str, error: KafkaError):
+    def _send_trace(self, rec, reason: str, error: str):
         size = len(rec.key or b"") + len(rec.value or b"")
         key, value, headers = messages.unsendable_trace(reason, rec.topic, rec.partition, rec.offset, size, error)
         return self.producer.send(config.DLQ_TOPIC, key=key, value=value, headers=headers)
@@ -127,6 +185,10 @@ class Delivery:
             count = len(self.producer.partitions_for(config.PREDICTIONS_TOPIC))
             part = self._partitions[key] = (murmur2(key) & 0x7FFFFFFF) % count
         return part
+
+
+def _where(rec) -> tuple[str, int, int]:
+    return rec.topic, rec.partition, rec.offset
 
 
 def _refused(future) -> bool:

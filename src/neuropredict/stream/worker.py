@@ -4,7 +4,8 @@ in one chunked model call, deliver, score. One member of the consumer group.
 - Model: `models:/<name>@production`, swapped between two batches when the alias moves (watcher).
 - State: each symbol's guard, window and open forecast (state), rebuilt from the topic on
   assignment (restore).
-- Delivery: at-least-once; offsets commit only after every output is acknowledged (delivery).
+- Delivery: exactly-once (a Kafka transaction per batch) where the broker isolates transactions,
+  else at-least-once; offsets commit only with, or after, every output (delivery).
 - Live metrics: each forecast meets the next price, beside persistence (scoring), on their way
   to MLflow from a background thread (reporter).
 """
@@ -54,7 +55,9 @@ class Worker:
         self.bootstrap = bootstrap or config.kafka_bootstrap()
         self.group, self.alias, self.model_name = group, alias, params.register.model_name
         self.pinned_version = pinned_version  # serve exactly this version; no hot swap
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
+        # a stable name (NEUROPREDICT_WORKER_ID) lets a restarted worker fence its predecessor's
+        # transaction at once; otherwise that one is aborted after the transaction timeout
+        self.worker_id = config.worker_id() or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.stats = LiveStats()
         self.stop_event = threading.Event()
         self.reporter = MlflowReporter(self.model_name, group, self.serving.metrics_interval_s) if report_to_mlflow else None
@@ -62,7 +65,7 @@ class Worker:
         self.book: SymbolBook | None = None
         self.model_id: str | None = None
         self.watcher: ModelWatcher | None = None
-        self.consumer = self.producer = self.delivery = self.reader = None
+        self.consumer = self.delivery = self.reader = None
         self._to_restore: set = set()  # partitions assigned but not rebuilt yet
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
 
@@ -90,8 +93,9 @@ class Worker:
             self.watcher.start()
         if self.reporter:
             self.reporter.start()
-        log.info("worker: group %s, Kafka %s, model %s v%s (window %d), batches of up to %d", self.group,
-                 self.bootstrap, self.model_name, self.version, self.book.window, self.serving.max_poll_records)
+        log.info("worker: group %s, Kafka %s (%s), model %s v%s (window %d), batches of up to %d", self.group,
+                 self.bootstrap, self.guarantee.replace("_", "-"), self.model_name, self.version, self.book.window,
+                 self.serving.max_poll_records)
         # TensorFlow, MLflow and pandas leave ~10^6 long-lived objects: a full garbage collection
         # walks them all (measured: ~0.3 s stalls inside a batch). Freeze them out of the GC.
         gc.collect()
@@ -102,14 +106,33 @@ class Worker:
             limit_threads(self.serving.model_threads)
             self._use(registry.load(self.model_name, self.alias, version=self.pinned_version))
             self.served.forecaster.warm_up()
-        self.producer = self.producer or kafka_io.producer(self.bootstrap, self.serving)
-        for topic in (config.PREDICTIONS_TOPIC, config.DLQ_TOPIC):  # fetch metadata now, not on the
-            self.producer.partitions_for(topic)                   # first send of the first batch
         self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.serving.max_poll_records,
                                           fetch_max_wait_ms=self.serving.fetch_max_wait_ms)
+        transactional = self._exactly_once()
+        self.delivery = Delivery(self._producer_factory(transactional), self.consumer, transactional)
+        for topic in (config.PREDICTIONS_TOPIC, config.DLQ_TOPIC):  # fetch metadata now, not on the
+            self.delivery.producer.partitions_for(topic)          # first send of the first batch
         self.consumer.subscribe([config.PRICES_TOPIC], listener=Rebalance(self))
-        self.delivery = Delivery(self.producer, self.consumer)
         self.reader = kafka_io.TopicReader(self.bootstrap)
+
+    def _exactly_once(self) -> bool:
+        if self.serving.guarantee != "exactly_once":
+            return False
+        if kafka_io.supports_transactions(self.bootstrap):
+            return True
+        log.warning("serving.guarantee is exactly_once, but the broker at %s does not isolate transactions (the "
+                    "embedded Tansu does not): delivering at-least-once (a retried batch may repeat forecasts)",
+                    self.bootstrap)
+        return False
+
+    def _producer_factory(self, transactional: bool):
+        """New producers for Delivery (it replaces a fenced one): one transactional id per worker."""
+        tid = f"{self.group}-{self.worker_id}" if transactional else None
+        return lambda: kafka_io.producer(self.bootstrap, self.serving, transactional_id=tid)
+
+    @property
+    def guarantee(self) -> str:
+        return "exactly_once" if self.delivery and self.delivery.transactional else "at_least_once"
 
     def run(self, max_messages: int | None = None, timeout_s: float | None = None,
             idle_timeout_s: float | None = None) -> LiveStats:
@@ -147,8 +170,8 @@ class Worker:
             self.reporter.report(self.stats.snapshot(), self.version, self.model_id)
             self.reporter.close()
             self.reporter.finish()
-        _close_quietly(self.producer, self.consumer, self.reader)
-        self.producer = self.consumer = self.reader = None
+        _close_quietly(self.delivery and self.delivery.producer, self.consumer, self.reader)
+        self.consumer = self.reader = None
         self._model_pool.shutdown(wait=False)
         log.info("worker stopped: %s", summary(self.stats))
 
