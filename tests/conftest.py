@@ -1,5 +1,7 @@
 """Shared fixtures: tiny params, temp project copies with their own MLflow store, and a fresh real
-broker per test that asks for one (the product's topic names are fixed, so tests cannot share one).
+broker per test that asks for one (the product's topic names are fixed, so tests cannot share one):
+`broker` (the embedded Tansu), `any_broker` (Tansu, then Apache Kafka), `apache_broker` and
+`apache_cluster` (3 nodes).
 
 Every test that touches MLflow gets a temporary sqlite store (never the user's mlruns/), and
 every project copy is a real git + DVC repository.
@@ -96,17 +98,62 @@ def load_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
-@pytest.fixture
-def broker(tmp_path):
-    """A fresh embedded Kafka broker (Tansu) on a free 127.0.0.1 port, with the product's topics."""
-    from neuropredict import kafka_io, services
+def apache_kafka_missing() -> str | None:
+    """Why Apache Kafka cannot run here (None: it can; its jars are fetched on first use)."""
+    from neuropredict import apache_kafka
+    from neuropredict.errors import NeuropredictError
+
+    try:
+        apache_kafka.java()
+        apache_kafka.libs()
+    except NeuropredictError as exc:
+        return str(exc)
+    return None
+
+
+def require_apache_kafka() -> None:
+    """Apache Kafka tests never skip silently in CI: a missing Java or Maven fails the run there."""
+    why = apache_kafka_missing()
+    if why and os.environ.get("CI"):
+        pytest.fail(f"CI runs the Apache Kafka tests, but: {why}")
+    if why:
+        pytest.skip(why)
+
+
+def scratch_broker(kind: str, folder: Path, nodes: int = 1):
+    """A fresh broker of `kind` on free 127.0.0.1 ports with the product's topics; stopped after."""
+    from neuropredict import services
     from neuropredict.config import KafkaParams
 
-    port = services.free_port()
-    svc = services.start_broker(port, tmp_path / "kafka.log")
-    bootstrap = f"127.0.0.1:{port}"
-    kafka_io.ensure_topics(KafkaParams(partitions=4), bootstrap)
+    if kind == "apache":
+        require_apache_kafka()
+    broker = services.start_scratch_broker(kind, folder, KafkaParams(partitions=4), nodes)
     try:
-        yield bootstrap
+        yield broker
     finally:
-        services.stop_process(svc.pid)
+        broker.stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A fresh embedded Kafka broker (Tansu) with the product's topics: its bootstrap address."""
+    for started in scratch_broker("tansu", tmp_path):
+        yield started.bootstrap
+
+
+@pytest.fixture(params=["tansu", "apache"])
+def any_broker(request, tmp_path):
+    """Each broker in turn (a test runs on both): a ScratchBroker (.kind, .bootstrap)."""
+    yield from scratch_broker(request.param, tmp_path)
+
+
+@pytest.fixture
+def apache_broker(tmp_path):
+    """A fresh single-node Apache Kafka (KRaft) with the product's topics: a ScratchBroker."""
+    yield from scratch_broker("apache", tmp_path)
+
+
+@pytest.fixture
+def apache_cluster(tmp_path):
+    """A fresh 3-node Apache Kafka cluster; topics with 3 replicas, min.insync.replicas 2."""
+    yield from scratch_broker("apache", tmp_path, nodes=3)

@@ -6,20 +6,27 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, project_env
+from tests.conftest import REPO, project_env, require_apache_kafka
 
 pytestmark = pytest.mark.slow
 
 
 def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path):
+    require_apache_kafka()
     out = tmp_path / "serving.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "serving.py"), "--smoke", "--out", str(out)],
                           cwd=trained_project, env=project_env(trained_project), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
-    for key in ("throughput_ticks_per_s", "seed_loop_ticks_per_s", "speedup"):
+    for key in ("throughput_ticks_per_s", "seed_loop_ticks_per_s", "speedup", "model_ceiling_windows_per_s"):
         assert report[key] > 0, key
+    runs = report["runs"]  # both brokers, and exactly-once where the broker isolates transactions
+    assert {label: run["guarantee"] for label, run in runs.items()} == {
+        "tansu/at_least_once": "at_least_once", "apache/at_least_once": "at_least_once",
+        "apache/exactly_once": "exactly_once"}
+    assert set(report["ratios"]) == {"apache_at_least_once_of_model_ceiling", "exactly_once_of_at_least_once_throughput",
+                                     "exactly_once_over_at_least_once_p99"}
     latency = report["latency_ms"]
     assert latency["offered_ticks_per_s"] > 0 and latency["n"] > 0
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from neuropredict import services
-from tests.conftest import TINY_PARAMS, load_json, make_project, project_env
+from tests.conftest import TINY_PARAMS, copy_project, load_json, make_project, project_env, require_apache_kafka
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +38,24 @@ def test_demo_runs_end_to_end_and_summarises_live_mse_beside_persistence(tmp_pat
     assert "stopped kafka, mlflow-ui" in out
     assert not services.port_open("127.0.0.1", kafka_port) and not services.port_open("127.0.0.1", ui_port)
     assert (root / "reports/evaluate/predicted_vs_actual.png").stat().st_size > 10_000
+
+
+def test_demo_on_apache_kafka_twice_ends_with_the_same_summary_on_an_emptied_stream(trained_project, tmp_path):
+    """`make demo BROKER=apache`: Apache Kafka keeps its topics across runs, so the second demo
+    empties them first (else its replay would arrive after the first one's, out of order)."""
+    require_apache_kafka()
+    root = copy_project(trained_project, tmp_path / "copy")
+    kafka_port, ui_port = services.free_port(), services.free_port()
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port)}
+    runs = [subprocess.run([sys.executable, "-m", "neuropredict.cli", "demo", "--broker", "apache"], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=900) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        assert "[2/6] services: Apache Kafka + MLflow UI" in proc.stdout
+        assert "stopped kafka-1, mlflow-ui" in proc.stdout
+    first, second = (proc.stdout for proc in runs)
+    assert "emptied the topics of an earlier demo" in second and "emptied" not in first
+    summary = [re.search(r"live MSE\s+([\d.]+) \$\^2 over (\d+)", out).groups() for out in (first, second)]
+    assert summary[0] == summary[1]
+    assert "live - offline = " in second
+    assert not services.port_open("127.0.0.1", kafka_port)

@@ -6,15 +6,19 @@ from neuropredict import parity
 from neuropredict.config import load_params, paths
 from neuropredict.features import ReturnScaler, load_price_series
 from neuropredict.stream.worker import Worker
+from tests.conftest import require_apache_kafka
 
 pytestmark = pytest.mark.slow
 
 
-def test_replaying_the_test_period_reproduces_the_offline_forecasts(trained_project, use_project):
+@pytest.mark.parametrize("broker", ["tansu", "apache"])
+def test_replaying_the_test_period_reproduces_the_offline_forecasts(trained_project, use_project, broker):
+    if broker == "apache":
+        require_apache_kafka()
     use_project(trained_project)
     params = load_params(trained_project / "params.yaml")
-    result = parity.check(params, paths(trained_project))
-    assert result["passed"], parity.format_result(result)
+    result = parity.check(params, paths(trained_project), broker=broker)
+    assert result["passed"] and result["broker"] == broker, parity.format_result(result)
     assert result["matched_rows"] == result["offline_rows"] > 100
     assert result["max_rel_diff"] <= 1e-4 and result["mse_rel_diff"] <= 1e-3
 

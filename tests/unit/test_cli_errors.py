@@ -22,3 +22,28 @@ def test_a_bad_environment_variable_is_one_line_not_a_traceback(tmp_path, variab
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {variable}='abc' is not a port number (1..65535)"]
+
+
+@pytest.mark.parametrize("missing, fix", [("java", "install a JDK"), ("mvn", "install it")])
+def test_apache_kafka_without_java_or_maven_is_one_line_naming_the_fix(tmp_path, missing, fix):
+    """No Java (or, before the first fetch, no Maven): one line, and nothing started."""
+    import os
+    import shutil
+
+    write_params(tmp_path, TINY_PARAMS)
+    tools = tmp_path / "bin"  # a PATH with everything but the missing tool
+    tools.mkdir()
+    for name in ("java", "mvn"):
+        if name != missing and shutil.which(name):
+            os.symlink(shutil.which(name), tools / name)
+    env = {**project_env(tmp_path), "PATH": str(tools), "KAFKA_HOME": ""}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    if missing == "mvn":
+        env["NEUROPREDICT_KAFKA_LIBS"] = str(tmp_path / "no-kafka-here")  # as before the first fetch
+    proc = subprocess.run([sys.executable, "-m", "neuropredict.cli", "up", "--broker", "apache", "--no-ui"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and f"`{missing}` is not on PATH" in lines[0] and fix in lines[0]
+    assert not (tmp_path / ".neuropredict" / "services.json").exists() or "kafka" not in (
+        tmp_path / ".neuropredict" / "services.json").read_text()

@@ -73,7 +73,8 @@ def test_topics_are_created_explicitly(services: dict) -> None:
     created = [m.group(1) for line in create_lines for m in re.finditer(r"--topic\s+(\S+)", line)]
     assert sorted(created) == sorted([PRICES_TOPIC, PREDICTIONS_TOPIC, DLQ_TOPIC])
     for line in create_lines:
-        assert "--if-not-exists" in line and "--replication-factor 1" in line
+        assert "--if-not-exists" in line and "--replication-factor $$REPLICATION_FACTOR" in line
+    assert env(services["kafka-init"])["REPLICATION_FACTOR"] == "1"  # one broker here (3: the override file)
 
 
 def test_partitions_default_matches_params(services: dict) -> None:
@@ -133,3 +134,67 @@ def test_build_dockerfiles_exist(services: dict) -> None:
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert {".venv", "mlruns", ".git", "models", "data/raw", "data/features"} <= ignored
+
+
+THREE_BROKERS_FILE = REPO / "serving" / "compose.three-brokers.yaml"
+# broker settings the local Apache Kafka (apache_kafka.Cluster) and compose must share
+SHARED_BROKER_SETTINGS = ("auto.create.topics.enable", "offsets.topic.replication.factor",
+                          "transaction.state.log.replication.factor", "transaction.state.log.min.isr",
+                          "offsets.topic.num.partitions", "transaction.state.log.num.partitions",
+                          "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                          "group.initial.rebalance.delay.ms")
+REPLICATED_SETTINGS = ("default.replication.factor", "min.insync.replicas")
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """Compose's merge of two files, for the keys used here (mappings merge, other values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def _cluster_settings(nodes: int) -> dict[str, str]:
+    from neuropredict.apache_kafka import Cluster
+
+    cluster = Cluster.layout(Path("/tmp/x"), [9092 + i for i in range(nodes)], [9192 + i for i in range(nodes)])
+    lines = cluster.properties(cluster.nodes[0]).splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def _env_key(setting: str) -> str:
+    return "KAFKA_" + setting.upper().replace(".", "_")
+
+
+def test_compose_runs_the_apache_kafka_release_the_tests_run(compose: dict) -> None:
+    from neuropredict import apache_kafka
+
+    three = yaml.safe_load(THREE_BROKERS_FILE.read_text())
+    images = {s["image"] for f in (compose, three) for s in f["services"].values() if "kafka" in s.get("image", "")}
+    assert images == {f"apache/kafka:{apache_kafka.version()}"}
+
+
+def test_compose_brokers_use_the_settings_of_the_tested_local_cluster(compose: dict) -> None:
+    three = _merged(compose, yaml.safe_load(THREE_BROKERS_FILE.read_text()))
+    for services_, nodes in ((compose["services"], 1), (three["services"], 3)):
+        expected = _cluster_settings(nodes)
+        brokers = [s for name, s in services_.items() if name.startswith("kafka") and name != "kafka-init"]
+        assert len(brokers) == nodes
+        for broker in brokers:
+            variables = env(broker)
+            for setting in SHARED_BROKER_SETTINGS + (REPLICATED_SETTINGS if nodes == 3 else ()):
+                assert variables.get(_env_key(setting)) == expected[setting], (nodes, setting)
+
+
+def test_the_three_broker_variant_replicates_every_topic_and_serves_all_brokers() -> None:
+    three = _merged(yaml.safe_load(COMPOSE_FILE.read_text()), yaml.safe_load(THREE_BROKERS_FILE.read_text()))
+    services_ = three["services"]
+    ids = {env(services_[n])["KAFKA_NODE_ID"] for n in ("kafka", "kafka-2", "kafka-3")}
+    assert ids == {"1", "2", "3"}
+    voters = {env(services_[n])["KAFKA_CONTROLLER_QUORUM_VOTERS"] for n in ("kafka", "kafka-2", "kafka-3")}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert env(services_["kafka-init"]) == {"REPLICATION_FACTOR": "3", "MIN_INSYNC_REPLICAS": "2"}
+    assert "$$REPLICATION_FACTOR" in command_text(services_["kafka-init"])
+    assert env(services_["worker"])["KAFKA_BOOTSTRAP_SERVERS"].split(",") == ["kafka:9092", "kafka-2:9092", "kafka-3:9092"]
+    for name in ("kafka-2", "kafka-3"):
+        assert all(str(p).startswith("127.0.0.1:") for p in services_[name]["ports"])

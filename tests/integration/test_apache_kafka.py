@@ -1,0 +1,215 @@
+"""What only Apache Kafka can show: exactly-once under a SIGKILL, a 3-broker cluster losing a
+partition leader, a broker restart that keeps topics and committed offsets, and Kafka's own CLI
+tools reading our topics as foreign clients. (The shared serving tests run on both brokers.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from kafka import TopicPartition
+
+from neuropredict import apache_kafka, config, kafka_io, messages, producer, services
+from neuropredict.config import load_params
+from tests.conftest import BIN, copy_project, project_env, require_apache_kafka, run, write_params
+from tests.integration.kafka_helpers import (Sender, TopicCounter, WorkerThread, committed_offsets, inputs,
+                                             positions, predictions, read_topic, replay, wait_for,
+                                             warmup_positions)
+
+pytestmark = pytest.mark.slow
+SERVE = [sys.executable, "-m", "neuropredict.cli", "serve"]
+
+
+def _small_batches(trained_project, tmp_path, records: int = 40):
+    """A copy of the trained project whose worker polls small batches (many transactions)."""
+    root = copy_project(trained_project, tmp_path / "copy")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["serving"]["max_poll_records"] = records
+    write_params(root, raw)
+    return root, load_params(root / "params.yaml")
+
+
+def _open_transaction(bootstrap: str) -> bool:
+    """Whether predicted_prices holds records of a transaction not yet committed or aborted: its
+    high watermark is past its last stable offset (Apache Kafka answers both correctly)."""
+    ends = {}
+    for isolation in ("read_uncommitted", "read_committed"):
+        c = kafka_io.consumer(None, bootstrap, isolation_level=isolation)
+        try:
+            parts = [TopicPartition(config.PREDICTIONS_TOPIC, p) for p in range(4)]
+            ends[isolation] = c.end_offsets(parts)
+        finally:
+            c.close()
+    return any(ends["read_uncommitted"][tp] > ends["read_committed"][tp] for tp in ends["read_committed"])
+
+
+def _freeze_mid_transaction(proc: subprocess.Popen, bootstrap: str, tries: int = 200) -> None:
+    """SIGSTOP the worker at a moment when its batch's forecasts are on the broker, uncommitted."""
+    for _ in range(tries):
+        os.kill(proc.pid, signal.SIGSTOP)
+        if _open_transaction(bootstrap):
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"never caught the worker inside a transaction in {tries} tries")
+
+
+def _console_count(bootstrap: str, topic: str, isolation: str) -> int:
+    """Records kafka-console-consumer (Kafka's own Java client) reads from the beginning."""
+    out = apache_kafka.run_tool("kafka-console-consumer", "--bootstrap-server", bootstrap, "--topic", topic,
+                                "--from-beginning", "--isolation-level", isolation, "--timeout-ms", "5000")
+    return len(out.splitlines())
+
+
+def _group_lag(bootstrap: str) -> dict[int, int]:
+    """LAG per stock_prices partition, as kafka-consumer-groups --describe prints it."""
+    out = apache_kafka.run_tool("kafka-consumer-groups", "--bootstrap-server", bootstrap, "--describe",
+                                "--group", config.CONSUMER_GROUP)
+    rows = [line.split() for line in out.splitlines() if line.startswith(config.CONSUMER_GROUP)]
+    return {int(r[2]): int(r[5]) for r in rows if r[1] == config.PRICES_TOPIC}
+
+
+def test_a_worker_sigkilled_mid_transaction_is_fenced_and_nothing_is_lost_or_seen_twice(
+        trained_project, tmp_path, apache_broker):
+    root, params = _small_batches(trained_project, tmp_path)
+    bootstrap = apache_broker.bootstrap
+    # the same worker name after the restart: its first transaction fences the killed one's
+    env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "NEUROPREDICT_WORKER_ID": "worker-a"}
+    ticks = replay(root, params, start="2022-06-01")
+    producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)  # a backlog: always mid-batch
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log_file:
+        first = subprocess.Popen([*SERVE, "--idle-timeout-s", "30"], cwd=root, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        published = TopicCounter(bootstrap, config.PREDICTIONS_TOPIC)
+        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker's first committed batches")
+        assert "exactly-once" in log_path.read_text()
+        _freeze_mid_transaction(first, bootstrap)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    left_open = len(read_topic_uncommitted(bootstrap)) - len(predictions(bootstrap))
+    assert left_open > 0  # the killed batch's forecasts reached the broker, uncommitted
+
+    second = subprocess.run([*SERVE, "--idle-timeout-s", "6"], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    found = inputs(bootstrap)
+    where = positions(predictions(bootstrap))
+    warm = warmup_positions(found, params.featurize.window)
+    assert len(found) == len(ticks)
+    assert len(where) == len(set(where))  # 0 duplicates for read_committed readers
+    assert set(where) | warm == set(found) and not set(where) & warm  # 0 lost
+    assert len(read_topic_uncommitted(bootstrap)) > len(where)  # the aborted batch is in the log, skipped
+
+    # Kafka's own tools agree: the Java consumer sees each forecast once, the group has no lag
+    assert _console_count(bootstrap, config.PREDICTIONS_TOPIC, "read_committed") == len(where)
+    assert _console_count(bootstrap, config.PREDICTIONS_TOPIC, "read_uncommitted") > len(where)
+    assert _group_lag(bootstrap) == {p: 0 for p in range(4)}
+    described = apache_kafka.run_tool("kafka-topics", "--bootstrap-server", bootstrap, "--describe")
+    for topic in config.TOPICS:
+        assert re.search(rf"Topic: {topic}\tTopicId: \S+\tPartitionCount: 4\tReplicationFactor: 1", described)
+
+
+def read_topic_uncommitted(bootstrap: str) -> list:
+    """predicted_prices as a read_uncommitted reader sees it: aborted records included."""
+    with kafka_io.TopicReader(bootstrap) as reader:
+        reader.consumer.close()
+        reader.consumer = kafka_io.consumer(None, bootstrap, max_poll_records=50_000,
+                                            isolation_level="read_uncommitted")
+        return reader.read_all([config.PREDICTIONS_TOPIC])
+
+
+def test_a_3_broker_cluster_keeps_scoring_when_a_partition_leader_is_killed(
+        trained_project, use_project, apache_cluster):
+    use_project(trained_project)
+    params, bootstrap = load_params(trained_project / "params.yaml"), apache_cluster.bootstrap
+    described = apache_kafka.run_tool("kafka-topics", "--bootstrap-server", bootstrap, "--describe",
+                                      "--topic", config.PRICES_TOPIC)
+    assert "ReplicationFactor: 3" in described and "min.insync.replicas=2" in described
+    ticks = replay(trained_project, params, start="2023-06-01")
+    w = WorkerThread(params, bootstrap)
+    wait_for(lambda: len(w.worker.consumer.assignment()) == 4, what="the worker to own the partitions")
+    sender = Sender(ticks, bootstrap, rate=250, serving=params.serving)
+    sender.start()
+    wait_for(lambda: w.stats.predicted > 100, what="the first forecasts")
+    leader = _leader(bootstrap, config.PRICES_TOPIC, 0)
+    killed = next(svc for svc in apache_cluster.services if svc.name == f"kafka-{leader}")
+    os.killpg(killed.pid, signal.SIGKILL)
+    sender.join()
+    wait_for(lambda: w.stats.consumed >= len(ticks), timeout_s=180, what="every input to be consumed")
+    w.stop()
+    assert w.worker.guarantee == "exactly_once"
+    assert _leader(bootstrap, config.PRICES_TOPIC, 0) not in (leader, -1)  # another replica took over
+
+    found = inputs(bootstrap)
+    sent = {(t.symbol, t.timestamp) for t in ticks}
+    arrived = [(t.symbol, t.timestamp) for t in found.values() if not isinstance(t, str)]
+    assert set(arrived) == sent  # 0 inputs lost (acks=all, 2 replicas in sync)
+    where = positions(predictions(bootstrap))
+    dead = {(int(messages.header_dict(r.headers)["source_partition"]),
+             int(messages.header_dict(r.headers)["source_offset"])): messages.header_dict(r.headers)["reason"]
+            for r in read_topic(bootstrap, config.DLQ_TOPIC)}
+    assert len(where) == len(set(where))  # 0 duplicates for read_committed readers
+    assert set(where) | set(dead) | warmup_positions(found, params.featurize.window) == set(found)
+    # a tick the feed re-sent during the failover is a duplicate input, dead-lettered as one
+    assert all(reason.startswith("duplicate") for reason in dead.values()), dead
+    assert len(arrived) - len(sent) == len(dead)
+
+
+def _leader(bootstrap: str, topic: str, partition: int) -> int:
+    client = kafka_io.admin(bootstrap)
+    try:
+        (described,) = client.describe_topics([topic])
+        return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
+    finally:
+        client.close()
+
+
+def test_up_down_up_keeps_topics_and_offsets_and_the_worker_resumes_where_it_committed(
+        trained_project, tmp_path):
+    require_apache_kafka()
+    root = copy_project(trained_project, tmp_path / "copy")
+    port = services.free_port()
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(port)}
+    neuropredict = [str(BIN / "neuropredict")]
+    bootstrap = f"127.0.0.1:{port}"
+    params = load_params(root / "params.yaml")
+    ticks = replay(root, params, start="2024-03-01")
+    half = len(ticks) // 2
+    try:
+        up = run([*neuropredict, "up", "--broker", "apache", "--no-ui"], root, env)
+        assert f"Kafka bootstrap: {bootstrap}" in up.stdout
+        producer.publish(ticks[:half], bootstrap=bootstrap, serving=params.serving)
+        run([*neuropredict, "serve", "--idle-timeout-s", "5"], root, env, timeout=300)
+        before = committed_offsets(bootstrap)
+        assert sum(before.values()) == half
+
+        assert "stopped: kafka-1" in run([*neuropredict, "down"], root, env).stdout
+        assert not services.port_open("127.0.0.1", port)
+        run([*neuropredict, "up", "--broker", "apache", "--no-ui"], root, env)
+        status = run([*neuropredict, "status"], root, env).stdout
+        assert f"stock_prices (4 partitions, group {config.CONSUMER_GROUP} committed {half}, lag 0)" in status
+        assert committed_offsets(bootstrap) == before  # the restart kept the group's offsets
+
+        producer.publish(ticks[half:], bootstrap=bootstrap, serving=params.serving)
+        second = run([*neuropredict, "serve", "--idle-timeout-s", "5"], root, env, timeout=300)
+        assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows read back, not restarted
+
+        found, outs = inputs(bootstrap), predictions(bootstrap)
+        where = positions(outs)
+        assert len(where) == len(set(where))  # the second run resumed at the commits: nothing scored twice
+        assert set(where) | warmup_positions(found, params.featurize.window) == set(found)
+        assert len({o["worker"] for o in outs}) == 2  # both runs published (the second only the new half)
+    finally:
+        run([*neuropredict, "down"], root, env, check=False)
