@@ -1,24 +1,31 @@
-"""Serving benchmark: the worker beside the seed's per-message loop, through the real embedded broker.
+"""Serving benchmark: the worker on the embedded broker and on Apache Kafka, at-least-once and
+exactly-once, beside the model call's own ceiling and the seed's per-message loop.
 
 One run, side by side (this machine is shared and noisy: read the ratios):
+  M. the model ceiling: windows/s of the production model alone (the worker's own prepare and
+     chunked model call on the same backlog, no Kafka), the bound for any broker;
   A. end-to-end throughput of the worker on a backlog of replayed real ticks (consumed, scored,
      published, acknowledged, committed), with where the time goes (timers in the loop, and a
      cProfile of the worker thread with --profile);
-  B. the same stream through a loop written the way the seed's consumer.py did it (one
-     `model.predict` per message), for `--seed-ticks` scored messages;
   C. tick-to-prediction latency (Kafka CreateTime of the input -> of the output) at a fixed offered
-     rate, p50/p95/p99.
+     rate, p50/p95/p99;
+  A and C run for each setup: Tansu at-least-once, Apache Kafka at-least-once, Apache Kafka
+  exactly-once (one transaction per batch), each on a fresh private broker;
+  B. once, the same stream through a loop written the way the seed's consumer.py did it (one
+     `model.predict` per message), for `--seed-ticks` scored messages.
 
     python bench/serving.py                 # full run -> bench/results/serving.json
+    python bench/serving.py --brokers tansu # the embedded broker only (no Java needed)
     python bench/serving.py --smoke --out X # seconds-long smoke run (the test suite)
 
-Uses the project's production model (run `dvc repro` first) and a private broker on a free port.
+Uses the project's production model (run `dvc repro` first) and private brokers on free ports.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -51,13 +58,23 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=1000.0, help="offered ticks/s for the latency phase")
     ap.add_argument("--rate-seconds", type=float, default=20.0, help="length of the latency phase")
     ap.add_argument("--profile", action="store_true", help="cProfile the worker thread in phase A")
+    ap.add_argument("--brokers", default="tansu,apache", help="comma-separated: tansu, apache")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, measures nothing")
     ap.add_argument("--out", type=Path, help="report path (default bench/results/serving[-smoke].json)")
     args = ap.parse_args()
     if args.smoke:
         args.ticks, args.copies, args.seed_ticks, args.rate_seconds = 1500, 2, 20, 2.0
     args.out = args.out or HERE / "results" / ("serving-smoke.json" if args.smoke else "serving.json")
+    args.brokers = [b for b in args.brokers.split(",") if b]
     return args
+
+
+def setups(brokers: list[str]) -> list[tuple[str, str]]:
+    """(broker, guarantee): exactly-once only where the broker isolates transactions."""
+    out = [("tansu", "at_least_once")] if "tansu" in brokers else []
+    if "apache" in brokers:
+        out += [("apache", "at_least_once"), ("apache", "exactly_once")]
+    return out
 
 
 def make_ticks(params, copies: int, limit: int, suffix: str = "") -> list[tuple[str, str, float]]:
@@ -80,6 +97,32 @@ def percentiles(values_ms) -> dict[str, float]:
     if len(v) == 0:
         return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "n": 0}
     return {f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)} | {"n": int(len(v))}
+
+
+def phase_model_ceiling(forecaster, ticks, batch_rows: int) -> dict:
+    """The production model alone on the backlog's windows, cut as the worker cuts them (batches
+    of max_poll_records, chunks on a model thread): windows/s with no Kafka at all."""
+    from concurrent.futures import ThreadPoolExecutor
+    from collections import defaultdict
+
+    by_symbol: dict[str, list[float]] = defaultdict(list)
+    for _, symbol, price in ticks:
+        by_symbol[symbol].append(price)
+    w = forecaster.window
+    windows = [(np.lib.stride_tricks.sliding_window_view(np.asarray(p), w), s) for s, p in by_symbol.items() if len(p) >= w]
+    rows = np.concatenate([v for v, _ in windows])
+    symbols = [s for v, s in windows for _ in range(len(v))]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+    started = time.perf_counter()
+    for lo in range(0, len(rows), batch_rows):
+        model_input = forecaster.prepare(rows[lo:lo + batch_rows], symbols[lo:lo + batch_rows])
+        n = min(batch_rows, len(rows) - lo)
+        chunk = max(config.MODEL_CHUNK_MIN_ROWS, -(-n // config.MODEL_CHUNKS_MAX))
+        for _ in forecaster.forecast_chunks(model_input, chunk, pool):
+            pass
+    seconds = time.perf_counter() - started
+    pool.shutdown()
+    return {"windows": len(rows), "seconds": seconds, "model_ceiling_windows_per_s": len(rows) / seconds}
 
 
 def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool) -> tuple[Worker, dict]:
@@ -107,6 +150,7 @@ def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool)
     steps = {k: v for k, v in s.seconds.items() if k not in ("idle", *OVERLAPPED)}
     busy = sum(steps.values())
     result = {
+        "guarantee": worker.guarantee, "rewinds": s.rewinds,
         "ticks": len(ticks), "producer_ticks_per_s": sent["ticks_per_s"],
         "throughput_ticks_per_s": s.consumed / wall, "wall_s": wall, "batches": s.batches,
         "breakdown_seconds": dict(sorted(steps.items(), key=lambda kv: -kv[1])),
@@ -188,47 +232,65 @@ def main() -> int:
         return 1
     limit_threads(params.serving.model_threads)  # as a serving process does, before TF starts
     loaded = registry.load(name, version=version)
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        port = services.free_port()
-        broker = services.start_broker(port, Path(tmp) / "kafka.log")
-        bootstrap = f"127.0.0.1:{port}"
-        try:
-            kafka_io.ensure_topics(params.kafka, bootstrap, topics=(*config.TOPICS, SEED_TOPIC))
-            ticks = make_ticks(params, args.copies, args.ticks)
-            symbols = len({t[1] for t in ticks})
-            print(f"A. worker on a backlog of {len(ticks)} ticks of {symbols} symbols ...", flush=True)
-            worker, a = phase_throughput(params, bootstrap, ticks, version, args.profile)
-            print(f"   {a['throughput_ticks_per_s']:,.0f} ticks/s end to end", flush=True)
-            print(f"B. the seed's per-message loop on {args.seed_ticks} scored ticks ...", flush=True)
-            b = phase_seed_loop(params, bootstrap, loaded.forecaster, args.seed_ticks)
-            print(f"   {b['seed_loop_ticks_per_s']:,.1f} ticks/s", flush=True)
-            print(f"C. latency at {args.rate:g} ticks/s offered for {args.rate_seconds:g} s ...", flush=True)
-            # symbols of their own (the worker keeps the backlog's), in time order as a live feed
-            c = phase_latency(params, bootstrap, worker, make_ticks(params, 1, 10**9, suffix=".live"), args.rate,
-                              args.rate_seconds)
-            worker.stop_event.set()
-            a.pop("_thread").join(30)
-            prof = a.pop("_profile")
-        finally:
-            services.stop_process(broker.pid)
-    saturation = percentiles(list(worker.stats.latencies_ms)[: len(ticks)])
-    report = {
-        "throughput_ticks_per_s": a["throughput_ticks_per_s"],
-        "seed_loop_ticks_per_s": b["seed_loop_ticks_per_s"],
-        "speedup": a["throughput_ticks_per_s"] / b["seed_loop_ticks_per_s"],
-        "latency_ms": {k: c[k] for k in ("p50", "p95", "p99", "n")} | {"offered_ticks_per_s": c["offered_ticks_per_s"],
-                                                                      "achieved_offer_ticks_per_s": c["achieved_offer_ticks_per_s"]},
-        "saturation_latency_to_commit_ms": saturation,
-        "throughput_phase": a, "seed_loop_phase": b, "latency_phase": c,
+    ticks = make_ticks(params, args.copies, args.ticks)
+    symbols = len({t[1] for t in ticks})
+    print(f"M. the model alone on the windows of {len(ticks)} ticks ...", flush=True)
+    loaded.forecaster.warm_up()
+    m = phase_model_ceiling(loaded.forecaster, ticks, params.serving.max_poll_records)
+    print(f"   {m['model_ceiling_windows_per_s']:,.0f} windows/s", flush=True)
+    runs, seed, prof, last_worker = {}, None, None, None
+    for broker_kind, guarantee in setups(args.brokers):
+        label = f"{broker_kind}/{guarantee}"
+        run_params = dataclasses.replace(params, serving=dataclasses.replace(params.serving, guarantee=guarantee))
+        with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+            broker = services.start_scratch_broker(broker_kind, Path(tmp), params.kafka)
+            try:
+                kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics=(SEED_TOPIC,))
+                print(f"A. {label}: worker on a backlog of {len(ticks)} ticks of {symbols} symbols ...", flush=True)
+                worker, a = phase_throughput(run_params, broker.bootstrap, ticks, version, args.profile)
+                print(f"   {a['throughput_ticks_per_s']:,.0f} ticks/s end to end ({a['guarantee']})", flush=True)
+                if seed is None:
+                    print(f"B. the seed's per-message loop on {args.seed_ticks} scored ticks ...", flush=True)
+                    seed = phase_seed_loop(params, broker.bootstrap, loaded.forecaster, args.seed_ticks)
+                    print(f"   {seed['seed_loop_ticks_per_s']:,.1f} ticks/s", flush=True)
+                print(f"C. {label}: latency at {args.rate:g} ticks/s offered for {args.rate_seconds:g} s ...", flush=True)
+                # symbols of their own (the worker keeps the backlog's), in time order as a live feed
+                c = phase_latency(run_params, broker.bootstrap, worker, make_ticks(params, 1, 10**9, suffix=".live"),
+                                  args.rate, args.rate_seconds)
+                print(f"   p50 {c['p50']:.1f} ms, p99 {c['p99']:.1f} ms", flush=True)
+                worker.stop_event.set()
+                a.pop("_thread").join(30)
+                prof = prof or a.pop("_profile")
+                a.pop("_profile", None)
+            finally:
+                broker.stop()
+        saturation = percentiles(list(worker.stats.latencies_ms)[: len(ticks)])
+        runs[label] = {"broker": broker_kind, "guarantee": a["guarantee"],
+                       "throughput_ticks_per_s": a["throughput_ticks_per_s"],
+                       "of_model_ceiling": a["throughput_ticks_per_s"] / m["model_ceiling_windows_per_s"],
+                       "latency_ms": {k: c[k] for k in ("p50", "p95", "p99", "n")},
+                       "saturation_latency_to_commit_ms": saturation, "throughput_phase": a, "latency_phase": c}
+        last_worker = worker
+    report = ratios(runs) | {
+        "model_ceiling_windows_per_s": m["model_ceiling_windows_per_s"],
+        "seed_loop_ticks_per_s": seed["seed_loop_ticks_per_s"],
+        "runs": runs, "model_ceiling_phase": m, "seed_loop_phase": seed,
+        "latency_offered_ticks_per_s": args.rate,
         "model": {"name": name, "version": version, "window": loaded.forecaster.window,
                   "cell": registry.version_tags(name, version).get("cell")},
         "settings": {k: getattr(params.serving, k) for k in ("max_poll_records", "producer_linger_ms",
                                                               "producer_batch_bytes", "compression")},
-        "symbols": symbols, "smoke": args.smoke,
+        "symbols": symbols, "smoke": args.smoke, "apache_kafka": _apache_version(args.brokers),
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    # the headline figures of the first setup (the default broker), as before
+    first = next(iter(runs.values()))
+    report |= {"throughput_ticks_per_s": first["throughput_ticks_per_s"], "latency_ms": first["latency_ms"],
+               "speedup": first["throughput_ticks_per_s"] / seed["seed_loop_ticks_per_s"],
+               "throughput_phase": first["throughput_phase"]}
+    del last_worker
     if prof:
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(20)
@@ -240,16 +302,39 @@ def main() -> int:
     return 0
 
 
+def ratios(runs: dict) -> dict:
+    """The issue's targets, as ratios of one run: Apache at-least-once of the model ceiling,
+    exactly-once of at-least-once (throughput), exactly-once p99 over at-least-once p99."""
+    alo, eos = runs.get("apache/at_least_once"), runs.get("apache/exactly_once")
+    if not (alo and eos):
+        return {}
+    return {"ratios": {
+        "apache_at_least_once_of_model_ceiling": alo["of_model_ceiling"],
+        "exactly_once_of_at_least_once_throughput": eos["throughput_ticks_per_s"] / alo["throughput_ticks_per_s"],
+        "exactly_once_over_at_least_once_p99": eos["latency_ms"]["p99"] / alo["latency_ms"]["p99"],
+    }}
+
+
+def _apache_version(brokers: list[str]) -> str | None:
+    from neuropredict import apache_kafka
+
+    return apache_kafka.version() if "apache" in brokers else None
+
+
 def table(r: dict) -> str:
-    a = r["throughput_phase"]
     lines = ["", f"serving benchmark ({r['symbols']} symbols, model v{r['model']['version']} "
                  f"{r['model']['cell']} W={r['model']['window']}, {r['machine']['cpu_count']} CPUs shared with the broker)",
-             f"{'worker, end to end (backlog)':<40}{r['throughput_ticks_per_s']:>12,.0f} ticks/s",
-             f"{'seed loop (model.predict per message)':<40}{r['seed_loop_ticks_per_s']:>12,.1f} ticks/s",
-             f"{'speed-up':<40}{r['speedup']:>12,.0f} x",
-             f"{'latency at %g ticks/s offered' % r['latency_ms']['offered_ticks_per_s']:<40}"
-             f"p50 {r['latency_ms']['p50']:.1f} ms  p95 {r['latency_ms']['p95']:.1f} ms  p99 {r['latency_ms']['p99']:.1f} ms",
-             "where the worker's time goes (backlog phase):"]
+             f"{'model ceiling (model call alone)':<44}{r['model_ceiling_windows_per_s']:>10,.0f} windows/s",
+             f"{'seed loop (model.predict per message)':<44}{r['seed_loop_ticks_per_s']:>10,.1f} ticks/s",
+             f"{'setup':<32}{'ticks/s':>10}{'of ceiling':>12}   latency at {r['latency_offered_ticks_per_s']:g} ticks/s"]
+    for label, run in r["runs"].items():
+        lat = run["latency_ms"]
+        lines.append(f"{label:<32}{run['throughput_ticks_per_s']:>10,.0f}{100 * run['of_model_ceiling']:>11.0f} %"
+                     f"   p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms")
+    for key, value in r.get("ratios", {}).items():
+        lines.append(f"  {key:<50}{value:>8.2f}")
+    a = r["throughput_phase"]
+    lines.append(f"where the worker's time goes ({next(iter(r['runs']))}, backlog phase):")
     for step, pct in a["breakdown_pct"].items():
         lines.append(f"  {step:<11}{a['breakdown_seconds'][step]:>7.2f} s {pct:>6.1f} %")
     lines.append("  on the model thread, overlapped with publishing: "
