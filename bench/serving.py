@@ -268,7 +268,8 @@ def main() -> int:
         runs[label] = {"broker": broker_kind, "guarantee": a["guarantee"],
                        "throughput_ticks_per_s": a["throughput_ticks_per_s"],
                        "of_model_ceiling": a["throughput_ticks_per_s"] / m["model_ceiling_windows_per_s"],
-                       "latency_ms": {k: c[k] for k in ("p50", "p95", "p99", "n")},
+                       "latency_ms": {k: c[k] for k in ("p50", "p95", "p99", "n", "offered_ticks_per_s",
+                                                        "achieved_offer_ticks_per_s")},
                        "saturation_latency_to_commit_ms": saturation, "throughput_phase": a, "latency_phase": c}
         last_worker = worker
     report = ratios(runs) | {

@@ -123,20 +123,8 @@ def ensure_topics(params: KafkaParams, bootstrap: str | None = None,
 
 def cluster_size(bootstrap: str) -> int:
     """Brokers the cluster reports (0 while it does not answer)."""
-    import socket
-
     from kafka.errors import KafkaError
 
-    def listening(address: str) -> bool:  # checked first: the client logs every refused connection
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=0.3).close()
-            return True
-        except OSError:
-            return False
-
-    if not any(listening(a) for a in bootstrap.split(",")):
-        return 0
     try:
         client = admin(bootstrap)
     except ServiceError:

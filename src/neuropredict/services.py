@@ -28,7 +28,6 @@ from neuropredict.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-BROKERS = ("tansu", "apache")
 APACHE_START_TIMEOUT_S = 90.0  # a JVM start and a KRaft election; ~6 s here
 
 
@@ -140,7 +139,9 @@ def _wait_for_nodes(cluster: apache_kafka.Cluster, started: list[Service]) -> No
         dead = [svc for svc in started if not svc.alive()]
         if dead:
             raise ServiceError(f"Apache Kafka node {dead[0].name} exited at start: see {dead[0].log}")
-        if kafka_io.cluster_size(cluster.bootstrap) == len(cluster.nodes):
+        # ports first: until one listens, a Kafka client would log every refused connection
+        listening = any(port_open("127.0.0.1", n.port) for n in cluster.nodes)
+        if listening and kafka_io.cluster_size(cluster.bootstrap) == len(cluster.nodes):
             return
         if time.monotonic() > deadline:
             raise ServiceError(f"Apache Kafka did not report {len(cluster.nodes)} node(s) within "
