@@ -10,7 +10,8 @@ One run, side by side (this machine is shared and noisy: read the ratios):
   C. tick-to-prediction latency (Kafka CreateTime of the input -> of the output) at a fixed offered
      rate, p50/p95/p99;
   A and C run for each setup: Tansu at-least-once, Apache Kafka at-least-once, Apache Kafka
-  exactly-once (one transaction per batch), each on a fresh private broker;
+  exactly-once (one transaction per batch), each on a fresh private broker, warmed up first by
+  the backlog sent through it once (a fresh JVM compiles its hot paths on the worker's cores);
   B. once, the same stream through a loop written the way the seed's consumer.py did it (one
      `model.predict` per message), for `--seed-ticks` scored messages.
 
@@ -40,13 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from neuropredict import config, kafka_io, producer, registry, services  # noqa: E402  (sets quiet library defaults)
+from neuropredict import config, kafka_io, messages, producer, registry, services  # noqa: E402  (sets quiet library defaults)
 from neuropredict.console import configure_logging  # noqa: E402
 from neuropredict.forecaster import limit_threads  # noqa: E402
 from neuropredict.stream.worker import Worker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEED_TOPIC = "bench_seed_predictions"
+WARMUP_TOPIC = "bench_warmup"
 OVERLAPPED = ("model",)
 
 
@@ -123,6 +125,19 @@ def phase_model_ceiling(forecaster, ticks, batch_rows: int) -> dict:
     seconds = time.perf_counter() - started
     pool.shutdown()
     return {"windows": len(rows), "seconds": seconds, "model_ceiling_windows_per_s": len(rows) / seconds}
+
+
+def warm_up_broker(params, bootstrap: str, ticks) -> None:
+    """Send the backlog through a topic of its own and read it back, once: a fresh JVM broker
+    compiles its hot paths (JIT) in its first seconds, on the cores the worker needs. A broker
+    in production has long been warm, so that start-up cost is not part of what is measured."""
+    out = kafka_io.producer(bootstrap, params.serving)
+    for timestamp, symbol, price in ticks:
+        out.send(WARMUP_TOPIC, key=symbol.encode(), value=messages.encode_tick(timestamp, symbol, price))
+    out.flush()
+    out.close()
+    with kafka_io.TopicReader(bootstrap) as reader:
+        reader.read_all([WARMUP_TOPIC])
 
 
 def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool) -> tuple[Worker, dict]:
@@ -245,7 +260,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
             broker = services.start_scratch_broker(broker_kind, Path(tmp), params.kafka)
             try:
-                kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics=(SEED_TOPIC,))
+                kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics=(SEED_TOPIC, WARMUP_TOPIC))
+                warm_up_broker(params, broker.bootstrap, ticks)
                 print(f"A. {label}: worker on a backlog of {len(ticks)} ticks of {symbols} symbols ...", flush=True)
                 worker, a = phase_throughput(run_params, broker.bootstrap, ticks, version, args.profile)
                 print(f"   {a['throughput_ticks_per_s']:,.0f} ticks/s end to end ({a['guarantee']})", flush=True)

@@ -36,7 +36,7 @@ TOOLS = {
 }
 # A laptop-sized JVM: the scripts' 1 GiB broker heap and a thread pool per core would crowd the
 # worker on 2 cores. Serial GC: a small heap needs no concurrent collector threads.
-BROKER_JVM = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:ActiveProcessorCount=2", "-Djava.awt.headless=true"]
+BROKER_JVM = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:ActiveProcessorCount=1", "-Djava.awt.headless=true"]
 TOOL_JVM = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"]
 
 LOG4J2 = """\
@@ -209,6 +209,8 @@ class Cluster:
             # 50 partitions each by default: slow to create on a laptop, and nothing here needs them
             "offsets.topic.num.partitions=8",
             "transaction.state.log.num.partitions=8",
+            "num.network.threads=2",  # defaults 3 and 8: threads that crowd a laptop's cores
+            "num.io.threads=2",
             "group.initial.rebalance.delay.ms=0",  # one developer's workers: no 3 s wait for more members
             # a dead worker's open transaction is aborted soon after its timeout (default: checked every 10 s)
             "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
