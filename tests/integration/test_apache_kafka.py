@@ -213,3 +213,28 @@ def test_up_down_up_keeps_topics_and_offsets_and_the_worker_resumes_where_it_com
         assert len({o["worker"] for o in outs}) == 2  # both runs published (the second only the new half)
     finally:
         run([*neuropredict, "down"], root, env, check=False)
+
+
+def test_up_brokers_3_starts_a_replicated_cluster_that_status_describes(tmp_path, tiny_params):
+    require_apache_kafka()
+    root = tmp_path / "p"
+    root.mkdir()
+    write_params(root, tiny_params)
+    first = services.free_port()
+    while not all(not services.port_open("127.0.0.1", first + i) for i in range(3)):
+        first = services.free_port()
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(first)}
+    neuropredict = [str(BIN / "neuropredict")]
+    try:
+        up = run([*neuropredict, "up", "--brokers", "3", "--no-ui"], root, env).stdout
+        bootstrap = ",".join(f"127.0.0.1:{first + i}" for i in range(3))
+        assert f"Kafka bootstrap: {bootstrap}" in up
+        status = run([*neuropredict, "status"], root, env).stdout
+        assert "brokers    1, 2, 3" in status
+        rows = re.findall(r"\[(\d)\] leader (\d)  replicas \[([\d, ]+)\]", status)
+        assert len(rows) == 12 and all(len(replicas.split(",")) == 3 for _, _, replicas in rows)
+        assert len({leader for _, leader, _ in rows}) > 1  # leadership is spread over the nodes
+    finally:
+        stopped = run([*neuropredict, "down"], root, env).stdout
+    assert "stopped: kafka-1, kafka-2, kafka-3" in stopped
+    assert not any(services.port_open("127.0.0.1", first + i) for i in range(3))

@@ -47,3 +47,20 @@ def test_apache_kafka_without_java_or_maven_is_one_line_naming_the_fix(tmp_path,
     assert lines[0].startswith("error: ") and f"`{missing}` is not on PATH" in lines[0] and fix in lines[0]
     assert not (tmp_path / ".neuropredict" / "services.json").exists() or "kafka" not in (
         tmp_path / ".neuropredict" / "services.json").read_text()
+
+
+def test_kafka_home_is_used_as_it_is_and_a_wrong_one_is_one_line(tmp_path, monkeypatch):
+    """A distribution of the user's own (KAFKA_HOME) is used and nothing is fetched; a folder that
+    holds none is named in one line."""
+    from neuropredict import apache_kafka
+    from neuropredict.errors import ServiceError
+
+    home = tmp_path / "kafka_2.13-4.1.1"
+    (home / "libs").mkdir(parents=True)
+    (home / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"")
+    monkeypatch.setenv("KAFKA_HOME", str(home))
+    monkeypatch.setattr(apache_kafka, "fetch", lambda folder: pytest.fail("fetched despite KAFKA_HOME"))
+    assert apache_kafka.libs() == home / "libs"
+    monkeypatch.setenv("KAFKA_HOME", str(tmp_path))
+    with pytest.raises(ServiceError, match=r"KAFKA_HOME=.* holds no Kafka distribution"):
+        apache_kafka.libs()
