@@ -53,7 +53,9 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
     )
     if transactional_id:
         settings.update(enable_idempotence=True, transactional_id=transactional_id,
-                        transaction_timeout_ms=config.KAFKA_TRANSACTION_TIMEOUT_MS)
+                        transaction_timeout_ms=config.KAFKA_TRANSACTION_TIMEOUT_MS,
+                        # begin/commit/abort/init wait at most this long (default 60 s)
+                        max_block_ms=s.delivery_timeout_ms)
     settings.update(overrides)
     try:
         made = KafkaProducer(**settings)
@@ -122,19 +124,41 @@ def ensure_topics(params: KafkaParams, bootstrap: str | None = None,
 
 
 def cluster_size(bootstrap: str) -> int:
-    """Brokers the cluster reports (0 while it does not answer)."""
+    """Brokers the cluster reports ready (unfenced; 0 while it does not answer)."""
     from kafka.errors import KafkaError
 
     try:
         client = admin(bootstrap)
     except ServiceError:
         return 0
-    try:
-        return len(client.describe_cluster()["brokers"])
+    try:  # a fenced broker is registered but may not lead or follow yet
+        return sum(not b.get("is_fenced") for b in client.describe_cluster()["brokers"])
     except KafkaError:
         return 0
     finally:
         client.close()
+
+
+def under_replicated(bootstrap: str, topics: list[str] | None = None) -> list[str]:
+    """Partitions (of `topics`, default: all, internal ones included) whose in-sync replicas are
+    fewer than their replicas: losing their leader now could take them offline."""
+    client = admin(bootstrap)
+    try:
+        described = client.describe_topics(topics)  # None: every topic
+    finally:
+        client.close()
+    return [f"{d['name']}[{p['partition_index']}]" for d in described for p in d["partitions"]
+            if len(p["isr_nodes"]) < len(p["replica_nodes"])]
+
+
+def wait_fully_replicated(bootstrap: str, topics: list[str] | None = None, timeout_s: float = 60.0) -> None:
+    """Until every partition has all its replicas in sync (a new topic's followers catch up)."""
+    deadline = time.monotonic() + timeout_s
+    while lagging := under_replicated(bootstrap, topics):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{len(lagging)} partitions still have replicas out of sync after {timeout_s:g} s "
+                               f"(e.g. {', '.join(lagging[:3])}): see the broker logs")
+        time.sleep(0.5)
 
 
 def supports_transactions(bootstrap: str) -> bool:

@@ -253,6 +253,8 @@ def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes:
             log.info("embedded Kafka broker (Tansu) on %s, pid %d", services["kafka"].url, services["kafka"].pid)
     _save_state(services)
     partitions = kafka_io.ensure_topics(kafka_params, replication=replication)
+    if replication > 1 and not config.kafka_is_external():  # ready: every replica of our topics in sync
+        kafka_io.wait_fully_replicated(config.kafka_bootstrap(), list(config.TOPICS))
     if ui and "mlflow-ui" not in services and not config.tracking_uri().startswith("http"):
         services["mlflow-ui"] = start_mlflow_ui(config.mlflow_ui_port(), logs / "mlflow-ui.log")
         log.info("MLflow UI on %s, pid %d", services["mlflow-ui"].url, services["mlflow-ui"].pid)
@@ -292,6 +294,8 @@ def start_scratch_broker(kind: str, folder: Path, kafka_params: KafkaParams, nod
     broker = ScratchBroker(kind, ",".join(svc.url for svc in started), started)
     try:
         kafka_io.ensure_topics(kafka_params, broker.bootstrap, replication=replication)
+        if replication > 1:
+            kafka_io.wait_fully_replicated(broker.bootstrap, list(config.TOPICS))
     except BaseException:
         broker.stop()
         raise

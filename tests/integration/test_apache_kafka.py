@@ -143,6 +143,9 @@ def test_a_3_broker_cluster_keeps_scoring_when_a_partition_leader_is_killed(
     sender = Sender(ticks, bootstrap, rate=250, serving=params.serving)
     sender.start()
     wait_for(lambda: w.stats.predicted > 100, what="the first forecasts")
+    # as an operator would before taking a broker down: no partition under-replicated, internal ones
+    # included (the group's offsets and the transaction log were created moments ago, by the worker)
+    kafka_io.wait_fully_replicated(bootstrap)
     leader = _leader(bootstrap, config.PRICES_TOPIC, 0)
     killed = next(svc for svc in apache_cluster.services if svc.name == f"kafka-{leader}")
     os.killpg(killed.pid, signal.SIGKILL)

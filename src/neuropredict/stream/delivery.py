@@ -23,8 +23,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kafka.errors import (InvalidRecordError, InvalidTimestampError, KafkaError, MessageSizeTooLargeError,
-                          RecordListTooLargeError)
+from kafka.errors import (InvalidRecordError, InvalidTimestampError, KafkaError, KafkaTimeoutError,
+                          MessageSizeTooLargeError, RecordListTooLargeError)
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
@@ -33,6 +33,8 @@ from neuropredict.errors import ServiceError
 
 log = logging.getLogger(__name__)
 COMMITTED_TIMEOUT_MS = config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
+# A commit takes ~35 ms; a transaction coordinator moving to another broker ~10-15 s.
+TRANSACTION_CALL_TIMEOUT_S = 2 * config.KAFKA_TRANSACTION_TIMEOUT_MS / 1000
 
 # Refusals of one record for what it is: sending it again can never succeed.
 PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
@@ -42,8 +44,11 @@ PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, In
 class Delivery:
     """Sends, acknowledges, then commits or reports the failure: one batch at a time."""
 
-    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool):
+    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool, flush_timeout_s: float):
         self.make_producer, self.consumer, self.transactional = make_producer, consumer, transactional
+        # a flush never waits forever: measured on 3 brokers, a transactional producer whose
+        # transaction coordinator died mid-batch never completed its flush (kafka-python 3.0.12)
+        self.flush_timeout_s = flush_timeout_s
         self.producer = make_producer()
         self._in_transaction = False
         self._futures: list = []
@@ -104,7 +109,10 @@ class Delivery:
         """Wait for every send of the batch; None when all were acknowledged, else what failed.
         A dead letter (or re-keyed tick) the broker refuses for what it is is replaced by a
         trace (or a dead letter) rather than failing the batch forever."""
-        self.producer.flush()
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except KafkaTimeoutError:
+            return f"publishing timed out (not acknowledged within {self.flush_timeout_s:g} s)"
         refused_dead = [(f, rec, reason) for f, rec, reason in self._dead if _refused(f)]
         refused_rekeys = [(f, rec, symbol) for f, rec, symbol in self._rekeyed if _refused(f)]
         if self.transactional and (refused_dead or refused_rekeys):
@@ -120,7 +128,10 @@ class Delivery:
                 self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} (the broker refused it)")
             sent += [self._send_trace(rec, reason, type(f.exception).__name__) for f, rec, reason in refused_dead]
             sent += [f for f, _, _ in self._dead]
-            self.producer.flush()
+            try:
+                self.producer.flush(timeout=self.flush_timeout_s)
+            except KafkaTimeoutError:
+                return f"publishing timed out (not acknowledged within {self.flush_timeout_s:g} s)"
         errors = sorted({type(f.exception).__name__ for f in sent if f.failed()})
         return f"publishing failed ({', '.join(errors)})" if errors else None
 
@@ -131,8 +142,9 @@ class Delivery:
             self.consumer.commit()
             return
         offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
-        self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-        self.producer.commit_transaction()
+        metadata, producer = self.consumer.group_metadata(), self.producer
+        _within(TRANSACTION_CALL_TIMEOUT_S, "committing the transaction",
+                lambda: (producer.send_offsets_to_transaction(offsets, metadata), producer.commit_transaction()))
         self._in_transaction = False
         self._refused.clear()
 
@@ -143,7 +155,7 @@ class Delivery:
         if not self._in_transaction:
             return
         try:
-            self.producer.abort_transaction()
+            _within(TRANSACTION_CALL_TIMEOUT_S, "aborting the transaction", self.producer.abort_transaction)
         except KafkaError as exc:
             log.warning("the transaction could not be aborted (%s); starting a new transactional producer",
                         type(exc).__name__)
@@ -185,6 +197,28 @@ class Delivery:
             count = len(self.producer.partitions_for(config.PREDICTIONS_TOPIC))
             part = self._partitions[key] = (murmur2(key) & 0x7FFFFFFF) % count
         return part
+
+
+def _within(timeout_s: float, what: str, call: Callable[[], object]) -> None:
+    """call() on a helper thread, waiting at most timeout_s. kafka-python 3.0.12 waits without a
+    bound for a transaction's offsets, commit and abort; measured on 3 brokers, when the
+    transaction coordinator died mid-batch that wait never ended. On timeout the caller rewinds,
+    and a producer that cannot abort is replaced (the call left behind then fails or is moot)."""
+    done, failure = threading.Event(), []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="kafka-transaction", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise KafkaTimeoutError(f"{what} did not complete within {timeout_s:g} s")
+    if failure:
+        raise failure[0]
 
 
 def _where(rec) -> tuple[str, int, int]:

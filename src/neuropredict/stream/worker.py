@@ -109,7 +109,8 @@ class Worker:
         self.consumer = kafka_io.consumer(self.group, self.bootstrap, self.serving.max_poll_records,
                                           fetch_max_wait_ms=self.serving.fetch_max_wait_ms)
         transactional = self._exactly_once()
-        self.delivery = Delivery(self._producer_factory(transactional), self.consumer, transactional)
+        self.delivery = Delivery(self._producer_factory(transactional), self.consumer, transactional,
+                                 flush_timeout_s=2 * self.serving.delivery_timeout_ms / 1000)
         for topic in (config.PREDICTIONS_TOPIC, config.DLQ_TOPIC):  # fetch metadata now, not on the
             self.delivery.producer.partitions_for(topic)          # first send of the first batch
         self.consumer.subscribe([config.PRICES_TOPIC], listener=Rebalance(self))
