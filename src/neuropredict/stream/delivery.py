@@ -46,8 +46,8 @@ class Delivery:
 
     def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool, flush_timeout_s: float):
         self.make_producer, self.consumer, self.transactional = make_producer, consumer, transactional
-        # a flush never waits forever: measured on 3 brokers, a transactional producer whose
-        # transaction coordinator died mid-batch never completed its flush (kafka-python 3.0.12)
+        # a flush never waits forever (kafka-python's flush() has no bound of its own; after a
+        # broker failure a batch waits on the sender, see _within for the transaction calls)
         self.flush_timeout_s = flush_timeout_s
         self.producer = make_producer()
         self._in_transaction = False
@@ -109,10 +109,9 @@ class Delivery:
         """Wait for every send of the batch; None when all were acknowledged, else what failed.
         A dead letter (or re-keyed tick) the broker refuses for what it is is replaced by a
         trace (or a dead letter) rather than failing the batch forever."""
-        try:
-            self.producer.flush(timeout=self.flush_timeout_s)
-        except KafkaTimeoutError:
-            return f"publishing timed out (not acknowledged within {self.flush_timeout_s:g} s)"
+        timed_out = self._flush()
+        if timed_out:
+            return timed_out
         refused_dead = [(f, rec, reason) for f, rec, reason in self._dead if _refused(f)]
         refused_rekeys = [(f, rec, symbol) for f, rec, symbol in self._rekeyed if _refused(f)]
         if self.transactional and (refused_dead or refused_rekeys):
@@ -128,12 +127,19 @@ class Delivery:
                 self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} (the broker refused it)")
             sent += [self._send_trace(rec, reason, type(f.exception).__name__) for f, rec, reason in refused_dead]
             sent += [f for f, _, _ in self._dead]
-            try:
-                self.producer.flush(timeout=self.flush_timeout_s)
-            except KafkaTimeoutError:
-                return f"publishing timed out (not acknowledged within {self.flush_timeout_s:g} s)"
+            timed_out = self._flush()
+            if timed_out:
+                return timed_out
         errors = sorted({type(f.exception).__name__ for f in sent if f.failed()})
         return f"publishing failed ({', '.join(errors)})" if errors else None
+
+    def _flush(self) -> str | None:
+        """Wait for the sends so far; what went wrong if they were not acknowledged in time."""
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except KafkaTimeoutError:
+            return f"publishing timed out (not acknowledged within {self.flush_timeout_s:g} s)"
+        return None
 
     def commit(self) -> None:
         """The consumed offsets: in the batch's transaction (with the group's generation, which
