@@ -120,6 +120,19 @@ def require_apache_kafka() -> None:
         pytest.skip(why)
 
 
+def require_postgres() -> None:
+    """The tracking-server tests need PostgreSQL's server programs; in CI their absence fails the run."""
+    from neuropredict import tracking_server
+    from neuropredict.errors import NeuropredictError
+
+    try:
+        tracking_server.postgres_bin()
+    except NeuropredictError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the tracking-server tests, but: {exc}")
+        pytest.skip(str(exc))
+
+
 def scratch_broker(kind: str, folder: Path, nodes: int = 1):
     """A fresh broker of `kind` on free 127.0.0.1 ports with the product's topics; stopped after."""
     from neuropredict import services

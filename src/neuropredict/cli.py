@@ -78,11 +78,33 @@ def _up(args: argparse.Namespace) -> int:
     from neuropredict import services
 
     broker = "apache" if args.brokers > 1 else args.broker  # only Apache Kafka runs as a cluster here
-    result = services.up(config.load_params().kafka, ui=not args.no_ui, broker=broker, nodes=args.brokers)
+    result = services.up(config.load_params().kafka, ui=not args.no_ui, broker=broker, nodes=args.brokers,
+                         tracking=args.tracking, auth=not args.no_auth, workers=args.workers)
     for name, svc in result["services"].items():
-        print(f"{name:<10} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
-    print("topics     " + ", ".join(f"{t} ({n} partitions)" for t, n in result["topics"].items()))
+        print(f"{name:<13} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
+    print("topics        " + ", ".join(f"{t} ({n} partitions)" for t, n in result["topics"].items()))
     print(f"Kafka bootstrap: {result['bootstrap']}   stop with: neuropredict down")
+    if args.tracking == "server":
+        print('MLflow server on PostgreSQL: to use it from this shell (dvc repro, serve, the MLflow client), '
+              'run  eval "$(neuropredict env)"')
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    """Shell lines exporting what clients need for the tracking server `up` started (no secret in them)."""
+    import shlex
+
+    from neuropredict import services, tracking_server
+
+    server = services.load_state().get("mlflow-server")
+    if server is None or not server.alive():
+        raise NeuropredictError("no tracking server is running here: `neuropredict up --tracking server` first")
+    print(f"export MLFLOW_TRACKING_URI={server.url}")
+    auth = tracking_server.credentials()
+    if auth:
+        user, password_file = auth
+        print(f"export MLFLOW_TRACKING_USERNAME={user}")
+        print(f'export MLFLOW_TRACKING_PASSWORD="$(cat {shlex.quote(str(password_file))})"')
     return 0
 
 
@@ -101,7 +123,7 @@ def _status(args: argparse.Namespace) -> int:
     kind = "external cluster" if st["external_kafka"] else "local"
     print(f"Kafka      {st['bootstrap']} ({kind}): {'reachable' if st['kafka_reachable'] else 'NOT reachable'}")
     for name, svc in st["services"].items():
-        print(f"{name:<10} {svc['url']:<28} pid {svc['pid']}  {'running' if svc['alive'] else 'DEAD'}")
+        print(f"{name:<13} {svc['url']:<28} pid {svc['pid']}  {'running' if svc['alive'] else 'DEAD'}")
     if "brokers" in st:
         print(f"brokers    {', '.join(map(str, st['brokers']))} (controller {st['controller']})")
     for topic, n in st.get("topics", {}).items():
@@ -117,6 +139,9 @@ def _status(args: argparse.Namespace) -> int:
     name = config.load_params().register.model_name
     version = registry.alias_version(name, config.PRODUCTION_ALIAS)
     print(f"MLflow     {st['tracking_uri']}: {name}@production = {version or 'none (run dvc repro)'}")
+    server = st["services"].get("mlflow-server")
+    if server and server["url"] != st["tracking_uri"]:
+        print(f'           (the tracking server at {server["url"]} is not this shell\'s store: eval "$(neuropredict env)")')
     return 0
 
 
@@ -201,6 +226,8 @@ def _check_parity(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from neuropredict import demo
 
+    if args.workers:
+        return demo.run_topology(args.workers, keep=args.keep)
     if args.interval == "1m":
         return demo.run_intraday(keep=args.keep, broker=args.broker)
     return demo.run(keep=args.keep, broker=args.broker)
@@ -235,7 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brokers", type=int, choices=[1, 3], default=1,
                    help="Apache Kafka nodes (3 implies --broker apache): every partition then has 3 replicas, "
                         "and a write waits for 2 of them")
+    p.add_argument("--tracking", choices=["local", "server"], default="local",
+                   help="local: the project's SQLite store and its UI (default); server: PostgreSQL and an MLflow "
+                        "server on it, with served artifacts and basic-auth (a team's store)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="the tracking server without basic-auth (only for a machine of your own)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="start this many serving workers as serving/compose.yaml configures them (its worker "
+                        "environment, the image's entry point); needs --tracking server")
     p.set_defaults(fn=_up)
+
+    p = sub.add_parser("env", help="shell exports for the tracking server `up` started: eval \"$(neuropredict env)\"")
+    p.set_defaults(fn=_env)
 
     p = sub.add_parser("down", help="stop what `up` started (and nothing else)")
     p.set_defaults(fn=_down)
@@ -283,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1m: the intraday model (params-intraday.yaml), in its own workspace")
     p.add_argument("--broker", choices=["tansu", "apache"], default="tansu",
                    help="apache: on a local Apache Kafka (Java 17+; fetched from Maven Central on first use)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="serving/compose.yaml's topology as processes: Apache Kafka, PostgreSQL, the MLflow server "
+                        "(basic-auth) and this many workers configured from the compose file")
     p.set_defaults(fn=_demo)
     return parser
 

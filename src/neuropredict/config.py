@@ -30,6 +30,7 @@ EXPERIMENT_NAME = "neuropredict"
 SERVING_EXPERIMENT_NAME = "neuropredict-serving"
 DEFAULT_MLFLOW_UI_PORT = 5000
 DEFAULT_KAFKA_PORT = 9092
+DEFAULT_POSTGRES_PORT = 5432
 EXCHANGE_TZ = "America/New_York"  # naive timestamps are this exchange's local time
 
 # ---- named constants: fixed by the brokers and libraries we run on, not knobs to tune ----
@@ -262,6 +263,11 @@ class Paths:
         """A local Apache Kafka cluster's config and data (topics, committed offsets): kept by `down`."""
         return self.state_dir / f"apache-kafka-{nodes}"
 
+    @property
+    def tracking_server_dir(self) -> Path:
+        """The team tracking server's PostgreSQL cluster, artifacts and secrets (0600): kept by `down`."""
+        return self.state_dir / "tracking-server"
+
 
 def paths(root: Path | None = None) -> Paths:
     return Paths(root or project_root())
@@ -297,7 +303,12 @@ def embedded_kafka_port() -> int:
 
 
 def mlflow_ui_port() -> int:
+    """The MLflow UI's port, and the tracking server's (it serves the UI too)."""
     return _port("NEUROPREDICT_UI_PORT", DEFAULT_MLFLOW_UI_PORT)
+
+
+def postgres_port() -> int:
+    return _port("NEUROPREDICT_PG_PORT", DEFAULT_POSTGRES_PORT)
 
 
 def kafka_bootstrap() -> str:

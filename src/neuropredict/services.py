@@ -38,9 +38,10 @@ class Service:
     url: str
     log: str
     marker: str  # a word of its command line: guards against stopping a recycled PID
+    stop_signal: int = int(signal.SIGTERM)
 
     def alive(self) -> bool:
-        return _pid_alive(self.pid) and self.marker in _cmdline(self.pid)
+        return pid_alive(self.pid) and self.marker in _cmdline(self.pid)
 
 
 def tansu_binary() -> Path:
@@ -50,7 +51,7 @@ def tansu_binary() -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,12 +85,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         # own process group: stopping it stops the server's children too
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env, **popen)
 
 
 def start_broker(port: int, log_path: Path) -> Service:
@@ -99,7 +100,7 @@ def start_broker(port: int, log_path: Path) -> Service:
         raise ServiceError(f"port {port} is already in use: stop what runs there, or set "
                            f"NEUROPREDICT_KAFKA_PORT to a free port")
     url = f"tcp://127.0.0.1:{port}"
-    proc = _spawn([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    proc = spawn([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"], log_path)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -123,7 +124,7 @@ def start_apache_kafka(cluster: apache_kafka.Cluster) -> list[Service]:
         raise ServiceError(f"port {taken[0]} is already in use: stop what runs there, or set "
                            f"NEUROPREDICT_KAFKA_PORT to a free port (nodes use it and the next ones)")
     cluster.prepare()
-    started = [Service(f"kafka-{n.node_id}", _spawn(cluster.command(n), n.log_file).pid, n.bootstrap,
+    started = [Service(f"kafka-{n.node_id}", spawn(cluster.command(n), n.log_file).pid, n.bootstrap,
                        str(n.log_file), str(n.properties_file)) for n in cluster.nodes]
     try:
         _wait_for_nodes(cluster, started)
@@ -154,7 +155,7 @@ def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Servi
     if port_open("127.0.0.1", port):
         raise ServiceError(f"port {port} is already in use: stop what runs there or set NEUROPREDICT_UI_PORT")
     cmd, env = mlflow_ui_command(port)
-    proc = _spawn(cmd, log_path, env)
+    proc = spawn(cmd, log_path, env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -179,32 +180,40 @@ def mlflow_ui_command(port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def _http_ok(url: str) -> bool:
+    return http_status(url) == 200
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int | None:
+    """The HTTP status of a GET (None: nothing answered)."""
+    import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except OSError:
-        return False
+        return None
 
 
 def stop_process(pid: int, timeout_s: float = 15.0) -> None:
     stop_processes([pid], timeout_s)
 
 
-def stop_processes(pids: list[int], timeout_s: float = 30.0) -> None:
-    """SIGTERM to all at once (the nodes of a cluster shut down together: one by one, the last
-    would wait for a quorum that is gone), SIGKILL what is left after timeout_s."""
+def stop_processes(pids: list[int], timeout_s: float = 30.0, signals: dict[int, int] | None = None) -> None:
+    """SIGTERM (or signals[pid]) to all at once (the nodes of a cluster shut down together: one by
+    one, the last would wait for a quorum that is gone), SIGKILL what is left after timeout_s."""
     for pid in pids:
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, (signals or {}).get(pid, signal.SIGTERM))
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_pid_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
         time.sleep(0.1)
     for pid in pids:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -231,9 +240,14 @@ def _save_state(services: dict[str, Service]) -> None:
     write_json(path, {k: asdict(v) for k, v in services.items()})
 
 
-def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes: int = 1) -> dict[str, Any]:
-    """Start a local broker (unless a real cluster is configured) and the MLflow UI; create the
-    topics. Services already running are left as they are; another kind of broker is refused."""
+def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes: int = 1,
+       tracking: str = "local", auth: bool = True, workers: int = 0) -> dict[str, Any]:
+    """Start a local broker (unless a real cluster is configured) and the MLflow UI on the project's
+    store, or (tracking="server") PostgreSQL and an MLflow server on it; create the topics; start
+    `workers` serving workers configured as serving/compose.yaml configures its own. Services
+    already running are left as they are; another kind of broker is refused."""
+    if workers and tracking != "server":
+        raise ServiceError("--workers starts compose's workers, which log to the tracking server: add --tracking server")
     services = {k: v for k, v in load_state().items() if v.alive()}
     logs = config.paths().state_dir
     replication = kafka_params.replication_factor
@@ -255,9 +269,24 @@ def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes:
     partitions = kafka_io.ensure_topics(kafka_params, replication=replication)
     if replication > 1 and not config.kafka_is_external():  # ready: every replica of our topics in sync
         kafka_io.wait_fully_replicated(config.kafka_bootstrap(), list(config.TOPICS))
-    if ui and "mlflow-ui" not in services and not config.tracking_uri().startswith("http"):
+    if tracking == "server":
+        from neuropredict import tracking_server
+
+        for svc in tracking_server.start(services, auth):
+            services[svc.name] = svc
+            log.info("%s on %s, pid %d", svc.name, svc.url, svc.pid)
+        _save_state(services)
+    elif ui and "mlflow-ui" not in services and not config.tracking_uri().startswith("http"):
         services["mlflow-ui"] = start_mlflow_ui(config.mlflow_ui_port(), logs / "mlflow-ui.log")
         log.info("MLflow UI on %s, pid %d", services["mlflow-ui"].url, services["mlflow-ui"].pid)
+        _save_state(services)
+    if workers and not any(name.startswith("worker-") for name in services):
+        from neuropredict import topology, tracking_server
+
+        addresses = {"kafka": config.kafka_bootstrap(), "mlflow": services["mlflow-server"].url.removeprefix("http://")}
+        for svc in topology.start_workers(workers, addresses, tracking_server.compose_variables()):
+            services[svc.name] = svc
+        log.info("%d serving workers (configured from serving/compose.yaml)", workers)
         _save_state(services)
     return {"services": services, "topics": partitions, "bootstrap": config.kafka_bootstrap(),
             "replication": replication}
@@ -332,7 +361,10 @@ def reset_stream(kafka_params: KafkaParams, replication: int) -> bool:
 def down() -> list[str]:
     """Stop exactly the processes `up` recorded, all at once; return their names."""
     running = {name: svc for name, svc in load_state().items() if svc.alive()}
-    stop_processes([svc.pid for svc in running.values()])
+    # workers first: they finish their batch, commit and log final metrics while Kafka and MLflow still run
+    for tier in ([s for n, s in running.items() if n.startswith("worker-")],
+                 [s for n, s in running.items() if not n.startswith("worker-")]):
+        stop_processes([svc.pid for svc in tier], signals={svc.pid: svc.stop_signal for svc in tier})
     path = _state_path()
     if path.exists():
         path.unlink()

@@ -36,11 +36,20 @@ def connect(root: Path | None = None) -> str:
     import mlflow
 
     uri = config.tracking_uri(root)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's "View run" lines: noise
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def bound_client_retries() -> None:
+    """For a long-running service with retry loops of its own (the worker's metrics and alias
+    check): MLflow's HTTP client would retry one call for about 4 minutes (7 retries, backoff up to
+    120 s) before anything is logged. Values the user set are kept."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def client(root: Path | None = None):

@@ -1,0 +1,307 @@
+"""The team's tracking server: PostgreSQL (Debian's package) and `mlflow server` on it, with served
+artifacts and MLflow's basic-auth app, all on 127.0.0.1 (`neuropredict up --tracking server`).
+
+Secrets (the database password, the admin password, Flask's secret key) are generated once and
+kept in files only their owner can read, under .neuropredict/tracking-server/secrets/. They reach
+the processes through files and environment variables, never through a command line, a URI or a
+log: the MLflow server finds the database password in a libpq password file (PGPASSFILE).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuropredict import config
+from neuropredict.errors import ServiceError
+from neuropredict.files import read_json, write_json
+from neuropredict.services import Service, http_status, port_open, spawn, stop_processes
+
+DB_USER = "mlflow"
+DATABASE = "mlflow"
+ADMIN_USER = "admin"
+SERVER_USER = "postgres"  # PostgreSQL refuses to run as root: as root, it runs as this user
+POSTGRES_START_TIMEOUT_S = 30.0
+SERVER_START_TIMEOUT_S = 180.0  # the first start migrates two empty databases: ~20 s here, alone
+
+
+def postgres_bin() -> Path:
+    """PostgreSQL's server programs: $NEUROPREDICT_PG_BIN, else Debian's newest, else the PATH."""
+    candidates = [os.environ.get("NEUROPREDICT_PG_BIN", "")]
+    candidates += [str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                                          key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+                                          reverse=True)]
+    found = shutil.which("initdb")
+    candidates += [str(Path(found).parent)] if found else []
+    for folder in filter(None, candidates):
+        if (Path(folder) / "initdb").is_file() and (Path(folder) / "postgres").is_file():
+            return Path(folder)
+    raise ServiceError("PostgreSQL is not installed: `apt-get install postgresql` (Debian, Ubuntu), or set "
+                       "NEUROPREDICT_PG_BIN to the folder holding initdb and postgres")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the tracking server keeps its files; `data_dir` is the PostgreSQL cluster."""
+
+    folder: Path
+    data_dir: Path
+
+    @classmethod
+    def for_project(cls) -> Layout:
+        return cls.at(config.paths().tracking_server_dir)
+
+    @classmethod
+    def at(cls, folder: Path) -> Layout:
+        recorded = read_json(folder / "server.json", default={}).get("data_dir")
+        return cls(folder, Path(recorded) if recorded else _data_dir(folder))
+
+    @property
+    def secrets(self) -> Path:
+        return self.folder / "secrets"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.secrets / "admin-password"
+
+    @property
+    def pgpass(self) -> Path:
+        return self.secrets / "pgpass"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.folder / "artifacts"
+
+    @property
+    def auth_config(self) -> Path:
+        return self.folder / "basic_auth.ini"
+
+    def secret(self, name: str) -> str:
+        """A secret of this server, generated (and kept, 0600) the first time it is asked for."""
+        path = self.secrets / name
+        if not path.exists():
+            self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+
+def _data_dir(folder: Path) -> Path:
+    """In the project, unless PostgreSQL must run as another user who cannot reach it (a project
+    under a private home or temp folder, run as root): then in that user's home."""
+    inside = folder / "postgres"
+    user = _server_user()
+    if user is None or _reachable(inside.parent, user):
+        return inside
+    import hashlib
+
+    tag = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return Path(user.pw_dir) / "neuropredict" / tag
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The user PostgreSQL runs as: None for ourselves, SERVER_USER when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise ServiceError(f"PostgreSQL refuses to run as root and there is no '{SERVER_USER}' user: install "
+                           f"Debian's postgresql package (it creates one), or run as an ordinary user") from None
+
+
+def _reachable(folder: Path, user: pwd.struct_passwd) -> bool:
+    """Can `user` walk into every existing parent of `folder` (the execute bit that applies to it)?"""
+    for part in [*reversed(folder.resolve().parents), folder.resolve()]:
+        if not part.exists():
+            break
+        st = part.stat()
+        bit = 0o100 if st.st_uid == user.pw_uid else 0o010 if st.st_gid == user.pw_gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+# ---- PostgreSQL ----
+
+
+def _as_server_user() -> dict:
+    """Popen arguments that run a program as the PostgreSQL user (nothing when that is us)."""
+    user = _server_user()
+    return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _chown(path: Path) -> None:
+    user = _server_user()
+    if user is not None:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def init_cluster(layout: Layout) -> None:
+    """initdb once: password authentication (scram-sha-256) for every connection, user DB_USER."""
+    if (layout.data_dir / "PG_VERSION").exists():
+        return
+    password = layout.secret("db-password")
+    layout.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _chown(layout.data_dir)
+    pwfile = layout.data_dir.parent / f".{layout.data_dir.name}.pw"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password)
+    _chown(pwfile)
+    try:
+        proc = subprocess.run([str(postgres_bin() / "initdb"), "-D", str(layout.data_dir), "-U", DB_USER,
+                               f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-instructions"],
+                              capture_output=True, text=True, **_as_server_user())
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise ServiceError(f"initdb failed in {layout.data_dir}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+
+
+def _write_pgpass(layout: Layout) -> None:
+    """libpq's password file: how the MLflow server (and psycopg here) log in without a password in a URI."""
+    if not layout.pgpass.exists():
+        password = layout.secret("db-password")
+        fd = os.open(layout.pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
+
+
+def database_uri(port: int) -> str:
+    """A SQLAlchemy URI without a password (libpq reads it from PGPASSFILE)."""
+    return f"postgresql://{DB_USER}@127.0.0.1:{port}/{DATABASE}"
+
+
+def start_postgres(layout: Layout, port: int) -> Service:
+    if port_open("127.0.0.1", port):
+        raise ServiceError(f"port {port} is already in use (another PostgreSQL?): stop it, or set "
+                           f"NEUROPREDICT_PG_PORT to a free port")
+    init_cluster(layout)
+    _write_pgpass(layout)
+    log_path = layout.folder / "postgres.log"
+    cmd = [str(postgres_bin() / "postgres"), "-D", str(layout.data_dir), "-h", "127.0.0.1", "-p", str(port),
+           "-k", str(layout.data_dir)]
+    proc = spawn(cmd, log_path, **_as_server_user())
+    service = Service("postgres", proc.pid, f"postgresql://127.0.0.1:{port}", str(log_path), str(layout.data_dir),
+                      stop_signal=int(signal.SIGINT))  # SIGINT: the fast shutdown (SIGTERM waits for clients)
+    deadline = time.monotonic() + POSTGRES_START_TIMEOUT_S
+    while not _databases_ready(layout, port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_processes([proc.pid])
+            raise ServiceError(f"PostgreSQL did not start on 127.0.0.1:{port}; see {log_path}")
+        time.sleep(0.2)
+    return service
+
+
+def _databases_ready(layout: Layout, port: int) -> bool:
+    """Connects (as MLflow will: password from the file) and creates the database the first time."""
+    import psycopg
+
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user=DB_USER, dbname="postgres",
+                             passfile=str(layout.pgpass), autocommit=True, connect_timeout=2) as conn:
+            present = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            if DATABASE not in present:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+# ---- the MLflow server ----
+
+
+AUTH_CACHE_TTL_S = 60  # bench/tracking_server.py: what caching the password check is worth
+
+
+def server_command(layout: Layout, pg_port: int, port: int, auth: bool,
+                   auth_cache_ttl_s: int = AUTH_CACHE_TTL_S) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` on the PostgreSQL store with served artifacts; its secrets in its environment."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database_uri(pg_port),
+           "--artifacts-destination", str(layout.artifacts), "--serve-artifacts",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    env = {**os.environ, "PGPASSFILE": str(layout.pgpass), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(key, None)  # a client's settings, not the server's
+    if auth:
+        layout.auth_config.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{layout.folder / 'basic_auth.db'}\n"  # as in compose (a volume there)
+            f"admin_username = {ADMIN_USER}\n"
+            # each request's password check costs ~0.12 s of CPU (scrypt): cached, a worker's alias
+            # polls and metrics stop competing with it; a changed password takes that long to apply
+            f"auth_cache_ttl_seconds = {auth_cache_ttl_s}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        cmd += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(layout.auth_config),
+                   MLFLOW_AUTH_ADMIN_PASSWORD=layout.secret("admin-password"),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=layout.secret("flask-secret-key"))
+    return cmd, env
+
+
+def start_server(layout: Layout, pg_port: int, port: int, auth: bool,
+                 auth_cache_ttl_s: int = AUTH_CACHE_TTL_S) -> Service:
+    if port_open("127.0.0.1", port):
+        raise ServiceError(f"port {port} is already in use: stop what runs there, or set NEUROPREDICT_UI_PORT")
+    layout.artifacts.mkdir(parents=True, exist_ok=True)
+    cmd, env = server_command(layout, pg_port, port, auth, auth_cache_ttl_s)
+    log_path = layout.folder / "mlflow-server.log"
+    proc = spawn(cmd, log_path, env=env, cwd=layout.folder)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while http_status(f"{url}/health") != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_processes([proc.pid])
+            raise ServiceError(f"the MLflow server did not answer on {url} within {SERVER_START_TIMEOUT_S:g} s; "
+                               f"see {log_path}")
+        time.sleep(0.25)
+    return Service("mlflow-server", proc.pid, url, str(log_path), "mlflow")
+
+
+def start(running: dict[str, Service], auth: bool) -> list[Service]:
+    """PostgreSQL and the MLflow server, each unless already running; remembers the layout and auth."""
+    layout = Layout.for_project()
+    layout.folder.mkdir(parents=True, exist_ok=True)
+    recorded = read_json(layout.folder / "server.json", default={})
+    if "mlflow-server" in running and recorded.get("auth", auth) != auth:
+        raise ServiceError(f"the tracking server runs {'with' if recorded['auth'] else 'without'} basic-auth: "
+                           f"`neuropredict down` first to change that")
+    started = []
+    pg_port = int(running["postgres"].url.rpartition(":")[2]) if "postgres" in running else config.postgres_port()
+    if "postgres" not in running:
+        started.append(start_postgres(layout, pg_port))
+    if "mlflow-server" not in running:
+        started.append(start_server(layout, pg_port, config.mlflow_ui_port(), auth))
+    write_json(layout.folder / "server.json", {"data_dir": str(layout.data_dir), "auth": auth,
+                                               "postgres_port": pg_port})
+    return started
+
+
+def credentials() -> tuple[str, Path] | None:
+    """The user name and the password's file for the running server's basic-auth (None: no auth)."""
+    layout = Layout.for_project()
+    if read_json(layout.folder / "server.json", default={}).get("auth"):
+        return ADMIN_USER, layout.admin_password_file
+    return None
+
+
+def compose_variables() -> dict[str, str]:
+    """The values serving/compose.yaml requires, as this server has them (the processes' twin of a .env)."""
+    layout = Layout.for_project()
+    variables = {"POSTGRES_PASSWORD": layout.secret("db-password")}
+    if credentials():
+        variables.update(MLFLOW_ADMIN_PASSWORD=layout.secret("admin-password"),
+                         MLFLOW_FLASK_SECRET_KEY=layout.secret("flask-secret-key"))
+    return variables
