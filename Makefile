@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 
-.PHONY: help setup kafka demo test test-fast bench notebooks ui clean
+.PHONY: help setup kafka demo cluster test test-fast bench notebooks ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ kafka: setup  ## fetch Apache Kafka's broker and tools (pinned in serving/apache
 
 demo: setup  ## the main job end to end (KEEP=1 leaves services running; INTERVAL=1m: the intraday model; BROKER=apache)
 	$(BIN)/neuropredict demo $(if $(KEEP),--keep) $(if $(INTERVAL),--interval $(INTERVAL)) $(if $(BROKER),--broker $(BROKER))
+
+cluster: setup  ## serving/compose.yaml as processes: Apache Kafka, PostgreSQL, MLflow server, WORKERS workers (3); the test year through it
+	$(BIN)/neuropredict demo --workers $(or $(WORKERS),3) $(if $(KEEP),--keep)
 
 test: setup  ## the test suite (real brokers: Tansu and Apache Kafka; MLflow, DVC, great-expectations, TensorFlow)
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(BIN)/python -m neuropredict.apache_kafka; fi

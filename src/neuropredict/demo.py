@@ -157,33 +157,16 @@ def run(keep: bool = False, broker: str = "tansu") -> int:
     steps = Steps(6)
     steps.next("train: dvc repro (stages whose inputs did not change are skipped)")
     train()
-    params, project = config.load_params(), config.paths()
-    name = params.register.model_name
-    version = registry.alias_version(name)
+    params = config.load_params()
+    version = registry.alias_version(params.register.model_name)
     started_services: list[str] = []
     worker = None
     try:
         steps.next(f"services: {'Apache Kafka' if broker == 'apache' else 'embedded Kafka broker'} + MLflow UI")
         started_services = start_services(params, broker)
-        steps.next(f"serve: worker on {config.PRICES_TOPIC} with {name}@production (v{version})")
-        worker, worker_log, stats_path = start_worker(project.state_dir)
-        steps.next("replay: the held-out test period through Kafka")
-        window = registry.model_window(name, version)
-        frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
-        ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
-                                      window, params.featurize.price_column)
-        since_ms = int(time.time() * 1000) - 1000
-        sent = producer.publish(ticks, serving=params.serving, malformed=MALFORMED)
-        print(f"  sent {sent['ticks']} real ticks from {origin} ({window} lead-in ticks per symbol) "
-              f"+ {sent['malformed']} malformed, in {sent['seconds']:.2f} s")
-        wait_until_scored(producer.expected_forecasts(ticks, window, params.data.intraday), MALFORMED)
-        stop_worker(worker)
-        steps.next("evaluate: join each forecast with the next actual price")
-        rules = TickRules.from_params(params.validate, params.serving)
-        rows = stream_report.in_period(stream_report.joined_rows(rules, params.data.intraday, since_ms=since_ms),
-                                       params.featurize.test_start, params.data.end)
-        result = stream_report.report(rows, project.reports_dir / "evaluate")
-        print(f"  {len(rows)} forecasts scored; report {project.reports_dir / 'evaluate' / 'report.json'}")
+        steps.next(f"serve: worker on {config.PRICES_TOPIC} with {params.register.model_name}@production (v{version})")
+        worker, worker_log, stats_path = start_worker(config.paths().state_dir)
+        result = replay_and_evaluate(params, version, steps, on_scored=lambda: stop_worker(worker))
         steps.next("summary")
         steps.done()
         print(summary(result, read_json(stats_path, default={}), version, steps.timings, time.perf_counter() - started,
@@ -191,11 +174,86 @@ def run(keep: bool = False, broker: str = "tansu") -> int:
     finally:
         if worker is not None:
             stop_worker(worker)
-        if not keep and started_services:
-            stopped = services.down()
-            if stopped:
-                print(f"stopped {', '.join(stopped)} (make demo KEEP=1 leaves them running)")
+        _stop_services(started_services, keep)
     return 0
+
+
+def run_topology(workers: int, keep: bool = False) -> int:
+    """serving/compose.yaml's topology as processes: Apache Kafka, PostgreSQL and the MLflow server
+    (basic-auth), then `workers` workers configured from the compose file; trains into the server."""
+    started = time.perf_counter()
+    steps = Steps(6)
+    params = config.load_params()
+    before = {name for name, svc in services.load_state().items() if svc.alive()}
+    try:
+        steps.next("services: Apache Kafka, PostgreSQL, MLflow server (basic-auth), as serving/compose.yaml")
+        result = services.up(params.kafka, broker="apache", tracking="server")
+        for name, svc in result["services"].items():
+            print(f"  {name:<13} {svc.url}")
+        if services.reset_stream(params.kafka, result["replication"]):
+            print("  emptied the topics of an earlier run (Apache Kafka keeps them across restarts)")
+        use_tracking_server(result["services"]["mlflow-server"].url)
+        steps.next("train: dvc repro, registering into the MLflow server")
+        train()
+        version = registry.alias_version(params.register.model_name)
+        steps.next(f"serve: {workers} workers, their environment from serving/compose.yaml")
+        result = services.up(params.kafka, broker="apache", tracking="server", workers=workers)
+        for name, svc in result["services"].items():
+            if name.startswith("worker-"):
+                print(f"  {name:<13} pid {svc.pid}, log {svc.log}")
+        scored = replay_and_evaluate(params, version, steps)
+        steps.next("summary")
+        steps.done()
+        now = {name for name, svc in services.load_state().items() if svc.alive()}
+        print(summary(scored, {}, version, steps.timings, time.perf_counter() - started, sorted(now - before), keep))
+    finally:
+        now = {name for name, svc in services.load_state().items() if svc.alive()}
+        _stop_services(sorted(now - before), keep)
+    return 0
+
+
+def use_tracking_server(url: str) -> None:
+    """Point this process (and the dvc it runs) at the tracking server `up` started, with its credentials."""
+    import os
+
+    from neuropredict import tracking_server
+
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    auth = tracking_server.credentials()
+    if auth:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = auth[0]
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = auth[1].read_text().strip()
+
+
+def replay_and_evaluate(params, version: str, steps: Steps, on_scored=None) -> dict[str, Any]:
+    """Replay the held-out test period into Kafka, wait for every forecast, score them."""
+    project = config.paths()
+    steps.next("replay: the held-out test period through Kafka")
+    window = registry.model_window(params.register.model_name, version)
+    frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
+    ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
+                                  window, params.featurize.price_column)
+    since_ms = int(time.time() * 1000) - 1000
+    sent = producer.publish(ticks, serving=params.serving, malformed=MALFORMED)
+    print(f"  sent {sent['ticks']} real ticks from {origin} ({window} lead-in ticks per symbol) "
+          f"+ {sent['malformed']} malformed, in {sent['seconds']:.2f} s")
+    wait_until_scored(producer.expected_forecasts(ticks, window, params.data.intraday), MALFORMED)
+    if on_scored:
+        on_scored()
+    steps.next("evaluate: join each forecast with the next actual price")
+    rules = TickRules.from_params(params.validate, params.serving)
+    rows = stream_report.in_period(stream_report.joined_rows(rules, params.data.intraday, since_ms=since_ms),
+                                   params.featurize.test_start, params.data.end)
+    result = stream_report.report(rows, project.reports_dir / "evaluate")
+    print(f"  {len(rows)} forecasts scored; report {project.reports_dir / 'evaluate' / 'report.json'}")
+    return result
+
+
+def _stop_services(started: list[str], keep: bool) -> None:
+    if not keep and started:
+        stopped = services.down()
+        if stopped:
+            print(f"stopped {', '.join(stopped)} (KEEP=1 leaves them running)")
 
 
 def _experiment_url(ui: str, name: str) -> str:
@@ -233,7 +291,7 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
     lines.append("time             " + ", ".join(f"{k.split(':')[0]} {v:.1f} s" for k, v in timings.items())
                  + f"; total {total_s:.1f} s")
     ui = f"http://127.0.0.1:{config.mlflow_ui_port()}"
-    running = keep or "mlflow-ui" not in started
+    running = keep or not {"mlflow-ui", "mlflow-server"} & set(started)
     lines += [f"MLflow UI        {ui}" + ("" if running else "  (stopped; `neuropredict ui` opens it again)"),
               f"  training runs  {_experiment_url(ui, config.EXPERIMENT_NAME)}  (expand 'pipeline': stages, "
               f"trials; compare best-lstm with best-gru)",

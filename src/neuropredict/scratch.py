@@ -16,7 +16,8 @@ import yaml
 from neuropredict.config import quiet_environment, sqlite_uri
 from neuropredict.console import tool, tools_env
 
-PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks")
+PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks",
+                 "serving/compose.yaml", "serving/Dockerfile", "serving/worker.py")  # the last: `up --workers`
 
 
 def copy_project(source: Path, dest: Path, params: dict[str, Any] | None = None) -> Path:

@@ -198,3 +198,73 @@ def test_the_three_broker_variant_replicates_every_topic_and_serves_all_brokers(
     assert env(services_["worker"])["KAFKA_BOOTSTRAP_SERVERS"].split(",") == ["kafka:9092", "kafka-2:9092", "kafka-3:9092"]
     for name in ("kafka-2", "kafka-3"):
         assert all(str(p).startswith("127.0.0.1:") for p in services_[name]["ports"])
+
+
+# ---- secrets, basic-auth and the process twin (src/neuropredict/topology.py) ----
+
+SECRET_VARIABLES = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY")
+
+
+def test_secrets_are_required_variables_without_defaults() -> None:
+    text = COMPOSE_FILE.read_text()
+    uses = re.findall(r"\$\{(\w+)(:?[-?])?[^}]*\}", text)
+    secret_uses = [(name, op) for name, op in uses if name in SECRET_VARIABLES]
+    assert {name for name, _ in secret_uses} == set(SECRET_VARIABLES)
+    assert all(op == ":?" for _, op in secret_uses), f"a secret with a default or optional: {secret_uses}"
+
+
+def test_a_missing_secret_stops_compose_and_the_process_twin_with_its_name(monkeypatch) -> None:
+    from neuropredict import topology
+    from neuropredict.errors import ConfigError
+
+    monkeypatch.setenv("NEUROPREDICT_ROOT", str(REPO))
+    with pytest.raises(ConfigError, match="MLFLOW_ADMIN_PASSWORD"):
+        topology.worker_environment({"kafka": "127.0.0.1:1", "mlflow": "127.0.0.1:2"}, {})
+
+
+def test_the_mlflow_server_runs_basic_auth_and_the_workers_log_in(services: dict) -> None:
+    mlflow_service = services["mlflow"]
+    command = command_text(mlflow_service).split("\n")
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    server_env = env(mlflow_service)
+    assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in server_env and "MLFLOW_AUTH_CONFIG_PATH" in server_env
+    worker = env(services["worker"])
+    assert worker["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    dockerfile = (REPO / "serving" / "mlflow.Dockerfile").read_text()
+    assert "mlflow[auth]" in dockerfile and "psycopg[binary]" in dockerfile  # psycopg2 alone: the server dies
+
+
+def test_the_process_twin_takes_the_worker_environment_from_compose_and_the_image(monkeypatch) -> None:
+    from neuropredict import topology
+
+    monkeypatch.setenv("NEUROPREDICT_ROOT", str(REPO))
+    got = topology.worker_environment({"kafka": "127.0.0.1:19092", "mlflow": "127.0.0.1:15000"},
+                                      {"MLFLOW_ADMIN_PASSWORD": "s3cret"})
+    assert got["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:19092"
+    assert got["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15000"
+    assert got["MLFLOW_TRACKING_USERNAME"] == "admin" and got["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    assert got["TF_CPP_MIN_LOG_LEVEL"] == "3"  # from the image's ENV
+    assert got["NEUROPREDICT_ROOT"] == str(REPO)  # not the image's /app
+    assert topology.worker_command()[1:] == ["serving/worker.py", "--wait"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("${A}", "1"), ("$A/x", "1/x"), ("${B:-dflt}", "dflt"), ("${E:-dflt}", "dflt"), ("${E-dflt}", ""),
+    ("${B-dflt}", "dflt"), ("$$A", "$A"), ("${A:?must}", "1")])
+def test_compose_interpolation(text: str, expected: str) -> None:
+    from neuropredict import topology
+
+    assert topology.interpolate(text, {"A": "1", "E": ""}) == expected
+
+
+def test_healthchecks_probe_what_the_process_twin_waits_for(services: dict) -> None:
+    from neuropredict import tracking_server
+
+    assert services["postgres"]["healthcheck"]["test"] == ["CMD", "pg_isready", "-U", tracking_server.DB_USER,
+                                                           "-d", tracking_server.DATABASE]
+    assert "/health'" in " ".join(services["mlflow"]["healthcheck"]["test"])  # tracking_server.start_server's probe
+    assert "--list" in services["kafka"]["healthcheck"]["test"]  # the broker answers a metadata request
+    env_block = env(services["postgres"])
+    assert env_block["POSTGRES_USER"] == tracking_server.DB_USER and env_block["POSTGRES_DB"] == tracking_server.DATABASE

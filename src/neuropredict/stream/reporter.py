@@ -98,6 +98,7 @@ class MlflowReporter:
             return
         from mlflow.tracking import MlflowClient
 
+        log.info("live metrics: %d snapshots logged to MLflow run %s", self._step, self.run_id)
         try:
             tracking.with_retry(lambda: MlflowClient().set_terminated(self.run_id, status))
         except Exception as exc:

@@ -28,7 +28,7 @@ import numpy as np
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from neuropredict import config, kafka_io, messages, registry
+from neuropredict import config, kafka_io, messages, registry, tracking
 from neuropredict.config import Params
 from neuropredict.forecaster import limit_threads
 from neuropredict.stream import restore
@@ -349,6 +349,7 @@ def summary(stats: LiveStats) -> str:
 
 def serve(params: Params, wait: bool = False, **run_kwargs: Any) -> LiveStats:
     """The `neuropredict serve` entry point."""
+    tracking.bound_client_retries()
     worker = Worker(params)
     worker.install_signal_handlers()
     worker.start(wait=wait)

@@ -1,0 +1,130 @@
+"""serving/compose.yaml's workers as local processes, configured from the compose file itself.
+
+Each worker gets the environment compose gives its container: the `worker` service's
+`environment:` (variables interpolated as compose does, the service names `kafka:9092` and
+`mlflow:5000` replaced by the local addresses) on top of the image's `ENV` (serving/Dockerfile),
+and runs the image's ENTRYPOINT. A change to either file changes the processes too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from neuropredict import config
+from neuropredict.errors import ConfigError, ServiceError
+from neuropredict.services import Service, spawn, stop_processes
+
+COMPOSE_SERVICE_ADDRESSES = {"kafka": "kafka:9092", "mlflow": "mlflow:5000"}  # as the workers reach them in compose
+WORKER_START_TIMEOUT_S = 180.0
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+def compose_file() -> Path:
+    return config.project_root() / "serving" / "compose.yaml"
+
+
+def dockerfile() -> Path:
+    return config.project_root() / "serving" / "Dockerfile"
+
+
+def interpolate(text: str, variables: dict[str, str]) -> str:
+    """Compose's variable syntax: $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $$."""
+
+    def substitute(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        op, arg = match.group(2), match.group(3) or ""
+        value = variables.get(name)
+        empty = value is None or (op is not None and op.startswith(":") and value == "")
+        if op and op.endswith("?") and empty:
+            raise ConfigError(f"{compose_file().name}: required variable {name} is not set ({arg or 'no message'})")
+        if op and op.endswith("-") and empty:
+            return arg
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
+
+
+def image_environment(path: Path) -> dict[str, str]:
+    """The `ENV key=value ...` lines of a Dockerfile (continuations joined)."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip().startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line.split()[1:] if "=" in pair)
+    return env
+
+
+def image_entrypoint(path: Path) -> list[str]:
+    found = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", path.read_text(), re.MULTILINE)
+    if not found:
+        raise ConfigError(f"{path} has no ENTRYPOINT [...] line")
+    return yaml.safe_load(found[-1])
+
+
+def worker_environment(addresses: dict[str, str], variables: dict[str, str]) -> dict[str, str]:
+    """What compose sets in a worker container, for a process here: `addresses` maps each compose
+    service (kafka, mlflow) to its local host:port; `variables` are compose's interpolation values."""
+    if not compose_file().is_file() or not dockerfile().is_file():
+        raise ConfigError(f"{compose_file()} and {dockerfile().name} are needed: the workers take their "
+                          f"environment and entry point from them (restore them from git)")
+    service = yaml.safe_load(compose_file().read_text())["services"]["worker"]
+    env = image_environment(dockerfile())
+    env.update({key: interpolate(str(value), variables) for key, value in service.get("environment", {}).items()})
+    env["NEUROPREDICT_ROOT"] = str(config.project_root())  # the image's /app is this project
+    for name, inside in COMPOSE_SERVICE_ADDRESSES.items():
+        env = {key: value.replace(inside, addresses[name]) for key, value in env.items()}
+    return env
+
+
+def worker_command() -> list[str]:
+    """The image's ENTRYPOINT, its `python` being this environment's."""
+    entry = image_entrypoint(dockerfile())
+    return [sys.executable if entry[0].startswith("python") else entry[0], *entry[1:]]
+
+
+def start_workers(count: int, addresses: dict[str, str], variables: dict[str, str]) -> list[Service]:
+    """`count` workers as compose would run them; started when each has its share of the partitions,
+    or says it is waiting (for a production model, as in compose: `--wait`)."""
+    env = {**_host_basics(), **worker_environment(addresses, variables)}
+    state = config.paths().state_dir
+    started = []
+    for i in range(1, count + 1):
+        log_path = state / f"worker-{i}.log"
+        log_path.unlink(missing_ok=True)
+        proc = spawn(worker_command(), log_path, env={**env, "NEUROPREDICT_WORKER_ID": f"worker-{i}"},
+                     cwd=config.project_root())
+        started.append(Service(f"worker-{i}", proc.pid, f"group {config.CONSUMER_GROUP}", str(log_path),
+                               "serving/worker.py"))
+    try:
+        _wait_started(started)
+    except BaseException:
+        stop_processes([svc.pid for svc in started])
+        raise
+    return started
+
+
+def _host_basics() -> dict[str, str]:
+    """What any process needs from the host (a container has its own): PATH, HOME, locale."""
+    return {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+
+
+def _wait_started(workers: list[Service]) -> None:
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    waiting = list(workers)
+    while waiting:
+        for svc in list(waiting):
+            text = Path(svc.log).read_text(errors="replace") if Path(svc.log).exists() else ""
+            if "assigned partitions" in text or "not ready (" in text:
+                waiting.remove(svc)
+            elif not svc.alive() or time.monotonic() > deadline:
+                tail = "".join(text.splitlines(keepends=True)[-10:])
+                raise ServiceError(f"{svc.name} did not start (see {svc.log}):\n{tail}")
+        time.sleep(0.3)
