@@ -9,8 +9,6 @@ import dataclasses
 import logging
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
@@ -164,71 +162,7 @@ def test_a_hot_swap_to_a_longer_window_reads_history_back_and_needs_no_warmup(tr
     assert_forecasts_match([o for o in outs if o["model_version"] != version], expected_forecasts(found, first))
 
 
-def _mlflow_server(root, port, log_path):
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-           "--default-artifact-root", (root / "mlruns" / "artifacts").as_uri()]
-    env = {**project_env(root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    from neuropredict import services
-
-    wait_for(lambda: services._http_ok(f"http://127.0.0.1:{port}/health"), timeout_s=60, what="the MLflow server")
-    return proc
-
-
-def _stop_group(proc, sig=signal.SIGKILL):
-    import os
-
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(30)
-
-
-def _latest(run_id, key):
-    run = mlflow.tracking.MlflowClient().get_run(run_id)
-    return run.data.metrics.get(key)
-
-
-def test_metrics_buffered_while_the_mlflow_server_is_down_reach_the_run_afterwards(
-        trained_project, tmp_path, broker, use_project, monkeypatch, caplog):
-    from neuropredict import services
-
-    root, params = _project(trained_project, tmp_path)
-    use_project(root)
-    port = services.free_port()
-    server = _mlflow_server(root, port, tmp_path / "mlflow.log")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    ticks = replay(root, params, start="2023-06-01")
-    half = len(ticks) // 2
-    w = WorkerThread(params, broker)
-    try:
-        Sender(ticks[:half], broker, rate=0, serving=params.serving).run()
-        wait_for(lambda: w.stats.consumed >= half, what="the first half")
-        wait_for(lambda: w.worker.reporter.run_id and _latest(w.worker.reporter.run_id, "consumed") == half,
-                 what="the first half's metrics on the server")
-        _stop_group(server)  # the tracking server dies mid-stream
-        Sender(ticks[half:], broker, rate=0, serving=params.serving).run()
-        wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring during the outage")
-        wait_for(lambda: "live metrics buffered" in caplog.text, what="the outage to be noticed")
-        assert w.thread.is_alive()
-        server = _mlflow_server(root, port, tmp_path / "mlflow.log")  # back, same store
-        run_id = w.worker.reporter.run_id
-        wait_for(lambda: _latest(run_id, "consumed") == len(ticks), timeout_s=90,
-                 what="the buffered metrics to reach the run")
-        w.stop()
-        run = mlflow.tracking.MlflowClient().get_run(run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.metrics["predicted"] == w.stats.predicted
-        assert run.data.metrics["live_scored"] == w.stats.overall.n
-    finally:
-        if w.thread.is_alive():
-            w.stop()
-        _stop_group(server, signal.SIGTERM)
+# The tracking server killed mid-stream (on PostgreSQL, three workers): tests/integration/test_team_path.py
 
 
 def test_a_locked_sqlite_store_is_retried_by_two_workers_and_evaluate(trained_project, tmp_path, broker,

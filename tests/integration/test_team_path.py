@@ -1,0 +1,271 @@
+"""The team path for real: serving/compose.yaml's topology as processes here, with no Docker.
+
+One topology for the module, started as `make cluster WORKERS=3 KEEP=1` starts it: Apache Kafka,
+PostgreSQL, the MLflow server on it (basic-auth) and three workers configured from the compose
+file; `dvc repro` trains and registers into the server; the test year is replayed through it.
+The tests then use it as a team would, from a shell that ran `eval "$(neuropredict env)"`, in
+order: promote (all three hot-swap), kill the server mid-stream, stop the workers and count
+every metric point, look for the secrets everywhere. The README's "Scaling out" commands are the
+ones run here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from neuropredict import config, producer
+from neuropredict.config import load_params
+from neuropredict.services import pid_alive
+from tests.conftest import (REPO, TINY_PARAMS, make_project, project_env, require_apache_kafka, require_postgres,
+                            run)
+from tests.integration.kafka_helpers import Sender, inputs, predictions, replay, wait_for
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 3
+MAKE_CLUSTER = f"make cluster WORKERS={WORKERS} KEEP=1"
+README_MARKER = "<!-- run by tests/integration/test_team_path.py -->"
+ENV_LINE = 'eval "$(neuropredict env)"'
+
+
+@dataclass
+class Team:
+    root: Path
+    env: dict[str, str]  # a shell before `eval "$(neuropredict env)"`
+    cluster: subprocess.CompletedProcess
+    ran: list[str] = field(default_factory=list)  # every command, as a user types it
+    figures: dict = field(default_factory=dict)
+
+    def sh(self, command: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`command` in a shell that ran `eval "$(neuropredict env)"`, as the README says."""
+        self.ran += [ENV_LINE, command] if ENV_LINE not in self.ran else [command]
+        return run(["bash", "-c", f'set -e; eval "$(neuropredict env)"; {command}'], self.root, self.env,
+                   check=check, timeout=timeout)
+
+    def state(self) -> dict:
+        return json.loads((self.root / ".neuropredict" / "services.json").read_text())
+
+    @property
+    def server(self) -> str:
+        return self.state()["mlflow-server"]["url"]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.state()["kafka-1"]["url"]
+
+    @property
+    def password(self) -> str:
+        return (self.root / ".neuropredict/tracking-server/secrets/admin-password").read_text().strip()
+
+    def worker_logs(self) -> list[str]:
+        return [(self.root / f".neuropredict/worker-{i}.log").read_text() for i in range(1, WORKERS + 1)]
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    require_apache_kafka()
+    require_postgres()
+    from neuropredict.services import free_port
+
+    root = make_project(tmp_path_factory.mktemp("team") / "project", TINY_PARAMS)
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(free_port()), "NEUROPREDICT_UI_PORT": str(free_port()),
+           "NEUROPREDICT_PG_PORT": str(free_port())}
+    recipe = subprocess.run(["make", "-n", "-s", *MAKE_CLUSTER.split()[1:]], cwd=REPO, capture_output=True,
+                            text=True).stdout
+    command = next(line for line in recipe.splitlines() if " demo " in line).split("/")[-1]  # neuropredict demo ...
+    cluster = run(command.split(), root, env, check=False, timeout=900)
+    team = Team(root, env, cluster, ran=[MAKE_CLUSTER])
+    try:
+        yield team
+    finally:
+        run(["neuropredict", "down"], root, env, check=False)
+        data_dir = json.loads((root / ".neuropredict/tracking-server/server.json").read_text())["data_dir"]
+        shutil.rmtree(data_dir, ignore_errors=True)  # outside the project when PostgreSQL runs as another user
+        print(f"\nteam path figures: {json.dumps(team.figures)}")
+
+
+@pytest.fixture
+def as_team(team, monkeypatch):
+    """This test process as a client of the team's server (the same variables `neuropredict env` sets)."""
+    for key, value in team.env.items():
+        if key.startswith(("NEUROPREDICT_", "MLFLOW_")):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.server)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", team.password)
+    return mlflow.tracking.MlflowClient(tracking_uri=team.server, registry_uri=team.server)
+
+
+def test_make_cluster_trains_into_the_server_and_scores_the_test_year_as_offline(team, as_team):
+    out = team.cluster.stdout
+    assert team.cluster.returncode == 0, f"{out[-3000:]}\n{team.cluster.stderr[-3000:]}"
+    assert "Traceback" not in team.cluster.stderr
+    live_minus_offline = float(re.search(r"live - offline = ([-+0-9.e]+)", out).group(1))
+    assert abs(live_minus_offline) < 1e-6
+    team.figures["forecasts_scored"] = int(re.search(r"over (\d+) streamed forecasts", out).group(1))
+    # dvc repro registered into the server: a production version, and every stage's run is there
+    assert re.search(r"^\s+1\s+\S*production", team.sh("neuropredict models").stdout, re.MULTILINE)
+    runs = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
+    stages = {r.data.tags.get("neuropredict.stage") for r in runs}
+    assert {"download", "validate", "featurize", "tune", "register"} <= stages
+
+
+def test_the_workers_run_as_serving_compose_yaml_configures_them(team, as_team):
+    from neuropredict import topology, tracking_server
+
+    state = team.state()
+    workers = [svc for name, svc in sorted(state.items()) if name.startswith("worker-")]
+    assert len(workers) == WORKERS
+    compose = yaml.safe_load((REPO / "serving" / "compose.yaml").read_text())["services"]["worker"]
+    expected = topology.worker_environment({"kafka": team.bootstrap, "mlflow": team.server.removeprefix("http://")},
+                                           tracking_server.compose_variables())
+    assigned = []
+    for svc, log in zip(workers, team.worker_logs()):
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{svc['pid']}/environ").read_bytes().decode().split("\0") if "=" in item)
+        assert {key: environ.get(key) for key in compose["environment"]} == {key: expected[key] for key in
+                                                                            compose["environment"]}
+        assert environ["MLFLOW_TRACKING_URI"] == team.server and environ["KAFKA_BOOTSTRAP_SERVERS"] == team.bootstrap
+        cmdline = Path(f"/proc/{svc['pid']}/cmdline").read_bytes().decode().split("\0")
+        assert cmdline[1:3] == ["serving/worker.py", "--wait"]  # the image's ENTRYPOINT
+        assert "(exactly-once)" in log
+        assigned.append(set(json.loads(re.findall(r"assigned partitions (\[.*\])", log)[-1])))
+    assert set().union(*assigned) == {0, 1, 2, 3} and sum(map(len, assigned)) == 4  # the group splits them
+
+
+def test_an_unauthenticated_client_is_refused(team):
+    from neuropredict.services import http_status
+
+    api = f"{team.server}/api/2.0/mlflow/experiments/search?max_results=1"
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    assert http_status(api) == 401
+    assert http_status(api, basic("admin", "not-the-password")) == 401
+    assert http_status(api, basic("admin", team.password)) == 200
+    anonymous = {k: v for k, v in team.env.items() if not k.startswith("MLFLOW_TRACKING_")}
+    refused = run(["neuropredict", "models"], team.root, {**anonymous, "MLFLOW_TRACKING_URI": team.server}, check=False)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "401" in refused.stderr or "not authenticated" in refused.stderr.lower()
+
+
+def test_a_promotion_through_the_server_hot_swaps_all_three_workers(team, as_team):
+    from tests.integration.test_serving import _register_another_version
+
+    params = load_params(team.root / "params.yaml")
+    version = _register_another_version(team.root, params)
+    assert version == "2"  # the README promotes version 2
+    ticks = replay(team.root, params, start=params.featurize.test_start, symbols=("GOOGL", "AMZN"))
+    half = len(ticks) // 2  # the first half scored by v1, the second by v2
+    Sender(ticks[:half], team.bootstrap, rate=0, serving=params.serving).run()
+    team.sh(f"neuropredict promote {version}")
+    promoted = time.monotonic()  # the alias moved just before the command returned
+    delays: dict[int, float] = {}
+    while len(delays) < WORKERS and time.monotonic() - promoted < 90:
+        for i, log in enumerate(team.worker_logs()):
+            if i not in delays and f"-> v{version} (alias production moved)" in log:
+                delays[i] = time.monotonic() - promoted
+        time.sleep(0.05)
+    assert len(delays) == WORKERS, f"only workers {sorted(delays)} swapped"
+    Sender(ticks[half:], team.bootstrap, rate=0, serving=params.serving).run()
+    team.figures["hot_swap_delay_s"] = sorted(round(d, 2) for d in delays.values())
+    window = params.featurize.window
+    wait_for(lambda: sum(o["symbol"] in ("GOOGL", "AMZN") for o in predictions(team.bootstrap))
+             >= producer.expected_forecasts(ticks, window, False), what="every GOOGL/AMZN forecast")
+    by_partition: dict[int, list[str]] = {}
+    for out in predictions(team.bootstrap):
+        if out["symbol"] in ("GOOGL", "AMZN"):
+            by_partition.setdefault(out["input_partition"], []).append(out["model_version"])
+    for versions in by_partition.values():  # each partition switches once, never back
+        assert versions == sorted(versions) and versions[-1] == version
+
+
+def test_the_server_killed_mid_stream_scoring_goes_on_and_the_buffered_metrics_arrive(team, as_team):
+    params = load_params(team.root / "params.yaml")
+    os.killpg(team.state()["mlflow-server"]["pid"], signal.SIGKILL)
+    ticks = replay(team.root, params, start=params.featurize.test_start, symbols=("META", "NVDA"))
+    Sender(ticks, team.bootstrap, rate=0, serving=params.serving).run()
+    wait_for(lambda: sum(o["symbol"] in ("META", "NVDA") for o in predictions(team.bootstrap))
+             >= producer.expected_forecasts(ticks, params.featurize.window, False), what="scoring during the outage")
+    wait_for(lambda: any("live metrics buffered" in log for log in team.worker_logs()), what="the outage noticed")
+    team.sh("neuropredict up --broker apache --tracking server")  # starts what is not running: the server
+    total = len(inputs(team.bootstrap))
+    runs = _worker_runs(team)
+
+    def consumed_on_the_server() -> float:
+        return sum(as_team.get_run(run_id).data.metrics.get("consumed", 0) for run_id in runs)
+
+    # before the kill the server had less: META and NVDA were not sent yet (a batch a rebalance
+    # aborted is consumed twice, hence >=)
+    wait_for(lambda: consumed_on_the_server() >= total, timeout_s=120, every_s=1,
+             what=f"the buffered metrics to add up to the {total} inputs")
+
+
+def test_three_workers_logged_every_metric_point_and_no_secret_is_anywhere(team, as_team):
+    state = team.state()
+    pids = [svc["pid"] for name, svc in state.items() if name.startswith("worker-")]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)  # each logs its final snapshot and says how many it logged
+    wait_for(lambda: not any(map(pid_alive, pids)), timeout_s=60, what="the workers to stop")
+    written = received = 0
+    for log in team.worker_logs():
+        logged, run_id = re.search(r"live metrics: (\d+) snapshots logged to MLflow run (\w+)", log).groups()
+        history = as_team.get_metric_history(run_id, "consumed")
+        assert sorted(m.step for m in history) == list(range(int(logged)))  # none lost, none twice
+        written, received = written + int(logged), received + len(history)
+        assert "database is locked" not in log and "MLflow store busy" not in log
+    team.figures["metric_snapshots_written_received"] = [written, received]
+    _assert_no_secret_anywhere(team, as_team)
+
+
+def test_the_readme_scaling_out_commands_are_the_ones_run_here(team):
+    assert "postgres" in team.sh("neuropredict status").stdout
+    running = team.state()
+    stopped = team.sh("neuropredict down").stdout
+    assert {"kafka-1", "postgres", "mlflow-server"} <= set(re.findall(r"[\w-]+", stopped))
+    assert not any(pid_alive(svc["pid"]) for svc in running.values())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(README_MARKER, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    missing = [c for c in commands if c not in team.ran]
+    assert not missing, f"README commands no test ran: {missing}; ran {team.ran}"
+
+
+def _worker_runs(team) -> list[str]:
+    return [re.search(r"live metrics -> MLflow run (\w+)", log).group(1) for log in team.worker_logs()]
+
+
+def _assert_no_secret_anywhere(team, client) -> None:
+    secret_dir = team.root / ".neuropredict/tracking-server/secrets"
+    found = {path.name: path.read_text().strip() for path in secret_dir.iterdir() if path.name != "pgpass"}
+    assert set(found) == {"db-password", "admin-password", "flask-secret-key"}
+    texts = {"make cluster output": team.cluster.stdout + team.cluster.stderr}
+    for path in team.root.rglob("*"):
+        if path.is_file() and secret_dir not in path.parents and ".git" not in path.parts:
+            texts[str(path)] = path.read_bytes().decode(errors="replace")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            texts[f"/proc/{pid}/cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            pass
+    for experiment in client.search_experiments():
+        for r in client.search_runs([experiment.experiment_id], max_results=1000):
+            texts[f"run {r.info.run_id}"] = json.dumps([r.data.params, r.data.tags])
+    leaks = [(name, where) for name, secret in found.items() for where, text in texts.items() if secret in text]
+    assert not leaks, f"secrets found in: {leaks[:5]}"
+    assert len(texts) > 50  # the search looked at logs, processes and runs
