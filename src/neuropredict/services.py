@@ -276,7 +276,7 @@ def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes:
             services[svc.name] = svc
             log.info("%s on %s, pid %d", svc.name, svc.url, svc.pid)
         _save_state(services)
-    elif ui and "mlflow-ui" not in services and not config.tracking_uri().startswith("http"):
+    elif ui and not {"mlflow-ui", "mlflow-server"} & set(services) and not config.tracking_uri().startswith("http"):
         services["mlflow-ui"] = start_mlflow_ui(config.mlflow_ui_port(), logs / "mlflow-ui.log")
         log.info("MLflow UI on %s, pid %d", services["mlflow-ui"].url, services["mlflow-ui"].pid)
         _save_state(services)

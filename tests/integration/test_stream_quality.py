@@ -177,8 +177,9 @@ def test_unkeyed_and_miskeyed_ticks_are_rekeyed_and_scored_as_keyed_ones(trained
     else:  # two workers re-key independently: a few ticks can interleave; late ones are dead letters
         print(f"unkeyed feed, two workers: {len(dead)} of {len(ticks)} ticks re-keyed out of order")
         assert len(dead) <= len(ticks) // 20
+    keyed_positions = _keyed_positions(broker)  # once: it reads the whole topic
     keyed = {where: t for where, t in inputs(broker).items() if not isinstance(t, str)
-             and where in _keyed_positions(broker) and where not in dead}
+             and where in keyed_positions and where not in dead}
     outs = predictions(broker)
     assert len(positions(outs)) == len(set(positions(outs))) == len(ticks) - len(dead) - 3 * (params.featurize.window - 1)
     assert set(positions(outs)) <= set(keyed)
