@@ -241,7 +241,10 @@ def _random_cluster_id() -> str:
     """What `kafka-storage random-uuid` prints (a base64url UUID, 22 characters), without a JVM start."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:  # Kafka's own Uuid.randomUuid() redraws one that starts with "-": a tool would read it as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def main() -> int:
