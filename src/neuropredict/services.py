@@ -137,7 +137,9 @@ def start_apache_kafka(cluster: apache_kafka.Cluster) -> list[Service]:
 def _wait_for_nodes(cluster: apache_kafka.Cluster, started: list[Service]) -> None:
     deadline = time.monotonic() + APACHE_START_TIMEOUT_S
     while True:
-        dead = [svc for svc in started if not svc.alive()]
+        # by PID only: just after the spawn the java launcher can still be exec'ing, and its command
+        # line (the marker alive() checks, against recycled PIDs) is not there yet
+        dead = [svc for svc in started if not pid_alive(svc.pid)]
         if dead:
             raise ServiceError(f"Apache Kafka node {dead[0].name} exited at start: see {dead[0].log}")
         # ports first: until one listens, a Kafka client would log every refused connection

@@ -18,7 +18,7 @@ import yaml
 
 from neuropredict import config
 from neuropredict.errors import ConfigError, ServiceError
-from neuropredict.services import Service, spawn, stop_processes
+from neuropredict.services import Service, pid_alive, spawn, stop_processes
 
 COMPOSE_SERVICE_ADDRESSES = {"kafka": "kafka:9092", "mlflow": "mlflow:5000"}  # as the workers reach them in compose
 WORKER_START_TIMEOUT_S = 180.0
@@ -124,7 +124,7 @@ def _wait_started(workers: list[Service]) -> None:
             text = Path(svc.log).read_text(errors="replace") if Path(svc.log).exists() else ""
             if "assigned partitions" in text or "not ready (" in text:
                 waiting.remove(svc)
-            elif not svc.alive() or time.monotonic() > deadline:
+            elif not pid_alive(svc.pid) or time.monotonic() > deadline:
                 tail = "".join(text.splitlines(keepends=True)[-10:])
                 raise ServiceError(f"{svc.name} did not start (see {svc.log}):\n{tail}")
         time.sleep(0.3)
