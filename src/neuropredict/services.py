@@ -159,15 +159,21 @@ def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Servi
     cmd, env = mlflow_ui_command(port)
     proc = spawn(cmd, log_path, env)
     url = f"http://127.0.0.1:{port}"
+    wait_for_mlflow(proc, url, log_path, timeout_s, "the MLflow UI")
+    return Service("mlflow-ui", proc.pid, url, str(log_path), "mlflow")
+
+
+def wait_for_mlflow(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: float, what: str) -> None:
+    """Until an `mlflow server` just spawned answers /health; one that exits or never answers is an error."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceError(f"the MLflow UI exited at start (code {proc.returncode}); see {log_path}")
+            raise ServiceError(f"{what} exited at start (code {proc.returncode}); see {log_path}")
         if _http_ok(f"{url}/health"):
-            return Service("mlflow-ui", proc.pid, url, str(log_path), "mlflow")
+            return
         time.sleep(0.25)
     stop_process(proc.pid)
-    raise ServiceError(f"the MLflow UI did not answer within {timeout_s:g} s; see {log_path}")
+    raise ServiceError(f"{what} did not answer on {url} within {timeout_s:g} s; see {log_path}")
 
 
 def mlflow_ui_command(port: int) -> tuple[list[str], dict[str, str]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from neuropredict import config
 from neuropredict.errors import ServiceError
 from neuropredict.files import read_json, write_json
-from neuropredict.services import Service, http_status, port_open, spawn, stop_processes
+from neuropredict.services import Service, port_open, spawn, stop_processes, wait_for_mlflow
 
 DB_USER = "mlflow"
 DATABASE = "mlflow"
@@ -89,10 +89,15 @@ class Layout:
         path = self.secrets / name
         if not path.exists():
             self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(24))
+            _write_private(path, secrets.token_urlsafe(24))
         return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A new file only its owner can read, created with that mode (never readable for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def _data_dir(folder: Path) -> Path:
@@ -154,9 +159,8 @@ def init_cluster(layout: Layout) -> None:
     layout.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _chown(layout.data_dir)
     pwfile = layout.data_dir.parent / f".{layout.data_dir.name}.pw"
-    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(password)
+    pwfile.unlink(missing_ok=True)  # left by an initdb that was killed
+    _write_private(pwfile, password)
     _chown(pwfile)
     try:
         proc = subprocess.run([str(postgres_bin() / "initdb"), "-D", str(layout.data_dir), "-U", DB_USER,
@@ -171,10 +175,7 @@ def init_cluster(layout: Layout) -> None:
 def _write_pgpass(layout: Layout) -> None:
     """libpq's password file: how the MLflow server (and psycopg here) log in without a password in a URI."""
     if not layout.pgpass.exists():
-        password = layout.secret("db-password")
-        fd = os.open(layout.pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
+        _write_private(layout.pgpass, f"127.0.0.1:*:*:{DB_USER}:{layout.secret('db-password')}\n")
 
 
 def database_uri(port: int) -> str:
@@ -260,13 +261,7 @@ def start_server(layout: Layout, pg_port: int, port: int, auth: bool,
     log_path = layout.folder / "mlflow-server.log"
     proc = spawn(cmd, log_path, env=env, cwd=layout.folder)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while http_status(f"{url}/health") != 200:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_processes([proc.pid])
-            raise ServiceError(f"the MLflow server did not answer on {url} within {SERVER_START_TIMEOUT_S:g} s; "
-                               f"see {log_path}")
-        time.sleep(0.25)
+    wait_for_mlflow(proc, url, log_path, SERVER_START_TIMEOUT_S, "the MLflow server")
     return Service("mlflow-server", proc.pid, url, str(log_path), "mlflow")
 
 
