@@ -59,6 +59,18 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
     return proc
 
 
+def distinct_ports(kafka_nodes: int = 1, others: int = 0) -> tuple[int, list[int]]:
+    """A first Kafka port whose next `kafka_nodes` ports are free, and `others` more, all distinct
+    (ports drawn one by one can repeat, and a node's neighbour can be drawn for something else)."""
+    from neuropredict.services import free_ports, port_open
+
+    while True:
+        first = free_ports(1)[0]
+        block = range(first, first + kafka_nodes)
+        if not any(port_open("127.0.0.1", port) for port in block):
+            return first, free_ports(others, avoid=block)
+
+
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([str(BIN / "dvc"), *args], root, project_env(root), check=check)
 

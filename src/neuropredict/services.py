@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from neuropredict import apache_kafka, config, kafka_io
@@ -80,9 +81,26 @@ def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
+    """`count` distinct free ports, none in `avoid`. The sockets stay bound until all are drawn:
+    closed one by one, the OS can hand the same port out twice (2 in 2000 draws of six here)."""
+    avoid, held = set(avoid), []
+    try:
+        while len(held) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in avoid:
+                avoid.add(s.getsockname()[1])
+                s.close()
+                continue
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
@@ -303,8 +321,8 @@ def up(kafka_params: KafkaParams, ui: bool = True, broker: str = "tansu", nodes:
 def local_cluster(nodes: int) -> apache_kafka.Cluster:
     """This project's Apache Kafka of `nodes` nodes: client ports from NEUROPREDICT_KAFKA_PORT up."""
     first = config.embedded_kafka_port()
-    return apache_kafka.Cluster.layout(config.paths().apache_kafka_dir(nodes), [first + i for i in range(nodes)],
-                                       [free_port() for _ in range(nodes)])
+    ports = [first + i for i in range(nodes)]
+    return apache_kafka.Cluster.layout(config.paths().apache_kafka_dir(nodes), ports, free_ports(nodes, avoid=ports))
 
 
 @dataclass
@@ -325,8 +343,8 @@ def start_scratch_broker(kind: str, folder: Path, kafka_params: KafkaParams, nod
         svc = start_broker(free_port(), Path(folder) / "kafka.log")
         started, replication = [svc], kafka_params.replication_factor
     else:
-        cluster = apache_kafka.Cluster.layout(Path(folder) / "apache-kafka", [free_port() for _ in range(nodes)],
-                                              [free_port() for _ in range(nodes)])
+        ports = free_ports(2 * nodes)
+        cluster = apache_kafka.Cluster.layout(Path(folder) / "apache-kafka", ports[:nodes], ports[nodes:])
         started, replication = start_apache_kafka(cluster), cluster.replication
     broker = ScratchBroker(kind, ",".join(svc.url for svc in started), started)
     try:

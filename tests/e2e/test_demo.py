@@ -7,14 +7,14 @@ import sys
 import pytest
 
 from neuropredict import services
-from tests.conftest import TINY_PARAMS, copy_project, load_json, make_project, project_env, require_apache_kafka
+from tests.conftest import TINY_PARAMS, copy_project, distinct_ports, load_json, make_project, project_env, require_apache_kafka
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_end_to_end_and_summarises_live_mse_beside_persistence(tmp_path):
     root = make_project(tmp_path / "p", TINY_PARAMS)
-    kafka_port, ui_port = services.free_port(), services.free_port()
+    kafka_port, (ui_port,) = distinct_ports(others=1)
     env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port)}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     proc = subprocess.run([sys.executable, "-m", "neuropredict.cli", "demo"], cwd=root, env=env,
@@ -45,7 +45,7 @@ def test_demo_on_apache_kafka_twice_ends_with_the_same_summary_on_an_emptied_str
     empties them first (else its replay would arrive after the first one's, out of order)."""
     require_apache_kafka()
     root = copy_project(trained_project, tmp_path / "copy")
-    kafka_port, ui_port = services.free_port(), services.free_port()
+    kafka_port, (ui_port,) = distinct_ports(others=1)
     env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port)}
     runs = [subprocess.run([sys.executable, "-m", "neuropredict.cli", "demo", "--broker", "apache"], cwd=root,
                            env=env, capture_output=True, text=True, timeout=900) for _ in range(2)]

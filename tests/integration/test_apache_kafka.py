@@ -17,7 +17,7 @@ from kafka import TopicPartition
 
 from neuropredict import apache_kafka, config, kafka_io, messages, producer, services
 from neuropredict.config import load_params
-from tests.conftest import BIN, copy_project, project_env, require_apache_kafka, run, write_params
+from tests.conftest import BIN, copy_project, distinct_ports, project_env, require_apache_kafka, run, write_params
 from tests.integration.kafka_helpers import (Sender, TopicCounter, WorkerThread, committed_offsets, inputs,
                                              positions, predictions, read_topic, replay, wait_for,
                                              warmup_positions)
@@ -223,9 +223,7 @@ def test_up_brokers_3_starts_a_replicated_cluster_that_status_describes(tmp_path
     root = tmp_path / "p"
     root.mkdir()
     write_params(root, tiny_params)
-    first = services.free_port()
-    while not all(not services.port_open("127.0.0.1", first + i) for i in range(3)):
-        first = services.free_port()
+    first, _ = distinct_ports(kafka_nodes=3)
     env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(first)}
     neuropredict = [str(BIN / "neuropredict")]
     try:

@@ -29,7 +29,7 @@ import yaml
 from neuropredict import config, producer
 from neuropredict.config import load_params
 from neuropredict.services import pid_alive
-from tests.conftest import (REPO, TINY_PARAMS, make_project, project_env, require_apache_kafka, require_postgres,
+from tests.conftest import (REPO, TINY_PARAMS, distinct_ports, make_project, project_env, require_apache_kafka, require_postgres,
                             run)
 from tests.integration.kafka_helpers import Sender, inputs, predictions, replay, wait_for
 
@@ -78,11 +78,10 @@ class Team:
 def team(tmp_path_factory):
     require_apache_kafka()
     require_postgres()
-    from neuropredict.services import free_port
-
     root = make_project(tmp_path_factory.mktemp("team") / "project", TINY_PARAMS)
-    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(free_port()), "NEUROPREDICT_UI_PORT": str(free_port()),
-           "NEUROPREDICT_PG_PORT": str(free_port())}
+    kafka_port, (ui_port, pg_port) = distinct_ports(others=2)
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port),
+           "NEUROPREDICT_PG_PORT": str(pg_port)}
     recipe = subprocess.run(["make", "-n", "-s", *MAKE_CLUSTER.split()[1:]], cwd=REPO, capture_output=True,
                             text=True).stdout
     command = next(line for line in recipe.splitlines() if " demo " in line).split("/")[-1]  # neuropredict demo ...
