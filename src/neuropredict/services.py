@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -159,7 +160,8 @@ def _wait_for_nodes(cluster: apache_kafka.Cluster, started: list[Service]) -> No
         # line (the marker alive() checks, against recycled PIDs) is not there yet
         dead = [svc for svc in started if not pid_alive(svc.pid)]
         if dead:
-            raise ServiceError(f"Apache Kafka node {dead[0].name} exited at start: see {dead[0].log}")
+            raise ServiceError(f"Apache Kafka node {dead[0].name} exited at start{_last_error(Path(dead[0].log))}; "
+                               f"see {dead[0].log}")
         # ports first: until one listens, a Kafka client would log every refused connection
         listening = any(port_open("127.0.0.1", n.port) for n in cluster.nodes)
         if listening and kafka_io.cluster_size(cluster.bootstrap) == len(cluster.nodes):
@@ -168,6 +170,26 @@ def _wait_for_nodes(cluster: apache_kafka.Cluster, started: list[Service]) -> No
             raise ServiceError(f"Apache Kafka did not report {len(cluster.nodes)} node(s) within "
                                f"{APACHE_START_TIMEOUT_S:g} s: see {started[0].log}")
         time.sleep(0.5)
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:Caused by: )?[\w.$]*(?:Exception|Error): ")
+
+
+def _last_error(log_path: Path) -> str:
+    """Why a server died, from its log (': <reason>'), so that a failed start says it in one line:
+    Java's first ERROR with the exception under it, else Python's last exception."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()[-400:]]
+    except OSError:
+        return ""
+    for i, line in enumerate(lines):
+        if " ERROR " in line:
+            reason = line.split(" ERROR ", 1)[1]
+            if i + 1 < len(lines) and _EXCEPTION_LINE.match(lines[i + 1]):
+                reason += f": {lines[i + 1]}"
+            return f": {reason[:300]}"
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return f": {raised[-1][:300]}" if raised else ""
 
 
 def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Service:
@@ -186,7 +208,8 @@ def wait_for_mlflow(proc: subprocess.Popen, url: str, log_path: Path, timeout_s:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceError(f"{what} exited at start (code {proc.returncode}); see {log_path}")
+            raise ServiceError(f"{what} exited at start (code {proc.returncode}){_last_error(log_path)}; "
+                               f"see {log_path}")
         if _http_ok(f"{url}/health"):
             return
         time.sleep(0.25)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from kafka import TopicPartition
 
 from neuropredict import apache_kafka, config, kafka_io, messages, producer, services
 from neuropredict.config import load_params
+from neuropredict.errors import ServiceError
 from tests.conftest import BIN, copy_project, distinct_ports, project_env, require_apache_kafka, run, write_params
 from tests.integration.kafka_helpers import (Sender, TopicCounter, WorkerThread, committed_offsets, inputs,
                                              positions, predictions, read_topic, replay, wait_for,
@@ -239,3 +241,18 @@ def test_up_brokers_3_starts_a_replicated_cluster_that_status_describes(tmp_path
         stopped = run([*neuropredict, "down"], root, env).stdout
     assert "stopped: kafka-1, kafka-2, kafka-3" in stopped
     assert not any(services.port_open("127.0.0.1", first + i) for i in range(3))
+
+
+def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path):
+    """The reason is in the error, not only in the node's log (which CI does not keep)."""
+    require_apache_kafka()
+    port, controller_port = services.free_ports(2)
+    cluster = apache_kafka.Cluster.layout(tmp_path / "kafka", [port], [controller_port])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", controller_port))
+        taken.listen()
+        with pytest.raises(ServiceError) as failed:
+            services.start_apache_kafka(cluster)
+    message = str(failed.value)
+    assert "\n" not in message and "kafka-1 exited at start" in message
+    assert f"failed to bind to 127.0.0.1:{controller_port}: Address already in use" in message
