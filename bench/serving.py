@@ -200,7 +200,7 @@ def phase_seed_loop(params, bootstrap: str, forecaster, n_scored: int) -> dict:
                 window = np.array([w], dtype=np.float64)
                 mu, sd = scaler.stats([msg["symbol"]])
                 y = model.predict(scaler.to_model_input(window, mu, sd), verbose=0)
-                predicted = float(scaler.to_price(y, window[:, -1], mu, sd)[0])
+                predicted = float(scaler.to_price(y[:, 0], window[:, -1], mu, sd)[0])
                 out.send(SEED_TOPIC, std_json.dumps({**msg, "predicted_price": predicted}).encode())
                 scored += 1
                 if scored >= n_scored:

@@ -22,7 +22,8 @@ def _models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no versions of '{name}' in {config.tracking_uri()}: run `dvc repro` to train and register one")
         return 0
-    head = f"{'version':>7}  {'aliases':<22}{'cell':<6}{'window':>7}{'test MSE':>11}{'persist.':>11}{'mean skill':>11}{'DM t max':>9}  created"
+    head = (f"{'version':>7}  {'aliases':<22}{'cell':<6}{'window':>7}{'test MSE':>11}{'persist.':>11}{'mean skill':>11}"
+            f"{'DM t max':>9}{'coverage %':>17}  created")
     print(f"{name}  ({config.tracking_uri()})")
     print(head)
     print("-" * len(head))
@@ -33,8 +34,15 @@ def _models(args: argparse.Namespace) -> int:
         skill_txt = f"{100 * float(skill):+.2f} %" if skill else "-"
         print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22}{t.get('cell', '-'):<6}{t.get('window', '-'):>7}"
               f"{_num(t.get('test_mse')):>11}{_num(t.get('test_persistence_mse')):>11}{skill_txt:>11}"
-              f"{_num(t.get('test_max_dm_t'), '+.2f'):>9}  {created}")
+              f"{_num(t.get('test_max_dm_t'), '+.2f'):>9}{_coverage(t):>17}  {created}")
     return 0
+
+
+def _coverage(tags: dict[str, str]) -> str:
+    """'80: 81.0 95: 94.7' from a version's tags; '-' for a version without intervals."""
+    levels = [p for p in tags.get("interval_levels", "").split(",") if p]
+    return " ".join(f"{p}:{float(tags[f'test_coverage_{p}']):.1f}" for p in levels
+                    if f"test_coverage_{p}" in tags) or "-"
 
 
 def _date(text: str) -> str:

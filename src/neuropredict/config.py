@@ -124,10 +124,17 @@ class TuneParams:
 
 
 @dataclass(frozen=True)
+class IntervalParams:
+    levels: tuple[float, ...] = (0.8, 0.95)
+    ewma_lambda: float = field(default=0.94, metadata=_range(0.0, 0.9999))
+
+
+@dataclass(frozen=True)
 class RegisterParams:
     model_name: str = "stock-price-forecaster"
     max_dm_t: float = 2.0
     min_mean_skill: float = -0.005
+    min_coverage_p: float = field(default=0.01, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,7 @@ class Params:
     register: RegisterParams
     kafka: KafkaParams
     serving: ServingParams
+    intervals: IntervalParams = field(default_factory=IntervalParams)
 
 
 # ---- paths and endpoints ----
@@ -432,7 +440,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for name, f in fields.items():
         key = _dotted(prefix, name)
         if name not in raw:
-            if f.default is dataclasses.MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key '{key}' in params.yaml")
             continue
         values[name] = _coerce(hints[name], raw[name], key, f.metadata)
@@ -528,3 +536,7 @@ def _check_consistency(params: Params) -> None:
         raise ConfigError(f"'tune.dropout' must be [min, max] within [0, 1), got {list(params.tune.dropout)}")
     if not 0.0 < params.tune.learning_rate[0]:
         raise ConfigError(f"'tune.learning_rate' must be positive, got {list(params.tune.learning_rate)}")
+    levels = params.intervals.levels
+    if not all(0.0 < level < 1.0 for level in levels) or list(levels) != sorted(levels):
+        raise ConfigError(f"'intervals.levels' must be coverages between 0 and 1 in increasing order, "
+                          f"e.g. [0.8, 0.95]; got {list(levels)}")

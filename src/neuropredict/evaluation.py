@@ -37,7 +37,12 @@ def skill(mse_model: float, mse_baseline: float) -> float:
 
 def diebold_mariano(actual: np.ndarray, model: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
     """DM test on squared errors, one step ahead (no autocorrelation correction needed at h=1)."""
-    d = (np.asarray(model) - actual) ** 2 - (np.asarray(baseline) - actual) ** 2
+    return dm_test((np.asarray(model) - actual) ** 2 - (np.asarray(baseline) - actual) ** 2)
+
+
+def dm_test(d: np.ndarray) -> dict[str, float]:
+    """t of the mean of a loss differential (model - baseline; positive: the model is worse)."""
+    d = np.asarray(d, dtype=np.float64)
     n = len(d)
     sd = float(np.std(d, ddof=1)) if n > 1 else 0.0
     if n < 2 or sd == 0.0:

@@ -1,4 +1,5 @@
-"""A Keras model plus its fitted feature transform: raw price windows in, next prices out.
+"""A Keras model plus its fitted feature transform and interval calibration: raw price windows
+in, next prices and their prediction intervals out.
 
 `Forecaster` is what serving, evaluation and the registry all use; `ForecasterModel` wraps it as
 an MLflow pyfunc so `models:/stock-price-forecaster@production` alone carries everything.
@@ -16,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuropredict.features import SCALER_FILE, ReturnScaler, make_windows
+from neuropredict import intervals
+from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, make_windows
+from neuropredict.intervals import Calibration, Spread
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +35,18 @@ class ModelInput:
     mu: np.ndarray    # (n,) each row's training mean return ...
     sd: np.ndarray    # ... and standard deviation
     last: np.ndarray  # (n,) the last real price of each window
+    windows: np.ndarray  # (n, W) the raw prices (the baselines' volatility reads them)
 
     def __len__(self) -> int:
         return len(self.last)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Next prices, and the bounds of every calibrated interval (empty for a model without)."""
+
+    price: np.ndarray
+    bounds: dict[str, np.ndarray]  # intervals.column(method, side, level) -> prices
 
 
 class Forecaster:
@@ -45,11 +57,12 @@ class Forecaster:
     call of the next). The worker, the pyfunc, offline evaluation and parity all go through it.
     """
 
-    def __init__(self, model, scaler: ReturnScaler):
+    def __init__(self, model, scaler: ReturnScaler, calibration: Calibration | None = None):
         import tensorflow as tf
 
         self.model = model
         self.scaler = scaler
+        self.calibration = calibration  # None: point forecasts only (a model saved before intervals)
         self.model_seconds = 0.0  # time spent in model calls (where the serving time goes)
         steps = scaler.window - 1
         # One trace for every batch size: a compiled call, not model.predict per message.
@@ -73,13 +86,23 @@ class Forecaster:
 
         folder = Path(folder)
         model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
-        return cls(model, ReturnScaler.load(folder / SCALER_FILE))
+        return cls(model, ReturnScaler.load(folder / SCALER_FILE), Calibration.load(folder))
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save(folder / MODEL_FILE)
         self.scaler.save(folder / SCALER_FILE)
+        if self.calibration is not None:
+            self.calibration.save(folder)
+
+    @property
+    def interval_fields(self) -> list[str]:
+        """The model's bounds, as prediction messages name them: lower_80, upper_80, ..."""
+        if self.calibration is None:
+            return []
+        return [intervals.column("model", side, level) for level in self.calibration.levels
+                for side in ("lower", "upper")]
 
     def prepare(self, windows: np.ndarray, symbols: Sequence[str]) -> ModelInput:
         """(n, W) raw prices of the given symbols -> the model input (THE feature function)."""
@@ -87,30 +110,68 @@ class Forecaster:
         if windows.ndim != 2 or windows.shape[1] != self.window:
             raise ValueError(f"expected windows of shape (n, {self.window}), got {windows.shape}")
         mu, sd = self.scaler.stats(symbols)
-        return ModelInput(self.scaler.to_model_input(windows, mu, sd), mu, sd, windows[:, -1])
+        return ModelInput(self.scaler.to_model_input(windows, mu, sd), mu, sd, windows[:, -1], windows)
 
     def forecast_chunks(self, batch: ModelInput, chunk_rows: int,
-                        pool: Executor | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-        """(rows, next prices) chunk by chunk. With a pool, the call for chunk k+1 runs on it
+                        pool: Executor | None = None) -> Iterator[tuple[slice, Forecast]]:
+        """(rows, forecast) chunk by chunk. With a pool, the call for chunk k+1 runs on it
         while the caller handles chunk k (TensorFlow releases the GIL during the call)."""
-        bounds = [slice(lo, min(lo + chunk_rows, len(batch))) for lo in range(0, len(batch), max(1, chunk_rows))]
-        if not bounds:
+        chunks = [slice(lo, min(lo + chunk_rows, len(batch))) for lo in range(0, len(batch), max(1, chunk_rows))]
+        if not chunks:
             return
         call = pool.submit if pool is not None else _call_now
-        pending = call(self._outputs, batch.x[bounds[0]])
-        for k, rows in enumerate(bounds):
+        pending = call(self._outputs, batch.x[chunks[0]])
+        for k, rows in enumerate(chunks):
             outputs = pending.result()
-            if k + 1 < len(bounds):
-                pending = call(self._outputs, batch.x[bounds[k + 1]])
-            yield rows, self.scaler.to_price(outputs, batch.last[rows], batch.mu[rows], batch.sd[rows])
+            if k + 1 < len(chunks):
+                pending = call(self._outputs, batch.x[chunks[k + 1]])
+            price = self.scaler.to_price(outputs[:, 0], batch.last[rows], batch.mu[rows], batch.sd[rows])
+            bounds = ({} if self.calibration is None
+                      else self.calibration.bounds(self.spreads(batch, rows, outputs), batch.last[rows]))
+            yield rows, Forecast(price, bounds)
+
+    def spreads(self, batch: ModelInput, rows: slice, outputs: np.ndarray,
+                ewma_lambda: float | None = None) -> dict[str, Spread]:
+        """Each method's distribution of the next log return: the model's location and scale
+        (from standardised units) beside the baselines' (EWMA's λ: the calibration's, unless given)."""
+        mu, sd = batch.mu[rows], batch.sd[rows]
+        lam = self.calibration.ewma_lambda if ewma_lambda is None else ewma_lambda
+        return {"model": Spread(mu + sd * outputs[:, 0], sd * outputs[:, 1]),
+                **intervals.baseline_spreads(batch.windows[rows], sd, lam)}
+
+    def forecast(self, windows: np.ndarray, symbols: Sequence[str]) -> Forecast:
+        """(n, W) prices and n symbols -> next prices and interval bounds."""
+        batch = self.prepare(windows, symbols)
+        parts = list(self.forecast_chunks(batch, EVAL_BATCH))
+        price = np.concatenate([f.price for _, f in parts]) if parts else np.empty(0)
+        keys = parts[0][1].bounds if parts else {}
+        return Forecast(price, {k: np.concatenate([f.bounds[k] for _, f in parts]) for k in keys})
+
+    @property
+    def live_keys(self) -> tuple[tuple[str, float], ...]:
+        """The intervals a worker scores live for this model (none without a calibration)."""
+        return intervals.live_keys(self.calibration)
+
+    def bounds_matrix(self, forecast: Forecast) -> np.ndarray:
+        """(n, 2 per live key) bounds, in the order of intervals.bound_columns(live_keys)."""
+        columns = intervals.bound_columns(self.live_keys)
+        return (np.column_stack([forecast.bounds[c] for c in columns]) if columns
+                else np.empty((len(forecast.price), 0)))
+
+    def forecast_row(self, window: np.ndarray, symbol: str) -> tuple[float, np.ndarray, tuple]:
+        """One window's forecast, its live bounds and their keys (a rebuilt symbol's open forecast)."""
+        forecast = self.forecast(np.asarray(window)[None, :], [symbol])
+        return float(forecast.price[0]), self.bounds_matrix(forecast)[0], self.live_keys
 
     def predict_next(self, windows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
         """(n, W) prices and n symbols -> n next-price forecasts."""
+        return self.forecast(windows, symbols).price
+
+    def outputs(self, windows: np.ndarray, symbols: Sequence[str]) -> tuple[ModelInput, np.ndarray]:
+        """The model's raw (n, 2) outputs, in chunks (calibration reads them)."""
         batch = self.prepare(windows, symbols)
-        out = np.empty(len(batch))
-        for rows, prices in self.forecast_chunks(batch, EVAL_BATCH):
-            out[rows] = prices
-        return out
+        out = [self._outputs(batch.x[lo:lo + EVAL_BATCH]) for lo in range(0, len(batch), EVAL_BATCH)]
+        return batch, np.concatenate(out) if out else np.empty((0, 2))
 
     def warm_up(self) -> None:
         """Trace the compiled call once so the first real batch does not pay for it."""
@@ -124,9 +185,9 @@ class Forecaster:
     def _outputs(self, x: np.ndarray) -> np.ndarray:
         """The raw model call on a batch of features (no other Python work: it may run on a helper thread)."""
         began = time.perf_counter()
-        out = self._call(x).numpy().reshape(-1)
+        out = self._call(x).numpy()
         self.model_seconds += time.perf_counter() - began
-        return out
+        return out.reshape(len(x), -1)
 
 
 class _Done:
@@ -169,15 +230,45 @@ def forecast_period(forecaster: Forecaster, series: dict[str, pd.Series], start:
     if end is not None:  # the whole end day (intraday bars are later than its midnight)
         keep &= rows.target_times < np.datetime64(pd.Timestamp(end) + pd.Timedelta(days=1))
     rows = rows.select(keep)
+    forecast = forecaster.forecast(rows.windows, rows.symbols)
     return pd.DataFrame({
         "symbol": rows.symbols,
         "time": rows.target_times,
         "last": rows.windows[:, -1],
         "actual": rows.targets,
-        "predicted": forecaster.predict_next(rows.windows, rows.symbols),
+        "predicted": forecast.price,
         "persistence": rows.windows[:, -1],
         "drift": forecaster.drift(rows.windows, rows.symbols),
+        **forecast.bounds,
     })
+
+
+def calibrate(forecaster: Forecaster, rows: WindowSet, levels: Sequence[float], ewma_lambda: float,
+              period: str) -> Calibration:
+    """Conformal quantiles of every method on `rows` (the validation period: never the test year)."""
+    batch, outputs = forecaster.outputs(rows.windows, rows.symbols)
+    spreads = forecaster.spreads(batch, slice(None), outputs, ewma_lambda)
+    return Calibration.fit(spreads, np.log(rows.targets / batch.last), levels, ewma_lambda, period)
+
+
+CURVE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def calibration_curve(forecaster: Forecaster, validation: WindowSet, test: WindowSet) -> pd.DataFrame:
+    """Coverage (%) on `test` of every method at nominal levels from 10 % to 99 % (and the
+    configured ones), each calibrated on `validation` as the served intervals are."""
+    lam = forecaster.calibration.ewma_lambda
+    nominal = sorted({*CURVE_LEVELS, *forecaster.calibration.levels})
+    nominal = [p for p in nominal if np.ceil((len(validation) + 1) * p) <= len(validation)]
+    fitted = calibrate(forecaster, validation, nominal, lam, forecaster.calibration.period)
+    batch, outputs = forecaster.outputs(test.windows, test.symbols)
+    bounds = fitted.bounds(forecaster.spreads(batch, slice(None), outputs, lam), batch.last)
+    curve: dict[str, list[float]] = {"nominal": [100 * p for p in nominal]}
+    for method in intervals.METHODS:
+        curve[method] = [100 * float(np.mean((test.targets >= bounds[intervals.column(method, "lower", p)])
+                                             & (test.targets <= bounds[intervals.column(method, "upper", p)])))
+                         for p in nominal]
+    return pd.DataFrame(curve)
 
 
 # ---- MLflow pyfunc ----
@@ -200,7 +291,9 @@ class ForecasterModel(_PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         windows = np.stack([np.asarray(p, dtype=np.float64) for p in model_input["prices"]])
         symbols = [str(s) for s in model_input["symbol"]]
-        return pd.DataFrame({"predicted_price": self.forecaster.predict_next(windows, symbols)})
+        forecast = self.forecaster.forecast(windows, symbols)
+        fields = self.forecaster.interval_fields
+        return pd.DataFrame({"predicted_price": forecast.price, **{k: forecast.bounds[k] for k in fields}})
 
 
 def input_example(forecaster: Forecaster, series: dict[str, pd.Series], n: int = 2) -> pd.DataFrame:

@@ -1,4 +1,13 @@
-"""The keras-tuner search space: a recurrent forecaster of the next standardised log return."""
+"""The keras-tuner search space: a recurrent forecaster of the next standardised log return's
+distribution, a location and a scale, trained on the Gaussian negative log-likelihood.
+
+Why a scale and this loss: volatility clusters, so how far the price may move is forecastable
+where its direction is not. Measured on the bundled data (a 1x32 GRU, window 30, calibrated on
+2023 and scored on 2024), the learned scale gave lower interval scores than both a constant and
+an EWMA volatility at 80 % and 95 %, while the location kept the point forecast's skill at 0.0 %
+of persistence (README, Prediction intervals). The tails are left to the conformal calibration
+(neuropredict.intervals), so a Gaussian shape is enough to rank the scale.
+"""
 
 from __future__ import annotations
 
@@ -46,14 +55,32 @@ def _float(hp: kt.HyperParameters, name: str, bounds: tuple[float, float], log: 
     return hp.Float(name, lo, hi, sampling="log" if log else "linear", default=lo)
 
 
+MIN_SCALE = 1e-3  # of a training standard deviation, added in the model: the loss stays finite
+UNIT_SCALE_BIAS = 0.5413248546129181  # softplus(b) = 1: training starts at the training volatility
+
+
+@keras.saving.register_keras_serializable(package="neuropredict")
+def gaussian_nll(y_true, y_pred):
+    """-log N(y; location, scale) without its constant: log(scale) + (y - location)² / (2 scale²).
+    A model that always says (0, 1) scores 0.5 · mean(y²), the null validation loss."""
+    y = keras.ops.reshape(y_true, (-1,))
+    location, scale = y_pred[:, 0], y_pred[:, 1]
+    return keras.ops.mean(keras.ops.log(scale) + 0.5 * keras.ops.square((y - location) / scale))
+
+
 def build_model(cell: str, steps: int, units: int, layers: int, dropout: float,
                 learning_rate: float) -> keras.Model:
-    """(batch, steps, 1) standardised returns -> (batch, 1) next standardised return."""
-    stack = [keras.Input((steps, 1), name="returns")]
+    """(batch, steps, 1) standardised returns -> (batch, 2): the next standardised return's
+    location (the point forecast) and scale."""
+    inputs = keras.Input((steps, 1), name="returns")
+    hidden = inputs
     for i in range(layers):
-        stack.append(CELLS[cell](units, dropout=dropout, return_sequences=i < layers - 1,
-                                 name=f"{cell}_{i + 1}"))
-    stack.append(keras.layers.Dense(1, name="next_return"))
-    model = keras.Sequential(stack, name=f"{cell}_forecaster")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+        hidden = CELLS[cell](units, dropout=dropout, return_sequences=i < layers - 1, name=f"{cell}_{i + 1}")(hidden)
+    location = keras.layers.Dense(1, name="next_return")(hidden)
+    scale = keras.layers.Dense(1, activation="softplus", name="softplus_scale",
+                               bias_initializer=keras.initializers.Constant(UNIT_SCALE_BIAS))(hidden)
+    scale = keras.layers.Rescaling(1.0, offset=MIN_SCALE, name="scale")(scale)
+    model = keras.Model(inputs, keras.layers.Concatenate(name="distribution")([location, scale]),
+                        name=f"{cell}_forecaster")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=gaussian_nll)
     return model

@@ -75,25 +75,35 @@ def compare(offline, online, version: str) -> dict[str, Any]:
                            indicator=True)
     both = merged[merged["_merge"] == "both"]
     diff = np.abs(both["predicted_online"] - both["predicted_offline"]) / both["actual_offline"]
+    bounds = [c for c in stream_report.bound_columns(offline) if c in online]
+    bound_diff = [np.abs(both[f"{c}_online"] - both[f"{c}_offline"]) / both["actual_offline"] for c in bounds]
     mse_off = float(np.mean((offline["predicted"] - offline["actual"]) ** 2))
     mse_on = float(np.mean((online["predicted"] - online["actual"]) ** 2)) if len(online) else float("nan")
     result = {
         "version": version, "offline_rows": len(offline), "online_rows": len(online), "matched_rows": len(both),
         "max_rel_diff": float(diff.max()) if len(both) else float("nan"),
+        "bounds": bounds,  # interval bounds compared like the forecasts (none: a model without intervals)
+        "max_bound_rel_diff": float(max(d.max() for d in bound_diff)) if bounds and len(both) else float("nan"),
         "offline_mse": mse_off, "online_mse": mse_on,
         "mse_rel_diff": abs(mse_on - mse_off) / mse_off if mse_off else float("nan"),
         "tolerance": {"max_rel_diff": MAX_REL_DIFF, "mse_rel_diff": MAX_MSE_REL_DIFF},
     }
+    missing = [c for c in stream_report.bound_columns(offline) if c not in online]
     result["passed"] = bool(
-        len(both) == len(offline) == len(online)
-        and result["max_rel_diff"] <= MAX_REL_DIFF and result["mse_rel_diff"] <= MAX_MSE_REL_DIFF)
+        len(both) == len(offline) == len(online) and not missing
+        and result["max_rel_diff"] <= MAX_REL_DIFF and result["mse_rel_diff"] <= MAX_MSE_REL_DIFF
+        and (not bounds or result["max_bound_rel_diff"] <= MAX_REL_DIFF))
     return result
 
 
 def format_result(r: dict[str, Any]) -> str:
     verdict = "PASS" if r["passed"] else "FAIL"
-    return (f"parity {verdict}: version {r['version']}, {r['matched_rows']} of {r['offline_rows']} offline test "
-            f"forecasts matched by the stream ({r['online_rows']} streamed)\n"
-            f"  max |online - offline| / price = {r['max_rel_diff']:.2e} (limit {MAX_REL_DIFF:.0e})\n"
-            f"  MSE offline {r['offline_mse']:.6f}, online {r['online_mse']:.6f}, relative difference "
-            f"{r['mse_rel_diff']:.2e} (limit {MAX_MSE_REL_DIFF:.0e})")
+    lines = [f"parity {verdict}: version {r['version']}, {r['matched_rows']} of {r['offline_rows']} offline test "
+             f"forecasts matched by the stream ({r['online_rows']} streamed)",
+             f"  max |online - offline| / price = {r['max_rel_diff']:.2e} (limit {MAX_REL_DIFF:.0e})"]
+    if r["bounds"]:
+        lines.append(f"  interval bounds ({', '.join(r['bounds'])}): max |online - offline| / price = "
+                     f"{r['max_bound_rel_diff']:.2e} (limit {MAX_REL_DIFF:.0e})")
+    lines.append(f"  MSE offline {r['offline_mse']:.6f}, online {r['online_mse']:.6f}, relative difference "
+                 f"{r['mse_rel_diff']:.2e} (limit {MAX_MSE_REL_DIFF:.0e})")
+    return "\n".join(lines)

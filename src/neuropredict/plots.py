@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 COLORS = {"lstm": "#1f77b4", "gru": "#ff7f0e", "persistence": "#7f7f7f", "actual": "#222222",
-          "predicted": "#d62728"}
+          "predicted": "#d62728", "model": "#d62728", "constant": "#7f7f7f", "ewma": "#2ca02c"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -60,10 +60,10 @@ def learning_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: P
         ax.plot(epochs, hist["val_loss"], "-", color=COLORS.get(cell), label=f"{cell.upper()} validation")
     if null_val_loss is not None:
         ax.axhline(null_val_loss, color=COLORS["persistence"], lw=1.0, ls=":",
-                   label="validation loss of the null model (training mean return)")
+                   label="validation loss of the null model (training mean and volatility)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE of standardised next return")
+    ax.set_ylabel("Gaussian NLL of standardised next return")
     ax.set_title("Learning curves of each cell's best trial")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -86,6 +86,59 @@ def predicted_vs_actual(rows: pd.DataFrame, path: Path, title: str, max_symbols:
         ax.plot(g["time"], g["persistence"], "--", color=COLORS["persistence"], lw=1.0,
                 label="persistence (last price)")
         ax.plot(g["time"], g["predicted"], "-", color=COLORS["predicted"], lw=1.0, label="model")
+        ax.set_title(symbol, fontsize=10)
+        ax.tick_params(axis="x", labelsize=7, rotation=20)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(symbols):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def calibration(curve: pd.DataFrame, levels: Sequence[float], rows: int, path: Path, title: str) -> Path:
+    """Coverage minus nominal on the test period for each method (all calibrated on validation),
+    inside the band an honest interval stays in 99 % of the time on `rows` rows (binomial)."""
+    nominal = curve["nominal"].to_numpy(float)
+    p = nominal / 100
+    band = 100 * 2.576 * np.sqrt(p * (1 - p) / max(rows, 1))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.fill_between(nominal, -band, band, color="grey", alpha=0.18, lw=0,
+                    label=f"99 % binomial band ({rows} rows)")
+    ax.axhline(0, color="black", lw=0.8)
+    for method in [c for c in curve.columns if c != "nominal"]:
+        ax.plot(nominal, curve[method] - nominal, "o-", ms=3, lw=1.2, color=COLORS.get(method), label=method)
+    for level in levels:
+        ax.axvline(100 * level, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("nominal coverage (%); dotted: the served levels")
+    ax.set_ylabel("coverage - nominal (points)\n>0: too wide, <0: too narrow")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def fan_chart(rows: pd.DataFrame, levels: Sequence[float], path: Path, title: str, max_symbols: int = 8) -> Path:
+    """One panel per symbol: the actual price inside the model's intervals, widest palest; the
+    misses of the widest interval marked."""
+    from neuropredict.intervals import column
+
+    symbols = sorted(rows["symbol"].unique())[:max_symbols]
+    ncols = 2 if len(symbols) > 1 else 1
+    nrows = int(np.ceil(len(symbols) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 2.6 * nrows), squeeze=False)
+    widest_first = sorted(levels, reverse=True)
+    for ax, symbol in zip(axes.flat, symbols):
+        g = rows[rows["symbol"] == symbol].sort_values("time")
+        for shade, level in enumerate(widest_first):
+            ax.fill_between(g["time"], g[column("model", "lower", level)], g[column("model", "upper", level)],
+                            color=COLORS["model"], alpha=0.15 + 0.2 * shade, lw=0,
+                            label=f"{100 * level:g} % interval")
+        ax.plot(g["time"], g["actual"], "-", color=COLORS["actual"], lw=0.9, label="actual")
+        widest = widest_first[0]
+        out = (g["actual"] < g[column("model", "lower", widest)]) | (g["actual"] > g[column("model", "upper", widest)])
+        ax.plot(g["time"][out], g["actual"][out], "x", color="black", ms=4,
+                label=f"outside the {100 * widest:g} % interval")
         ax.set_title(symbol, fontsize=10)
         ax.tick_params(axis="x", labelsize=7, rotation=20)
         ax.grid(alpha=0.3)

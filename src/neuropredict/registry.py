@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuropredict import tracking
+import pandas as pd
+
+from neuropredict import intervals, tracking
 from neuropredict.config import CHALLENGER_ALIAS, PRODUCTION_ALIAS, Params, Paths, RegisterParams
 from neuropredict.errors import ModelNotFoundError
 from neuropredict.files import read_json, write_json
@@ -163,11 +165,20 @@ def list_versions(name: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
 
 
-def gate(scores: dict[str, dict[str, float]], params: RegisterParams) -> list[str]:
+def gate(scores: dict[str, dict[str, float]], params: RegisterParams,
+         calibration: tuple[dict[str, dict[str, float]], tuple[float, ...]] | None = None) -> list[str]:
     """Reasons the model may not serve; empty when it passes. Requiring skill >= 0 on every symbol
     would reward luck (one symbol's skill has a standard error of about 1 point on 252 days);
-    instead: no symbol significantly worse than persistence, and mean skill above a bound."""
+    instead: no symbol significantly worse than persistence, and mean skill above a bound.
+    With `calibration` (validation interval scores, levels): no symbol's coverage significantly
+    off nominal by an exact binomial test (a fixed band of ±k points would fail a perfect model
+    by chance somewhere among 7 symbols and 2 levels)."""
     reasons = []
+    if calibration is not None:
+        off = intervals.miscalibrated(calibration[0], calibration[1], params.min_coverage_p)
+        if off:
+            reasons.append(f"intervals miscalibrated on validation (binomial p < {params.min_coverage_p:g}): "
+                           + "; ".join(off))
     pooled = scores["_pooled"]
     worse = [s for s, m in scores.items() if not s.startswith("_") and m["dm_t"] >= params.max_dm_t]
     if worse:
@@ -179,9 +190,10 @@ def gate(scores: dict[str, dict[str, float]], params: RegisterParams) -> list[st
     return reasons
 
 
-def decide(challenger: dict, production: dict | None, params: RegisterParams) -> tuple[bool, str]:
+def decide(challenger: dict, production: dict | None, params: RegisterParams,
+           calibration: tuple[dict, tuple[float, ...]] | None = None) -> tuple[bool, str]:
     """Promote when the gate passes and the challenger beats production on the same test rows."""
-    failed = gate(challenger, params)
+    failed = gate(challenger, params, calibration)
     c_skill = challenger["_pooled"]["mean_skill"]
     if production is None:
         if failed:
@@ -202,30 +214,41 @@ def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
     from neuropredict.features import load_price_series
     from neuropredict.forecaster import Forecaster
 
+    from neuropredict.forecaster import forecast_period
+
     name = params.register.model_name
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    challenger = _test_scores(Forecaster.load(project.best_model_dir), series, params)
+    forecaster = Forecaster.load(project.best_model_dir)
+    challenger, spreads = _test_scores(forecaster, series, params)
+    levels = forecaster.calibration.levels
+    last_validation_day = str((pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)).date())
+    validation = intervals.score(forecast_period(forecaster, series, params.featurize.validation_start,
+                                                 last_validation_day), levels)
     previous = alias_version(name, PRODUCTION_ALIAS)
-    tags, metadata = _describe(params, project, challenger["_pooled"])
+    tags, metadata = _describe(params, project, challenger["_pooled"], spreads["_pooled"], levels)
     version = log_and_register(project.best_model_dir, name, series, tags, metadata)
     set_alias(name, CHALLENGER_ALIAS, version)
-    production = _test_scores(load(name, version=previous).forecaster, series, params) if previous else None
-    promoted, reason = decide(challenger, production, params.register)
+    production = _test_scores(load(name, version=previous).forecaster, series, params)[0] if previous else None
+    promoted, reason = decide(challenger, production, params.register, (validation, levels))
     if promoted:
         set_alias(name, PRODUCTION_ALIAS, version)
-    decision = _record(params, project, version, previous, promoted, reason, challenger, production)
-    return decision
+    return _record(params, project, version, previous, promoted, reason, challenger, production,
+                   (spreads, validation, levels))
 
 
-def _test_scores(forecaster, series: dict, params: Params) -> dict[str, dict[str, float]]:
-    """A forecaster's scores on the test period, beside the baselines, on the same rows for all."""
+def _test_scores(forecaster, series: dict, params: Params) -> tuple[dict, dict | None]:
+    """A forecaster's scores on the test period beside the baselines, on the same rows for all:
+    of its point forecasts, and of its intervals (None for a model without)."""
     from neuropredict.evaluation import score_rows
     from neuropredict.forecaster import forecast_period
 
-    return score_rows(forecast_period(forecaster, series, params.featurize.test_start, params.data.end))
+    rows = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
+    calibration = forecaster.calibration
+    return score_rows(rows), intervals.score(rows, calibration.levels) if calibration else None
 
 
-def _describe(params: Params, project: Paths, pooled: dict[str, float]) -> tuple[dict[str, str], dict[str, Any]]:
+def _describe(params: Params, project: Paths, pooled: dict[str, float], spread: dict[str, float],
+              levels: tuple[float, ...]) -> tuple[dict[str, str], dict[str, Any]]:
     """Version tags (searchable in the registry) and model metadata (travels with the model)."""
     from neuropredict.sources import read_manifest
 
@@ -234,14 +257,17 @@ def _describe(params: Params, project: Paths, pooled: dict[str, float]) -> tuple
     tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
             "data_source": str(read_manifest(project.raw_dir)["source"]), "git_commit": tracking.git_commit(project.root),
             "test_period": period, "val_loss": repr(selection["val_loss"]),
-            **{f"test_{k}": repr(pooled[k]) for k in ("mse", "persistence_mse", "mean_skill", "max_dm_t")}}
+            **{f"test_{k}": repr(pooled[k]) for k in ("mse", "persistence_mse", "mean_skill", "max_dm_t")},
+            "interval_levels": ",".join(intervals.label(p) for p in levels),
+            **{f"test_{k}_{intervals.label(p)}": f"{spread[f'{k}_{intervals.label(p)}']:.4g}" for p in levels
+               for k in ("coverage", "interval_score", "ewma_interval_score", "constant_interval_score")}}
     metadata = {"cell": selection["cell"], "window": selection["window"], "interval": params.data.interval,
                 "hyperparameters": selection["hyperparameters"], "test_period": period.split("..")}
     return tags, metadata
 
 
 def _record(params: Params, project: Paths, version: str, previous: str | None, promoted: bool, reason: str,
-            challenger: dict, production: dict | None) -> dict[str, Any]:
+            challenger: dict, production: dict | None, spreads: tuple[dict, dict, tuple[float, ...]]) -> dict[str, Any]:
     """metrics/register.json for DVC, and the same figures in the stage's MLflow run."""
     import mlflow
 
@@ -253,9 +279,17 @@ def _record(params: Params, project: Paths, version: str, previous: str | None, 
                 "reason": reason, "test_mean_skill": pooled["mean_skill"], "test_mse": pooled["mse"],
                 "test_persistence_mse": pooled["persistence_mse"], "test_max_dm_t": pooled["max_dm_t"],
                 "production_test_mean_skill": production["_pooled"]["mean_skill"] if production else None}
+    test, validation, levels = spreads
+    for p in levels:
+        tag = intervals.label(p)
+        decision[f"test_coverage_{tag}"] = test["_pooled"][f"coverage_{tag}"]
+        decision[f"validation_min_coverage_p_{tag}"] = min(m[f"coverage_p_{tag}"] for s, m in validation.items()
+                                                           if not s.startswith("_"))
     write_json(project.metrics_dir / "register.json", decision)
-    mlflow.log_metrics({**flat_metrics(challenger, "test"), "promoted": float(promoted)})
+    mlflow.log_metrics({**flat_metrics(challenger, "test"), **flat_metrics(test, "test"),
+                        **flat_metrics(validation, "validation"), "promoted": float(promoted)})
     mlflow.set_tags({"model_version": version, "promoted": str(promoted)})
     title = f"{params.register.model_name} v{version} on {params.featurize.test_start}..{params.data.end}"
     mlflow.log_text(format_table(challenger, title), "test_scores.txt")
+    mlflow.log_text(intervals.format_table(test, levels, title + " (intervals)"), "test_intervals.txt")
     return decision

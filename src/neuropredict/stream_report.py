@@ -10,6 +10,7 @@ after a crash) are counted once.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuropredict import config, messages, plots
+from neuropredict import config, intervals, messages, plots
 from neuropredict.errors import NeuropredictError
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
 from neuropredict.files import write_json
@@ -29,6 +30,7 @@ from neuropredict.stream.state import screen
 log = logging.getLogger(__name__)
 
 
+_BOUND = re.compile(r"(lower|upper)_\d+(\.\d+)?")
 PREDICTION_FIELDS = ("symbol", "actual_price", "predicted_price", "model_version", "input_partition",
                      "input_offset")
 TICK_COLUMNS = ["partition", "offset", "symbol", "timestamp", "price"]
@@ -108,7 +110,29 @@ def join(ticks: pd.DataFrame, preds: list[dict], intraday: bool = False,
         "predicted": rows["predicted_price"].to_numpy(float),
         "persistence": rows["actual_price"].to_numpy(float),
         "model_version": rows["model_version"].astype(str).to_numpy(),
+        **{c: rows[c].to_numpy(float) for c in bound_columns(rows)},
     }).sort_values(["symbol", "time"], ignore_index=True)
+
+
+def bound_columns(frame: pd.DataFrame) -> list[str]:
+    """The model's interval bounds among the columns (lower_80, upper_80, ...)."""
+    return [c for c in frame.columns if _BOUND.fullmatch(str(c))]
+
+
+def interval_levels(frame: pd.DataFrame) -> tuple[float, ...]:
+    """The levels whose lower and upper bounds are both columns: lower_80 + upper_80 -> 0.8."""
+    labels = {c.split("_", 1)[1] for c in bound_columns(frame)}
+    return tuple(sorted(float(t) / 100 for t in labels if f"lower_{t}" in frame and f"upper_{t}" in frame))
+
+
+def interval_scores(rows: pd.DataFrame) -> dict[str, dict[str, float]] | None:
+    """Coverage, width and interval score of the streamed intervals, on the rows that carry them
+    (a version without intervals carries none); None when no row does."""
+    levels = interval_levels(rows)
+    if not levels:
+        return None
+    carried = rows.dropna(subset=[intervals.column("model", side, p) for p in levels for side in ("lower", "upper")])
+    return intervals.score(carried, levels) if len(carried) else None
 
 
 def in_period(rows: pd.DataFrame, start: str | None, end: str | None) -> pd.DataFrame:
@@ -131,6 +155,8 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
         "rows": len(rows), "first_target": str(rows["time"].min()), "last_target": str(rows["time"].max()),
         "scores": score_rows(rows),
         "by_version": {v: score_rows(g)["_pooled"] for v, g in rows.groupby("model_version")},
+        "interval_levels": list(interval_levels(rows)),
+        "intervals": interval_scores(rows),
     }
     write_json(out_dir / "report.json", result)
     rows.to_csv(out_dir / "rows.csv", index=False)
@@ -153,7 +179,8 @@ def _log(result: dict[str, Any], out_dir: Path) -> None:
         run_id = tracking.with_retry(lambda: client.create_run(
             exp_id, run_name="evaluate", tags={tracking.STAGE_TAG: "evaluate"})).info.run_id
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in flat_metrics(result["scores"], "stream").items()]
+        flat = {**flat_metrics(result["scores"], "stream"), **flat_metrics(result["intervals"] or {}, "stream")}
+        metrics = [Metric(k, v, now, 0) for k, v in flat.items()]
         tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics))
         client.log_artifacts(run_id, str(out_dir), "evaluate")
         tracking.with_retry(lambda: client.set_terminated(run_id))
@@ -168,4 +195,7 @@ def format_report(result: dict[str, Any]) -> str:
     for version, m in result["by_version"].items():
         lines.append(f"  v{version}: {int(m['n'])} forecasts, MSE {m['mse']:.4f} vs persistence "
                      f"{m['persistence_mse']:.4f} (skill {100 * m['skill']:+.2f} %)")
+    if result.get("intervals"):
+        lines.append(intervals.format_table(result["intervals"], result["interval_levels"],
+                                            "Streamed prediction intervals (coverage: share of next prices inside)"))
     return "\n".join(lines)

@@ -16,13 +16,14 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 
-from neuropredict import config, plots
+from neuropredict import config, intervals, plots
 from neuropredict.config import Params, Paths, TuneParams
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
 from neuropredict.files import write_json
 from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, load_price_series
-from neuropredict.forecaster import Forecaster, forecast_period
+from neuropredict.forecaster import Forecaster, calibrate, calibration_curve, forecast_period
 from neuropredict.hypermodel import ForecasterHyperModel, seed_everything
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,9 @@ def _expected_trials(params: TuneParams) -> int:
 
 
 def null_validation_loss(validation: WindowSet, scaler: ReturnScaler) -> float:
-    """Validation loss of always predicting the training mean return (standardised 0)."""
+    """Validation loss of always forecasting the training mean and volatility (standardised 0, 1)."""
     _, yv = supervised(validation, scaler)
-    return float(np.mean(yv.astype(np.float64) ** 2))
+    return float(0.5 * np.mean(yv.astype(np.float64) ** 2))
 
 
 def pick_winner(results: list[CellResult], tolerance: float) -> CellResult:
@@ -196,38 +197,64 @@ def run(params: Params, project: Paths) -> dict[str, Any]:
     results = search(params.tune, params.seed, train, validation, scaler, project.tuner_dir)
     winner = pick_winner(results, params.tune.parsimony_tolerance)
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    test_rows = _save_and_score(results, scaler, series, params, project)
+    test_rows = _save_and_score(results, scaler, validation, series, params, project)
     scores = {cell: score_rows(rows) for cell, rows in test_rows.items()}
+    spreads = {cell: intervals.score(rows, params.intervals.levels) for cell, rows in test_rows.items()}
     for r in results:
-        _log_cell_run(r, scores[r.cell])
+        _log_cell_run(r, scores[r.cell], spreads[r.cell])
     shutil.copytree(project.model_dir / winner.cell, project.best_model_dir)
     write_json(project.selection_file, {
         "cell": winner.cell, "hyperparameters": winner.best_hp, "val_loss": winner.best_val_loss,
         "n_params": winner.n_params, "chosen_on": CHOSEN_ON, "window": params.featurize.window})
-    report = _comparison(results, scores, winner, null_validation_loss(validation, scaler))
+    report = _comparison(results, scores, spreads, winner, null_validation_loss(validation, scaler),
+                         params.intervals.levels)
     write_json(project.metrics_dir / "tune.json", report)
     write_json(project.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
+    best = Forecaster.load(project.best_model_dir)
+    write_json(project.metrics_dir / "intervals.json", {
+        "model": winner.cell, "levels": list(params.intervals.levels), "calibration": _calibration_summary(best),
+        "test": spreads[winner.cell]})
+    test = WindowSet.load(project.features_dir / "test.npz")
     _write_plots(project, results, scores, test_rows[winner.cell], winner.cell, report["null_val_loss"])
-    _publish(project, report, scores[winner.cell], winner.cell)
+    _write_interval_plots(project, params, calibration_curve(best, validation, test), test_rows[winner.cell],
+                          winner.cell)
+    _publish(project, report, scores[winner.cell], spreads[winner.cell], winner.cell, params.intervals.levels)
     return report
 
 
-def _save_and_score(results: list[CellResult], scaler: ReturnScaler, series: dict, params: Params,
-                    project: Paths) -> dict[str, Any]:
-    """Save each cell's best forecaster and forecast the test period with the saved copy."""
+def validation_period(params: Params) -> str:
+    last = pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)
+    return f"{params.featurize.validation_start}..{last.date()}"
+
+
+def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation: WindowSet, series: dict,
+                    params: Params, project: Paths) -> dict[str, Any]:
+    """Calibrate each cell's best forecaster on the validation period, save it, and forecast the
+    test period with the saved copy."""
     shutil.rmtree(project.model_dir, ignore_errors=True)
     rows = {}
     for r in results:
-        Forecaster(r.model, scaler).save(project.model_dir / r.cell)
-        forecaster = Forecaster.load(project.model_dir / r.cell)  # score exactly what register will ship
+        folder = project.model_dir / r.cell
+        Forecaster(r.model, scaler).save(folder)
+        forecaster = Forecaster.load(folder)  # calibrate and score exactly what register will ship
+        forecaster.calibration = calibrate(forecaster, validation, params.intervals.levels,
+                                           params.intervals.ewma_lambda, validation_period(params))
+        forecaster.calibration.save(folder)
         rows[r.cell] = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
     return rows
 
 
-def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner_cell: str) -> None:
+def _calibration_summary(forecaster: Forecaster) -> dict[str, Any]:
+    c = forecaster.calibration
+    return {"method": "split-conformal on |return - centre| / scale", "period": c.period, "rows": c.rows,
+            "ewma_lambda": c.ewma_lambda, "quantiles": c.quantiles}
+
+
+def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner_spreads: dict, winner_cell: str,
+             levels: tuple[float, ...]) -> None:
     import mlflow
 
-    mlflow.log_metrics(flat_metrics(winner_scores, "test"))
+    mlflow.log_metrics({**flat_metrics(winner_scores, "test"), **flat_metrics(winner_spreads, "test")})
     mlflow.log_metric("null_val_loss", report["null_val_loss"])
     mlflow.log_params({"winner_cell": winner_cell})
     mlflow.log_artifacts(str(project.plots_dir), "plots")
@@ -235,12 +262,16 @@ def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner
     mlflow.log_text(comparison_table(report), "lstm_vs_gru.txt")
     log.info("\n%s", comparison_table(report))
     log.info("\n%s", format_table(winner_scores, f"Test period, winner {winner_cell.upper()} (chosen on validation)"))
+    table = intervals.format_table(winner_spreads, levels, f"Test period, {winner_cell.upper()} intervals "
+                                                           f"(calibrated on validation) beside the baselines")
+    mlflow.log_text(table, "test_intervals.txt")
+    log.info("\n%s", table)
 
 
 CHOSEN_ON = "validation loss (smallest model within tune.parsimony_tolerance of the lowest)"
 
 
-def _log_cell_run(r: CellResult, scores: dict[str, dict[str, float]]) -> None:
+def _log_cell_run(r: CellResult, scores: dict[str, dict[str, float]], spreads: dict[str, dict[str, float]]) -> None:
     """A nested run per cell's best model, so the MLflow UI can compare LSTM and GRU directly."""
     import mlflow
 
@@ -248,11 +279,11 @@ def _log_cell_run(r: CellResult, scores: dict[str, dict[str, float]]) -> None:
                           tags={"neuropredict.stage": "tune-best", "cell": r.cell}):
         mlflow.log_params(r.best_hp)
         mlflow.log_metrics({"val_loss": r.best_val_loss, "trials": r.trials, "n_params": r.n_params,
-                            **flat_metrics(scores, "test")})
+                            **flat_metrics(scores, "test"), **flat_metrics(spreads, "test")})
 
 
-def _comparison(results: list[CellResult], scores: dict, winner: CellResult,
-                null_val_loss: float) -> dict[str, Any]:
+def _comparison(results: list[CellResult], scores: dict, spreads: dict, winner: CellResult,
+                null_val_loss: float, levels: tuple[float, ...]) -> dict[str, Any]:
     """LSTM against GRU: validation loss (how the winner was chosen) and test figures (reported)."""
     report: dict[str, Any] = {"winner": winner.cell, "chosen_on": CHOSEN_ON, "null_val_loss": null_val_loss}
     for r in results:
@@ -264,6 +295,8 @@ def _comparison(results: list[CellResult], scores: dict, winner: CellResult,
             "test_mse": pooled["mse"], "test_persistence_mse": pooled["persistence_mse"],
             "test_drift_mse": pooled["drift_mse"], "test_skill": pooled["skill"],
             "test_mean_skill": pooled["mean_skill"], "test_max_dm_t": pooled["max_dm_t"],
+            **{f"test_{k}_{intervals.label(p)}": spreads[r.cell]["_pooled"][f"{k}_{intervals.label(p)}"]
+               for p in levels for k in ("coverage", "interval_score")},
         }
     symbols = [k for k in scores[results[0].cell] if not k.startswith("_")]
     report["test_per_symbol"] = {
@@ -281,8 +314,11 @@ def comparison_table(report: dict[str, Any]) -> str:
     cells = [k for k in report if k in ("lstm", "gru")]
     lines = [f"LSTM vs GRU (winner: {report['winner'].upper()}, chosen on the {report['chosen_on']})",
              f"{'':<22}" + "".join(f"{c.upper():>12}" for c in cells)]
-    lines.insert(1, f"validation loss of the null model (training mean return): {report['null_val_loss']:.4f}")
-    for key in ("n_params", "val_loss", "lowest_val_loss", "test_mse", "test_persistence_mse", "test_skill", "test_mean_skill", "test_max_dm_t"):
+    lines.insert(1, f"validation loss of the null model (training mean and volatility): {report['null_val_loss']:.4f}")
+    keys = ("n_params", "val_loss", "lowest_val_loss", "test_mse", "test_persistence_mse", "test_skill",
+            "test_mean_skill", "test_max_dm_t", *[k for k in report[cells[0]] if k.startswith(("test_coverage",
+                                                                                                "test_interval"))])
+    for key in keys:
         lines.append(f"{key:<22}" + "".join(f"{report[c][key]:>12,}" if isinstance(report[c][key], int)
                                             else f"{report[c][key]:>12.4f}" for c in cells))
     lines.append(f"{'skill % by symbol':<22}" + "".join(f"{c.upper():>12}" for c in cells))
@@ -291,10 +327,18 @@ def comparison_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _write_interval_plots(project: Paths, params: Params, curve, winner_rows, winner_cell: str) -> None:
+    levels = params.intervals.levels
+    curve.to_csv(project.plots_dir / "calibration.csv", index=False)
+    plots.calibration(curve, levels, len(winner_rows), project.plots_dir / "calibration.png",
+                      f"Test period: coverage against nominal, {winner_cell.upper()} beside the baselines\n"
+                      f"(each calibrated on {validation_period(params)})")
+    plots.fan_chart(winner_rows, levels, project.plots_dir / "test_intervals.png",
+                    f"Test period: {winner_cell.upper()} prediction intervals and the actual close")
+
+
 def _write_plots(project: Paths, results: list[CellResult], scores: dict, winner_rows, winner_cell: str,
                  null_val_loss: float) -> None:
-    import pandas as pd
-
     project.plots_dir.mkdir(parents=True, exist_ok=True)
     symbols = [k for k in scores[results[0].cell] if not k.startswith("_")]
     skills = {r.cell: {s: scores[r.cell][s]["skill"] for s in symbols} for r in results}

@@ -1,5 +1,6 @@
 """The real MLflow registry of a tiny trained project: load by alias, the gate, promote."""
 
+import re
 import subprocess
 import sys
 
@@ -51,8 +52,10 @@ def test_the_pyfunc_alone_turns_raw_windows_into_next_prices(trained_project, us
     window = model.metadata.metadata["window"]
     prices = list(np.linspace(100, 110, window))
     out = model.predict(pd.DataFrame({"symbol": ["AAPL", "NEWCO"], "prices": [prices, prices]}))
-    assert list(out.columns) == ["predicted_price"]
+    assert list(out.columns) == ["predicted_price", "lower_80", "upper_80", "lower_95", "upper_95"]
     assert np.all(np.abs(out["predicted_price"] / 110 - 1) < 0.2)
+    assert np.all((out["lower_95"] < out["lower_80"]) & (out["lower_80"] < out["predicted_price"])
+                  & (out["predicted_price"] < out["upper_80"]) & (out["upper_80"] < out["upper_95"]))
     assert model.metadata.get_input_schema().input_names() == ["symbol", "prices"]
 
 
@@ -61,16 +64,27 @@ def _cli(root, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def _sabotage_best_model(root, bias):
-    """Make the tuned model forecast a large daily move: clearly worse than persistence."""
+def _sabotage_best_model(root, bias, layer="next_return"):
+    """Fix one output of the tuned model (after its calibration): the location at a large daily
+    move (clearly worse than persistence), or the scale far from the one it was calibrated with."""
     from neuropredict.forecaster import Forecaster
 
     best = root / "models" / "tuned" / "best"
     f = Forecaster.load(best)
-    dense = f.model.layers[-1]
+    dense = f.model.get_layer(layer)
     kernel, _ = dense.get_weights()
     dense.set_weights([kernel * 0, np.full((1,), bias, dtype=np.float32)])
     f.save(best)
+
+
+def test_intervals_miscalibrated_on_validation_fail_the_gate(trained_project, tmp_path):
+    root = copy_project(trained_project, tmp_path / "copy")
+    _sabotage_best_model(root, bias=-3.0, layer="softplus_scale")  # scale 0.05: the intervals shrink 20x
+    run([sys.executable, str(root / "pipelines" / "register.py")], root, project_env(root))
+    decision = load_json(root / "metrics/register.json")
+    assert decision["promoted"] is False and "intervals miscalibrated on validation" in decision["reason"]
+    assert re.search(r"AAPL 80 %: \d+\.\d % \(p = ", decision["reason"])
+    assert decision["validation_min_coverage_p_80"] < 0.01 and decision["test_coverage_80"] < 40
 
 
 def test_a_worse_model_stays_challenger_and_promote_moves_production(trained_project, tmp_path):

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from neuropredict import config, messages, producer, registry, stream_report, tracking
+from neuropredict import config, intervals, messages, producer, registry, stream_report, tracking
 from neuropredict.evaluation import score_rows
 from neuropredict.config import load_params
 from neuropredict.features import load_price_series
+from neuropredict.forecaster import forecast_period
 from tests.conftest import copy_project, load_json, project_env, write_params
 from tests.integration.kafka_helpers import (WorkerThread, positions, promote_mid_stream, signal_mid_stream, predictions, read_topic, replay, wait_for,
                                              warmup_positions as _warmup_positions, inputs as _inputs)
@@ -98,10 +99,22 @@ def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served
     assert run.data.metrics["consumed"] == w.stats.consumed
 
     # `neuropredict evaluate` joins with stock_prices: the same figures as computed here from the topic
-    evaluated = score_rows(stream_report.joined_rows(w.worker.rules, False, broker))["_pooled"]
+    joined = stream_report.joined_rows(w.worker.rules, False, broker)
+    evaluated = score_rows(joined)["_pooled"]
     assert evaluated["n"] == n
     assert evaluated["mse"] == pytest.approx(model_sq / n, rel=1e-12)
     assert evaluated["persistence_mse"] == pytest.approx(naive_sq / n, rel=1e-12)
+
+    # the intervals, live beside EWMA's on the same ticks, are those of the offline test period
+    series = load_price_series(root / "data/raw", params.data.symbols, "1d", "Close")
+    offline = intervals.score(forecast_period(registry.load(params.register.model_name).forecaster, series,
+                                              "2024-07-01", params.data.end), (0.8, 0.95))
+    streamed = stream_report.interval_scores(joined)
+    for key in ("coverage_80", "coverage_95", "interval_score_80", "ewma_coverage_80", "ewma_interval_score_95"):
+        assert run.data.metrics[f"live_{key}"] == pytest.approx(offline["_pooled"][key], rel=1e-6), key
+        assert run.data.metrics[f"live_{key}_MSFT"] == pytest.approx(offline["MSFT"][key], rel=1e-6), key
+    assert streamed["_pooled"]["coverage_95"] == run.data.metrics["live_coverage_95"]
+    assert streamed["_pooled"]["interval_score_80"] == pytest.approx(run.data.metrics["live_interval_score_80"])
 
 
 def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one_point(

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from neuropredict.config import TuneParams
-from neuropredict.hypermodel import ForecasterHyperModel
+from neuropredict.hypermodel import MIN_SCALE, ForecasterHyperModel, gaussian_nll
 
 SPACE = TuneParams(units=(4, 8), layers=(1, 2), dropout=(0.0, 0.2), learning_rate=(1e-3, 1e-2))
 
@@ -14,8 +14,9 @@ def test_builds_each_cell_with_defaults_and_overrides(cell):
     hp = kt.HyperParameters()
     model = hm.build(hp)
     assert hp.values["cell"] == cell and hp.values["units"] == 4 and hp.values["layers"] == 1
-    assert model.output_shape == (None, 1)
-    assert model.predict(np.zeros((3, 9, 1), np.float32), verbose=0).shape == (3, 1)
+    assert model.output_shape == (None, 2)  # the next return's location and scale
+    out = model.predict(np.zeros((3, 9, 1), np.float32), verbose=0)
+    np.testing.assert_allclose(out[:, 1], 1 + MIN_SCALE, rtol=1e-5)  # starts at the training volatility
     hp2 = kt.HyperParameters()
     hp2.Fixed("layers", 2)
     deep = hm.build(hp2)
@@ -36,3 +37,16 @@ def test_parsimony_picks_the_smallest_model_within_tolerance_of_the_lowest_loss(
     assert parsimonious(trials, tolerance=0.002) == "small"
     assert parsimonious(trials, tolerance=0.0) == "big"
     assert parsimonious([("a", 0.9, 10), ("b", 0.899, 10)], tolerance=0.01) == "b"  # a tie in size: lower loss
+
+
+def test_the_loss_is_the_gaussian_nll_whose_null_is_half_the_mean_square():
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 2.0, 20_000).astype(np.float32)
+
+    def loss(location, scale):
+        pred = np.column_stack([np.full_like(y, location), np.full_like(y, scale)])
+        return float(gaussian_nll(y[:, None], pred))
+
+    assert loss(0.0, 1.0) == pytest.approx(0.5 * np.mean(y.astype(np.float64) ** 2), rel=1e-5)
+    scales = [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert scales[int(np.argmin([loss(0.0, s) for s in scales]))] == 2.0  # lowest at the true scale

@@ -36,3 +36,12 @@ def test_prediction_carries_the_contract_fields_and_the_input_position():
     assert out == {"timestamp": "2025-02-27 21:54:55", "symbol": "AAPL", "actual_price": 242.08,
                    "predicted_price": 243.0, "model_version": "3", "input_partition": 1, "input_offset": 77,
                    "worker": "w1"}
+
+
+def test_prediction_carries_the_interval_bounds_beside_the_point_forecast():
+    import orjson
+
+    bounds = {"lower_80": 240.1, "upper_80": 245.9, "lower_95": 238.0, "upper_95": 248.2}
+    out = orjson.loads(encode_prediction(Tick("2025-02-27 21:54:55", "AAPL", 242.08), 243.0, "3", 1, 77, "w1",
+                                         bounds))
+    assert {k: out[k] for k in bounds} == bounds and out["predicted_price"] == 243.0

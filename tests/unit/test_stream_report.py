@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from neuropredict.stream_report import join
 
@@ -46,3 +47,21 @@ def test_expected_forecasts_count_warmup_per_symbol_or_per_session():
     day2 = [Tick(f"2026-03-23 09:{m:02d}:00", "A", 1.0) for m in range(30, 40)]
     assert expected_forecasts(day1 + day2, window=5, session_reset=False) == 20 - 4
     assert expected_forecasts(day1 + day2, window=5, session_reset=True) == 2 * (10 - 4)
+
+
+def test_streamed_intervals_are_scored_on_the_rows_that_carry_them():
+    """Version 1 (no intervals) then version 2 with them: only version 2's rows count."""
+    from neuropredict.stream_report import interval_scores
+
+    ticks = pd.DataFrame([(0, i, "A", f"2024-01-{i + 2:02d} 16:00:00", 100.0 + i) for i in range(5)],
+                         columns=["partition", "offset", "symbol", "timestamp", "price"])
+    preds = [{"symbol": "A", "input_partition": 0, "input_offset": 0, "actual_price": 100.0,
+              "predicted_price": 100.0, "model_version": "1"}]
+    preds += [{"symbol": "A", "input_partition": 0, "input_offset": i, "actual_price": 100.0 + i,
+               "predicted_price": 100.0 + i, "model_version": "2", "lower_80": 99.0 + i, "upper_80": upper}
+              for i, upper in ((1, 101.5), (2, 103.5), (3, 103.0))]  # next prices 102, 103, 104
+    rows = join(ticks, preds)
+    assert len(rows) == 4 and rows["lower_80"].isna().sum() == 1
+    scores = interval_scores(rows)["A"]
+    assert scores["n"] == 3 and scores["coverage_80"] == pytest.approx(100 / 3)  # only 103 lies inside [101, 103.5]
+    assert "ewma_coverage_80" not in scores  # the stream carries the model's bounds only

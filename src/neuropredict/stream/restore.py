@@ -40,8 +40,8 @@ def rebuild(book: SymbolBook, reader: TopicReader, consumer, partitions: Iterabl
             if symbol in kept:
                 _reopen(book.states[symbol], kept[symbol])
             elif (prices := book.full_window(symbol)) is not None:
-                forecast = served.forecaster.predict_next(prices[None, :], [symbol])[0]
-                book.reopen(symbol, float(forecast), served.version)
+                price, bounds, keys = served.forecaster.forecast_row(prices, symbol)
+                book.reopen(symbol, price, bounds, keys, served.version)
         log.info("partition %d: rebuilt %d symbols from %d messages before offset %d", tp.partition,
                  len(history), sum(len(t) for t in history.values()), committed)
 
@@ -72,7 +72,7 @@ def read_back(reader: TopicReader, tp, committed: int, enough: int, lookback_max
         span = min(span * 4, lookback_max)
 
 
-_OPEN = ("open_forecast", "open_version", "open_price", "open_session", "open_level")
+_OPEN = ("open_forecast", "open_version", "open_price", "open_bounds", "open_keys", "open_session", "open_level")
 
 
 def _open(st) -> tuple:

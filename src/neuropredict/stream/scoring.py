@@ -1,6 +1,6 @@
 """Live scoring: each forecast meets the price it forecast (the symbol's next accepted tick in
-the same segment), beside persistence (the price it was made at) on exactly the same ticks; and
-everything a worker counts."""
+the same segment), beside persistence (the price it was made at) on exactly the same ticks, and
+its intervals beside the EWMA baseline's; and everything a worker counts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from neuropredict import intervals
 from neuropredict.evaluation import skill
 from neuropredict.stream.rules import reason_code
 from neuropredict.stream.state import Advance, SymbolState
@@ -21,24 +22,51 @@ if TYPE_CHECKING:
     from neuropredict.stream.batch import Batch
 
 
+Keys = tuple[tuple[str, float], ...]  # (method, level) of each scored interval: intervals.live_keys
+
+
 @dataclass
 class ErrorSums:
-    """Running sums for MSE of the model and of persistence on the same ticks."""
+    """Running sums for MSE of the model and of persistence on the same ticks, and for each
+    interval (method, level): rows scored, rows inside, and the interval score (% of the price)."""
 
     n: int = 0
     model_sq: float = 0.0
     naive_sq: float = 0.0
+    intervals: dict[tuple[str, float], list[float]] = field(default_factory=dict)
 
-    def add(self, model_err: np.ndarray, naive_err: np.ndarray) -> None:
+    def add(self, model_err: np.ndarray, naive_err: np.ndarray, spread: dict | None = None) -> None:
         self.n += len(model_err)
         self.model_sq += float(np.dot(model_err, model_err))
         self.naive_sq += float(np.dot(naive_err, naive_err))
+        for key, sums in (spread or {}).items():
+            total = self.intervals.setdefault(key, [0.0, 0.0, 0.0])
+            for i, value in enumerate(sums):
+                total[i] += value
 
     def figures(self) -> dict[str, float]:
         if self.n == 0:
             return {}
         mse, naive = self.model_sq / self.n, self.naive_sq / self.n
-        return {"mse": mse, "naive_mse": naive, "skill": skill(mse, naive), "scored": float(self.n)}
+        out = {"mse": mse, "naive_mse": naive, "skill": skill(mse, naive), "scored": float(self.n)}
+        for (method, level), (n, inside, score) in self.intervals.items():
+            if n:
+                out[intervals.metric_name(method, "coverage", level)] = 100 * inside / n
+                out[intervals.metric_name(method, "interval_score", level)] = score / n
+        return out
+
+
+def interval_sums(actual: np.ndarray, last: np.ndarray, bounds: np.ndarray, keys: Keys) -> dict:
+    """(rows, rows inside, sum of interval scores in % of the last price) per key; rows without
+    bounds (NaN) are not counted."""
+    out = {}
+    for j, (method, level) in enumerate(keys):
+        lower, upper = bounds[:, 2 * j], bounds[:, 2 * j + 1]
+        has = ~np.isnan(lower)
+        a, lo, hi, p = actual[has], lower[has], upper[has], last[has]
+        score = 100 * intervals.interval_score(a, lo, hi, level) / p
+        out[(method, level)] = (float(has.sum()), float(np.count_nonzero((a >= lo) & (a <= hi))), float(score.sum()))
+    return out
 
 
 @dataclass
@@ -109,12 +137,13 @@ class LiveStats:
         created_ms = np.fromiter((r.timestamp for r in batch.records), np.float64, len(batch.records))
         self.latencies_ms.extend(time.time() * 1000 - created_ms)
 
-    def score(self, symbol: str, version: str, model_err: np.ndarray, naive_err: np.ndarray) -> None:
+    def score(self, symbol: str, version: str, model_err: np.ndarray, naive_err: np.ndarray,
+              spread: dict | None = None) -> None:
         if len(model_err) == 0:
             return
-        self.overall.add(model_err, naive_err)
-        self.by_symbol.setdefault(symbol, ErrorSums()).add(model_err, naive_err)
-        self.by_version.setdefault(version, ErrorSums()).add(model_err, naive_err)
+        self.overall.add(model_err, naive_err, spread)
+        self.by_symbol.setdefault(symbol, ErrorSums()).add(model_err, naive_err, spread)
+        self.by_version.setdefault(version, ErrorSums()).add(model_err, naive_err, spread)
 
     def snapshot(self) -> dict[str, float]:
         """Flat metrics for MLflow: live_mse beside live_naive_mse, counts, throughput, latency."""
@@ -142,25 +171,31 @@ class LiveStats:
 
 
 
-def score_forecasts(symbol: str, st: SymbolState, step: Advance, forecasts: np.ndarray,
-                    version: str) -> list[tuple]:
+def score_forecasts(symbol: str, st: SymbolState, step: Advance, forecasts: np.ndarray, bounds: np.ndarray,
+                    keys: Keys, version: str) -> list[tuple]:
     """Score the symbol's open forecast and this batch's forecasts (NaN: warm-up) against the
-    next accepted price in the same segment, beside persistence. Returns the contributions
-    (arguments of `LiveStats.score`), to apply once the batch is committed; leaves the batch's
-    last forecast open."""
+    next accepted price in the same segment, beside persistence, and their intervals (`bounds`:
+    a row of intervals.bound_columns(keys) per forecast). Returns the contributions (arguments of
+    `LiveStats.score`), to apply once the batch is committed; leaves the batch's last forecast open."""
     if not len(step.accepted):
         return []
     actual = step.prices
     prev_pred = np.concatenate(([st.open_forecast], forecasts[:-1]))
     prev_price = np.concatenate(([st.open_price], actual[:-1]))
+    same_keys = st.open_keys == keys
+    open_row = st.open_bounds if same_keys else np.full(bounds.shape[1], np.nan)
+    prev_bounds = np.vstack([open_row[None, :], bounds[:-1]])
     same = ((np.concatenate(([st.open_session], step.sessions[:-1])) == step.sessions)
             & (np.concatenate(([st.open_level], step.levels[:-1])) == step.levels))
     ok = ~np.isnan(prev_pred) & same
     out = []
     if ok[0] and st.open_version != version:  # made before a hot swap: scored under its own version
-        out.append((symbol, st.open_version, actual[:1] - prev_pred[:1], actual[:1] - prev_price[:1]))
+        out.append((symbol, st.open_version, actual[:1] - prev_pred[:1], actual[:1] - prev_price[:1],
+                    interval_sums(actual[:1], prev_price[:1], st.open_bounds[None, :], st.open_keys)))
         ok[0] = False
-    out.append((symbol, version, actual[ok] - prev_pred[ok], actual[ok] - prev_price[ok]))
+    out.append((symbol, version, actual[ok] - prev_pred[ok], actual[ok] - prev_price[ok],
+                interval_sums(actual[ok], prev_price[ok], prev_bounds[ok], keys)))
     st.open_forecast, st.open_version, st.open_price = float(forecasts[-1]), version, float(actual[-1])
+    st.open_bounds, st.open_keys = bounds[-1].copy(), keys
     st.open_session, st.open_level = int(step.sessions[-1]), int(step.levels[-1])
     return out

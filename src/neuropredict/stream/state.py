@@ -34,6 +34,8 @@ class SymbolState:
     open_forecast: float = math.nan  # the forecast of the next price ...
     open_version: str = ""           # ... the model version that made it ...
     open_price: float = math.nan     # ... the price it was made at (persistence's forecast) ...
+    open_bounds: np.ndarray = field(default_factory=lambda: np.empty(0))  # ... its intervals ...
+    open_keys: tuple = ()            # ... (which: intervals.live_keys of its version) ...
     open_session: int = NO_SEGMENT   # ... and its segment (scored only within it)
     open_level: int = NO_SEGMENT
     last_day: int = NO_SEGMENT       # exchange day of the last accepted tick (cadence check)
@@ -130,10 +132,11 @@ class SymbolBook:
         st.last_day = int(days[-1])
         return repeats
 
-    def reopen(self, symbol: str, forecast: float, version: str) -> None:
+    def reopen(self, symbol: str, forecast: float, bounds: np.ndarray, keys: tuple, version: str) -> None:
         """After a rebuild: the forecast the symbol's last tick made is open again."""
         st = self.states[symbol]
         st.open_forecast, st.open_version, st.open_price = forecast, version, float(st.prices[-1])
+        st.open_bounds, st.open_keys = bounds, keys
         st.open_session, st.open_level = st.session, st.level
 
     def full_window(self, symbol: str) -> np.ndarray | None:

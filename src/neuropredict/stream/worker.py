@@ -28,7 +28,7 @@ import numpy as np
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from neuropredict import config, kafka_io, messages, registry, tracking
+from neuropredict import config, intervals, kafka_io, messages, registry, tracking
 from neuropredict.config import Params
 from neuropredict.forecaster import limit_threads
 from neuropredict.stream import restore
@@ -191,10 +191,12 @@ class Worker:
                 self.delivery.dead_letter(rec, reason)
             for rec, symbol in batch.to_rekey():
                 self.delivery.rekey(rec, symbol)
-        forecasts = self._forecast_and_publish(batch)
+        forecasts, bounds = self._forecast_and_publish(batch)
         with timed("score"):
+            keys = self.served.forecaster.live_keys
             scores = [c for symbol, step in batch.steps.items() for c in score_forecasts(
-                symbol, self.book.states[symbol], step, forecasts[batch.accepted(symbol)], self.version)]
+                symbol, self.book.states[symbol], step, forecasts[batch.accepted(symbol)],
+                bounds[batch.accepted(symbol)], keys, self.version)]
         with timed("ack"):
             failure = self.delivery.acknowledge()
         if failure:
@@ -216,35 +218,41 @@ class Worker:
                         "sub-daily ticks are not calibrated (train with data.interval: 1m)", symbol, self.version)
         return step
 
-    def _forecast_and_publish(self, batch: Batch) -> np.ndarray:
+    def _forecast_and_publish(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """One model call for every full window of the batch, in chunks: publishing chunk k
         overlaps the call of chunk k+1 on the model thread. Returns the forecast of each tick
-        (NaN: none, warm-up)."""
+        (NaN: none, warm-up) and its live interval bounds (forecaster.bounds_matrix)."""
+        forecaster = self.served.forecaster
         forecasts, owners = np.full(len(batch.ticks), np.nan), batch.owners()
+        bounds = np.full((len(batch.ticks), 2 * len(forecaster.live_keys)), np.nan)
         if not len(owners):
-            return forecasts
-        timed, forecaster = self.stats.timed, self.served.forecaster
+            return forecasts, bounds
+        timed = self.stats.timed
         with timed("transform"):
             model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
         chunk = max(config.MODEL_CHUNK_MIN_ROWS, -(-len(owners) // config.MODEL_CHUNKS_MAX))
         model_s, chunks = forecaster.model_seconds, forecaster.forecast_chunks(model_input, chunk, self._model_pool)
         encode, version, worker, ticks, records = (messages.encode_prediction, self.version, self.worker_id,
                                                    batch.ticks, batch.records)
+        fields = forecaster.interval_fields
         while True:
             with timed("model_wait"):
-                rows, prices = next(chunks, (None, None))
+                rows, forecast = next(chunks, (None, None))
             if rows is None:
                 break
             mine = owners[rows]
-            forecasts[mine] = prices
+            forecasts[mine] = forecast.price
+            bounds[mine] = forecaster.bounds_matrix(forecast)
             with timed("encode"):
+                published = (np.column_stack([forecast.bounds[f] for f in fields]).tolist() if fields
+                             else [()] * len(mine))
                 out = [(ticks[i].symbol.encode(), encode(ticks[i], p, version, records[i].partition,
-                                                         records[i].offset, worker))
-                       for i, p in zip(mine.tolist(), prices.tolist())]
+                                                         records[i].offset, worker, dict(zip(fields, b))))
+                       for i, p, b in zip(mine.tolist(), forecast.price.tolist(), published)]
             with timed("produce"):
                 self.delivery.publish(out)
         self.stats.add_seconds("model", forecaster.model_seconds - model_s)
-        return forecasts
+        return forecasts, bounds
 
     # ---- models, failures, rebalances ----
 
@@ -342,9 +350,12 @@ def summary(stats: LiveStats) -> str:
     figures = stats.overall.figures()
     live = (f", live MSE {figures['mse']:.4f} vs persistence {figures['naive_mse']:.4f} "
             f"(skill {100 * figures['skill']:+.2f} %) on {figures['scored']:.0f} ticks") if figures else ""
+    coverage = [f"{intervals.label(level)} %: {figures[name]:.1f} %" for m, level in stats.overall.intervals
+                if m == "model" and (name := intervals.metric_name(m, "coverage", level)) in figures]
+    covered = f"; interval coverage {', '.join(coverage)}" if coverage else ""
     rekeyed = f" + {stats.rekeyed} re-keyed" if stats.rekeyed else ""
     return (f"{stats.consumed} consumed = {stats.predicted} predicted + {stats.dead_lettered} dead-lettered + "
-            f"{stats.warmup} warm-up{rekeyed}{live}")
+            f"{stats.warmup} warm-up{rekeyed}{live}{covered}")
 
 
 def serve(params: Params, wait: bool = False, **run_kwargs: Any) -> LiveStats:
