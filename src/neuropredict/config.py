@@ -127,6 +127,7 @@ class TuneParams:
 class IntervalParams:
     levels: tuple[float, ...] = (0.8, 0.95)
     ewma_lambda: float = field(default=0.94, metadata=_range(0.0, 0.9999))
+    min_coverage_p: float = field(default=0.01, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,6 @@ class RegisterParams:
     model_name: str = "stock-price-forecaster"
     max_dm_t: float = 2.0
     min_mean_skill: float = -0.005
-    min_coverage_p: float = field(default=0.01, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)

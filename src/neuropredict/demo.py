@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neuropredict import config, producer, registry, scratch, services, stream_report
+from neuropredict import config, intervals, producer, registry, scratch, services, stream_report
 from neuropredict.console import tool, tools_env
 from neuropredict.errors import NeuropredictError, ServiceError
 from neuropredict.files import read_json
@@ -263,6 +263,22 @@ def _experiment_url(ui: str, name: str) -> str:
     return f"{ui}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
 
+def _interval_lines(result: dict[str, Any], worker_stats: dict[str, Any], tags: dict[str, str]) -> list[str]:
+    """Per level: streamed coverage beside the offline test coverage, and the live interval score
+    beside the EWMA baseline's on the same ticks."""
+    if not result.get("intervals"):
+        return []
+    pooled, lines = result["intervals"]["_pooled"], []
+    for level in result["interval_levels"]:
+        t = intervals.label(level)
+        offline = f" (offline test {float(tags[f'test_coverage_{t}']):.1f} %)" if f"test_coverage_{t}" in tags else ""
+        ewma = worker_stats.get(f"live_ewma_interval_score_{t}")
+        versus = f" vs EWMA {ewma:.3f} %" if ewma is not None else ""
+        lines.append(f"{t} % interval{'':<3}coverage {pooled[f'coverage_{t}']:.1f} %{offline}, mean width "
+                     f"{pooled[f'width_{t}']:.2f} %, interval score {pooled[f'interval_score_{t}']:.3f} %{versus}")
+    return lines
+
+
 def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, timings: dict[str, float],
             total_s: float, started: list[str], keep: bool) -> str:
     project = config.paths()
@@ -281,6 +297,8 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
         if not symbol.startswith("_"):
             lines.append(f"{symbol:<8}{m['mse']:>12.4f}{m['persistence_mse']:>13.4f}{100 * m['skill']:>+9.2f}"
                          f"{m['dm_t']:>+7.2f}")
+    lines += _interval_lines(result, worker_stats, registry.version_tags(config.load_params().register.model_name,
+                                                                          version))
     if worker_stats:
         lines.append(f"worker           {worker_stats.get('consumed', 0):.0f} consumed = "
                      f"{worker_stats.get('predicted', 0):.0f} predicted + {worker_stats.get('dlq_count', 0):.0f} "

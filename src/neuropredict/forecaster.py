@@ -130,14 +130,18 @@ class Forecaster:
                       else self.calibration.bounds(self.spreads(batch, rows, outputs), batch.last[rows]))
             yield rows, Forecast(price, bounds)
 
-    def spreads(self, batch: ModelInput, rows: slice, outputs: np.ndarray,
-                ewma_lambda: float | None = None) -> dict[str, Spread]:
+    def spreads(self, batch: ModelInput, rows: slice, outputs: np.ndarray, ewma_lambda: float | None = None,
+                network_weight: float | None = None) -> dict[str, Spread]:
         """Each method's distribution of the next log return: the model's location and scale
-        (from standardised units) beside the baselines' (EWMA's λ: the calibration's, unless given)."""
+        (from standardised units; the scale blended with EWMA's, see `calibrate`) beside the
+        baselines'. λ and the blend weight: the calibration's, unless given."""
         mu, sd = batch.mu[rows], batch.sd[rows]
         lam = self.calibration.ewma_lambda if ewma_lambda is None else ewma_lambda
-        return {"model": Spread(mu + sd * outputs[:, 0], sd * outputs[:, 1]),
-                **intervals.baseline_spreads(batch.windows[rows], sd, lam)}
+        w = self.calibration.network_weight if network_weight is None else network_weight
+        baselines = intervals.baseline_spreads(batch.windows[rows], sd, lam)
+        network = sd * outputs[:, 1]
+        scale = np.sqrt(w * network**2 + (1.0 - w) * baselines["ewma"].scale ** 2)
+        return {"model": Spread(mu + sd * outputs[:, 0], scale), **baselines}
 
     def forecast(self, windows: np.ndarray, symbols: Sequence[str]) -> Forecast:
         """(n, W) prices and n symbols -> next prices and interval bounds."""
@@ -243,12 +247,31 @@ def forecast_period(forecaster: Forecaster, series: dict[str, pd.Series], start:
     })
 
 
+NETWORK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # the blends of network and EWMA scale tried on validation
+
+
 def calibrate(forecaster: Forecaster, rows: WindowSet, levels: Sequence[float], ewma_lambda: float,
-              period: str) -> Calibration:
-    """Conformal quantiles of every method on `rows` (the validation period: never the test year)."""
+              period: str, min_coverage_p: float = 0.0) -> Calibration:
+    """Conformal quantiles of every method on `rows` (the validation period: never the test year).
+
+    The model's scale blends the network's with EWMA's, sqrt(w · network² + (1 - w) · EWMA²): of
+    the weights whose every symbol's coverage passes the binomial test (p >= min_coverage_p) on
+    these rows, the one with the lowest interval score. The network's scale is the sharper, but
+    it adapts to a symbol's new volatility regime more slowly than EWMA (on the bundled data,
+    network alone: AAPL 90 % inside the 80 % interval of 2023)."""
     batch, outputs = forecaster.outputs(rows.windows, rows.symbols)
-    spreads = forecaster.spreads(batch, slice(None), outputs, ewma_lambda)
-    return Calibration.fit(spreads, np.log(rows.targets / batch.last), levels, ewma_lambda, period)
+    returns = np.log(rows.targets / batch.last)
+    tried = []
+    for w in NETWORK_WEIGHTS:
+        spreads = forecaster.spreads(batch, slice(None), outputs, ewma_lambda, w)
+        fitted = Calibration.fit(spreads, returns, levels, ewma_lambda, period, w)
+        least_p, score = intervals.blend_fit(spreads["model"], returns, rows.symbols, fitted)
+        tried.append((least_p >= min_coverage_p, -score, least_p, fitted))
+        log.info("calibration: network weight %.2f: least per-symbol coverage p %.3g, interval score %.3f %%",
+                 w, least_p, score)
+    passing = [t for t in tried if t[0]]
+    chosen = max(passing, key=lambda t: t[1]) if passing else max(tried, key=lambda t: t[2])
+    return chosen[3]
 
 
 CURVE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -256,11 +279,14 @@ CURVE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 def calibration_curve(forecaster: Forecaster, validation: WindowSet, test: WindowSet) -> pd.DataFrame:
     """Coverage (%) on `test` of every method at nominal levels from 10 % to 99 % (and the
-    configured ones), each calibrated on `validation` as the served intervals are."""
+    configured ones), each calibrated on `validation` as the served intervals are (the same blend)."""
     lam = forecaster.calibration.ewma_lambda
     nominal = sorted({*CURVE_LEVELS, *forecaster.calibration.levels})
     nominal = [p for p in nominal if np.ceil((len(validation) + 1) * p) <= len(validation)]
-    fitted = calibrate(forecaster, validation, nominal, lam, forecaster.calibration.period)
+    served = forecaster.calibration
+    batch, outputs = forecaster.outputs(validation.windows, validation.symbols)
+    fitted = Calibration.fit(forecaster.spreads(batch, slice(None), outputs), np.log(validation.targets / batch.last),
+                             nominal, lam, served.period, served.network_weight)
     batch, outputs = forecaster.outputs(test.windows, test.symbols)
     bounds = fitted.bounds(forecaster.spreads(batch, slice(None), outputs, lam), batch.last)
     curve: dict[str, list[float]] = {"nominal": [100 * p for p in nominal]}

@@ -93,16 +93,17 @@ class Calibration:
     ewma_lambda: float
     period: str  # the validation period it was fitted on
     rows: int
+    network_weight: float = 1.0  # the model's scale: sqrt(w · network² + (1 - w) · EWMA²)
 
     @classmethod
     def fit(cls, spreads: dict[str, Spread], returns: np.ndarray, levels: Sequence[float], ewma_lambda: float,
-            period: str) -> Calibration:
+            period: str, network_weight: float = 1.0) -> Calibration:
         """Conformal quantiles of each method's scaled residuals on the validation rows."""
         quantiles = {}
         for method, spread in spreads.items():
             scores = np.abs(returns - spread.centre) / spread.scale
             quantiles[method] = {label(p): conformal_quantile(scores, p) for p in levels}
-        return cls(tuple(levels), quantiles, ewma_lambda, period, len(returns))
+        return cls(tuple(levels), quantiles, ewma_lambda, period, len(returns), network_weight)
 
     def bounds(self, spreads: dict[str, Spread], last: np.ndarray) -> dict[str, np.ndarray]:
         """Price bounds of every method and level: last · exp(centre ± q · scale)."""
@@ -124,10 +125,27 @@ class Calibration:
         if not path.is_file():
             return None
         d = read_json(path)
-        return cls(tuple(d["levels"]), d["quantiles"], d["ewma_lambda"], d["period"], d["rows"])
+        return cls(tuple(d["levels"]), d["quantiles"], d["ewma_lambda"], d["period"], d["rows"],
+                   d.get("network_weight", 1.0))
 
 
 # ---- scoring ----
+
+
+def blend_fit(spread: Spread, returns: np.ndarray, symbols: np.ndarray, calibration: Calibration) -> tuple[float, float]:
+    """How a calibrated model spread does on the rows it was calibrated on: the least binomial p
+    of any symbol's coverage at any level, and the mean interval score (% of the price, in log
+    returns) over the levels."""
+    least_p, scores = 1.0, []
+    residual = np.abs(returns - spread.centre) / spread.scale
+    for level in calibration.levels:
+        q = calibration.quantiles["model"][label(level)]
+        for symbol in np.unique(symbols):
+            mine = residual[symbols == symbol]
+            least_p = min(least_p, binomial_p(int(np.count_nonzero(mine <= q)), len(mine), level))
+        lower, upper = spread.centre - q * spread.scale, spread.centre + q * spread.scale
+        scores.append(100 * float(np.mean(interval_score(returns, lower, upper, level))))
+    return least_p, float(np.mean(scores))
 
 
 def interval_score(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, level: float) -> np.ndarray:

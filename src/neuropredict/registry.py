@@ -166,18 +166,19 @@ def list_versions(name: str) -> list[dict[str, Any]]:
 
 
 def gate(scores: dict[str, dict[str, float]], params: RegisterParams,
-         calibration: tuple[dict[str, dict[str, float]], tuple[float, ...]] | None = None) -> list[str]:
+         calibration: tuple[dict[str, dict[str, float]], tuple[float, ...], float] | None = None) -> list[str]:
     """Reasons the model may not serve; empty when it passes. Requiring skill >= 0 on every symbol
     would reward luck (one symbol's skill has a standard error of about 1 point on 252 days);
     instead: no symbol significantly worse than persistence, and mean skill above a bound.
-    With `calibration` (validation interval scores, levels): no symbol's coverage significantly
+    With `calibration` (validation interval scores, levels, least p): no symbol's coverage significantly
     off nominal by an exact binomial test (a fixed band of ±k points would fail a perfect model
     by chance somewhere among 7 symbols and 2 levels)."""
     reasons = []
     if calibration is not None:
-        off = intervals.miscalibrated(calibration[0], calibration[1], params.min_coverage_p)
+        validation, levels, min_p = calibration
+        off = intervals.miscalibrated(validation, levels, min_p)
         if off:
-            reasons.append(f"intervals miscalibrated on validation (binomial p < {params.min_coverage_p:g}): "
+            reasons.append(f"intervals miscalibrated on validation (binomial p < {min_p:g}): "
                            + "; ".join(off))
     pooled = scores["_pooled"]
     worse = [s for s, m in scores.items() if not s.startswith("_") and m["dm_t"] >= params.max_dm_t]
@@ -191,7 +192,7 @@ def gate(scores: dict[str, dict[str, float]], params: RegisterParams,
 
 
 def decide(challenger: dict, production: dict | None, params: RegisterParams,
-           calibration: tuple[dict, tuple[float, ...]] | None = None) -> tuple[bool, str]:
+           calibration: tuple[dict, tuple[float, ...], float] | None = None) -> tuple[bool, str]:
     """Promote when the gate passes and the challenger beats production on the same test rows."""
     failed = gate(challenger, params, calibration)
     c_skill = challenger["_pooled"]["mean_skill"]
@@ -229,7 +230,8 @@ def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
     version = log_and_register(project.best_model_dir, name, series, tags, metadata)
     set_alias(name, CHALLENGER_ALIAS, version)
     production = _test_scores(load(name, version=previous).forecaster, series, params)[0] if previous else None
-    promoted, reason = decide(challenger, production, params.register, (validation, levels))
+    promoted, reason = decide(challenger, production, params.register,
+                              (validation, levels, params.intervals.min_coverage_p))
     if promoted:
         set_alias(name, PRODUCTION_ALIAS, version)
     return _record(params, project, version, previous, promoted, reason, challenger, production,

@@ -238,7 +238,8 @@ def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation:
         Forecaster(r.model, scaler).save(folder)
         forecaster = Forecaster.load(folder)  # calibrate and score exactly what register will ship
         forecaster.calibration = calibrate(forecaster, validation, params.intervals.levels,
-                                           params.intervals.ewma_lambda, validation_period(params))
+                                           params.intervals.ewma_lambda, validation_period(params),
+                                           params.intervals.min_coverage_p)
         forecaster.calibration.save(folder)
         rows[r.cell] = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
     return rows
@@ -247,7 +248,7 @@ def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation:
 def _calibration_summary(forecaster: Forecaster) -> dict[str, Any]:
     c = forecaster.calibration
     return {"method": "split-conformal on |return - centre| / scale", "period": c.period, "rows": c.rows,
-            "ewma_lambda": c.ewma_lambda, "quantiles": c.quantiles}
+            "ewma_lambda": c.ewma_lambda, "network_weight": c.network_weight, "quantiles": c.quantiles}
 
 
 def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner_spreads: dict, winner_cell: str,

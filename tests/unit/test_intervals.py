@@ -85,3 +85,19 @@ def test_a_calibration_travels_with_the_model(tmp_path):
     calibration.save(tmp_path)
     assert Calibration.load(tmp_path) == calibration
     assert Calibration.load(tmp_path / "elsewhere") is None  # a model from before intervals
+
+
+def test_a_blend_is_judged_by_its_worst_symbol_and_its_interval_score():
+    """One symbol's scale is right, the other's twice too large: pooled calibration covers 80 % on
+    average, but neither symbol does, which the binomial test sees."""
+    rng = np.random.default_rng(2)
+    symbols = np.repeat(["RIGHT", "WIDE"], 2000)
+    returns = 0.01 * rng.standard_normal(4000)
+    spread = Spread(np.zeros(4000), np.where(symbols == "RIGHT", 0.01, 0.02))
+    calibration = Calibration.fit({"model": spread}, returns, (0.8,), 0.94, "fit")
+    least_p, score = intervals.blend_fit(spread, returns, symbols, calibration)
+    assert least_p < 1e-6 and score > 0
+    honest = Spread(np.zeros(4000), np.full(4000, 0.01))
+    fair = Calibration.fit({"model": honest}, returns, (0.8,), 0.94, "fit")
+    fair_p, fair_score = intervals.blend_fit(honest, returns, symbols, fair)
+    assert fair_p > 0.01 and fair_score < score

@@ -152,6 +152,7 @@ class Worker:
                     if self._to_restore:
                         assigned, self._to_restore = set(self._to_restore), set()
                         self._restore(assigned)
+                        limits.had_data()  # idle counts from when input could first arrive (a slow join is not idle)
                     if polled:
                         with self.stats.busy():
                             self._process(polled)
@@ -304,7 +305,8 @@ class Rebalance(ConsumerRebalanceListener):
 
 @dataclass
 class Limits:
-    """When `run()` returns besides a stop: messages consumed, seconds, seconds without input."""
+    """When `run()` returns besides a stop: messages consumed, seconds, seconds without input
+    (since the last batch or the last assignment of partitions)."""
 
     max_messages: int | None = None
     timeout_s: float | None = None
