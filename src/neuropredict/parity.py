@@ -89,8 +89,10 @@ def compare(offline, online, version: str) -> dict[str, Any]:
         "tolerance": {"max_rel_diff": MAX_REL_DIFF, "mse_rel_diff": MAX_MSE_REL_DIFF},
     }
     missing = [c for c in stream_report.bound_columns(offline) if c not in online]
+    unbounded = sum(int(both[f"{c}_online"].isna().sum()) for c in bounds)  # streamed without its interval
+    result["rows_without_bounds"] = unbounded
     result["passed"] = bool(
-        len(both) == len(offline) == len(online) and not missing
+        len(both) == len(offline) == len(online) and not missing and not unbounded
         and result["max_rel_diff"] <= MAX_REL_DIFF and result["mse_rel_diff"] <= MAX_MSE_REL_DIFF
         and (not bounds or result["max_bound_rel_diff"] <= MAX_REL_DIFF))
     return result

@@ -14,7 +14,7 @@ import pandas as pd
 
 from neuropredict import intervals, tracking
 from neuropredict.config import CHALLENGER_ALIAS, PRODUCTION_ALIAS, Params, Paths, RegisterParams
-from neuropredict.errors import ModelNotFoundError
+from neuropredict.errors import ConfigError, ModelNotFoundError
 from neuropredict.files import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,9 @@ def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
     name = params.register.model_name
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
     forecaster = Forecaster.load(project.best_model_dir)
+    if forecaster.calibration is None:
+        raise ConfigError(f"{project.best_model_dir} has no interval calibration (intervals.json): "
+                          f"run `dvc repro tune` to train and calibrate it again")
     challenger, spreads = _test_scores(forecaster, series, params)
     levels = forecaster.calibration.levels
     last_validation_day = str((pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)).date())

@@ -155,7 +155,7 @@ def parsimonious(candidates: list[tuple[Any, float, int]], tolerance: float) -> 
     (relative) of the lowest: differences that small are noise on one validation year, while a
     bigger model costs every served tick. Ties go to the lower loss."""
     lowest = min(loss for _, loss, _ in candidates)
-    near = [c for c in candidates if c[1] <= lowest * (1 + tolerance)]
+    near = [c for c in candidates if c[1] <= lowest + tolerance * abs(lowest)]  # an NLL can be negative
     return min(near, key=lambda c: (c[2], c[1]))[0]
 
 

@@ -37,6 +37,8 @@ def test_parsimony_picks_the_smallest_model_within_tolerance_of_the_lowest_loss(
     assert parsimonious(trials, tolerance=0.002) == "small"
     assert parsimonious(trials, tolerance=0.0) == "big"
     assert parsimonious([("a", 0.9, 10), ("b", 0.899, 10)], tolerance=0.01) == "b"  # a tie in size: lower loss
+    nll = [("big", -0.1000, 50_000), ("small", -0.0999, 2_000)]  # a negative log-likelihood loss
+    assert parsimonious(nll, tolerance=0.002) == "small" and parsimonious(nll, tolerance=0.0) == "big"
 
 
 def test_the_loss_is_the_gaussian_nll_whose_null_is_half_the_mean_square():
