@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rate-seconds", type=float, default=20.0, help="length of the latency phase")
     ap.add_argument("--profile", action="store_true", help="cProfile the worker thread in phase A")
     ap.add_argument("--brokers", default="tansu,apache", help="comma-separated: tansu, apache")
+    ap.add_argument("--no-intervals", action="store_true",
+                    help="serve the production model without its interval calibration (what intervals cost)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, measures nothing")
     ap.add_argument("--out", type=Path, help="report path (default bench/results/serving[-smoke].json)")
     args = ap.parse_args()
@@ -236,6 +238,19 @@ def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, se
             "seconds": sent["seconds"], **percentiles(lat)}
 
 
+def _serve_point_forecasts_only() -> None:
+    """Every load of a model (here and in the worker) drops its calibration, as for a version
+    registered before intervals existed: no bounds computed, published or scored."""
+    load = registry.load
+
+    def without_intervals(*args, **kwargs):
+        served = load(*args, **kwargs)
+        served.forecaster.calibration = None
+        return served
+
+    registry.load = without_intervals
+
+
 def main() -> int:
     args = parse_args()
     configure_logging()
@@ -246,6 +261,8 @@ def main() -> int:
         print(f"no {name}@production: run `dvc repro` first", file=sys.stderr)
         return 1
     limit_threads(params.serving.model_threads)  # as a serving process does, before TF starts
+    if args.no_intervals:
+        _serve_point_forecasts_only()
     loaded = registry.load(name, version=version)
     ticks = make_ticks(params, args.copies, args.ticks)
     symbols = len({t[1] for t in ticks})
@@ -294,7 +311,7 @@ def main() -> int:
         "runs": runs, "model_ceiling_phase": m, "seed_loop_phase": seed,
         "latency_offered_ticks_per_s": args.rate,
         "model": {"name": name, "version": version, "window": loaded.forecaster.window,
-                  "cell": registry.version_tags(name, version).get("cell")},
+                  "cell": registry.version_tags(name, version).get("cell"), "intervals": not args.no_intervals},
         "settings": {k: getattr(params.serving, k) for k in ("max_poll_records", "producer_linger_ms",
                                                               "producer_batch_bytes", "compression")},
         "symbols": symbols, "smoke": args.smoke, "apache_kafka": _apache_version(args.brokers),

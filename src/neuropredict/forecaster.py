@@ -112,23 +112,29 @@ class Forecaster:
         mu, sd = self.scaler.stats(symbols)
         return ModelInput(self.scaler.to_model_input(windows, mu, sd), mu, sd, windows[:, -1], windows)
 
-    def forecast_chunks(self, batch: ModelInput, chunk_rows: int,
-                        pool: Executor | None = None) -> Iterator[tuple[slice, Forecast]]:
-        """(rows, forecast) chunk by chunk. With a pool, the call for chunk k+1 runs on it
-        while the caller handles chunk k (TensorFlow releases the GIL during the call)."""
+    def forecast_chunks(self, batch: ModelInput, chunk_rows: int, pool: Executor | None = None,
+                        methods: Sequence[str] = intervals.METHODS) -> Iterator[tuple[slice, Forecast]]:
+        """(rows, forecast) chunk by chunk, with the bounds of `methods`. With a pool, chunk k+1 is
+        forecast on it (the model call, which releases the GIL, and the arithmetic after it) while
+        the caller handles chunk k."""
         chunks = [slice(lo, min(lo + chunk_rows, len(batch))) for lo in range(0, len(batch), max(1, chunk_rows))]
         if not chunks:
             return
         call = pool.submit if pool is not None else _call_now
-        pending = call(self._outputs, batch.x[chunks[0]])
+        pending = call(self._forecast_rows, batch, chunks[0], methods)
         for k, rows in enumerate(chunks):
-            outputs = pending.result()
+            forecast = pending.result()
             if k + 1 < len(chunks):
-                pending = call(self._outputs, batch.x[chunks[k + 1]])
-            price = self.scaler.to_price(outputs[:, 0], batch.last[rows], batch.mu[rows], batch.sd[rows])
-            bounds = ({} if self.calibration is None
-                      else self.calibration.bounds(self.spreads(batch, rows, outputs), batch.last[rows]))
-            yield rows, Forecast(price, bounds)
+                pending = call(self._forecast_rows, batch, chunks[k + 1], methods)
+            yield rows, forecast
+
+    def _forecast_rows(self, batch: ModelInput, rows: slice, methods: Sequence[str]) -> Forecast:
+        outputs = self._outputs(batch.x[rows])
+        price = self.scaler.to_price(outputs[:, 0], batch.last[rows], batch.mu[rows], batch.sd[rows])
+        if self.calibration is None:
+            return Forecast(price, {})
+        spreads = self.spreads(batch, rows, outputs)
+        return Forecast(price, self.calibration.bounds({m: spreads[m] for m in methods}, batch.last[rows]))
 
     def spreads(self, batch: ModelInput, rows: slice, outputs: np.ndarray, ewma_lambda: float | None = None,
                 network_weight: float | None = None) -> dict[str, Spread]:
@@ -187,7 +193,7 @@ class Forecaster:
         return np.asarray(windows)[:, -1] * np.exp(mu)
 
     def _outputs(self, x: np.ndarray) -> np.ndarray:
-        """The raw model call on a batch of features (no other Python work: it may run on a helper thread)."""
+        """The raw model call on a batch of features, timed (model_seconds)."""
         began = time.perf_counter()
         out = self._call(x).numpy()
         self.model_seconds += time.perf_counter() - began

@@ -232,7 +232,8 @@ class Worker:
         with timed("transform"):
             model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
         chunk = max(config.MODEL_CHUNK_MIN_ROWS, -(-len(owners) // config.MODEL_CHUNKS_MAX))
-        model_s, chunks = forecaster.model_seconds, forecaster.forecast_chunks(model_input, chunk, self._model_pool)
+        model_s, chunks = forecaster.model_seconds, forecaster.forecast_chunks(model_input, chunk, self._model_pool,
+                                                                                 intervals.LIVE_METHODS)
         encode, version, worker, ticks, records = (messages.encode_prediction, self.version, self.worker_id,
                                                    batch.ticks, batch.records)
         fields = forecaster.interval_fields
