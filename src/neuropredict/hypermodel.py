@@ -2,11 +2,12 @@
 distribution, a location and a scale, trained on the Gaussian negative log-likelihood.
 
 Why a scale and this loss: volatility clusters, so how far the price may move is forecastable
-where its direction is not. Measured on the bundled data (a 1x32 GRU, window 30, calibrated on
-2023 and scored on 2024), the learned scale gave lower interval scores than both a constant and
-an EWMA volatility at 80 % and 95 %, while the location kept the point forecast's skill at 0.0 %
-of persistence (README, Prediction intervals). The tails are left to the conformal calibration
-(neuropredict.intervals), so a Gaussian shape is enough to rank the scale.
+where its direction is not. With the default params (an LSTM of 1x32 units, its scale blended with
+EWMA's and calibrated on 2023, scored on 2024) the intervals covered 79.8 % and 95.0 % at 80 % and
+95 %, with lower interval scores than a constant and an EWMA volatility at both levels, while the
+location kept the point forecast's skill within noise of persistence (README, Prediction
+intervals). The tails are left to the conformal calibration (neuropredict.intervals), so a
+Gaussian shape is enough to rank the scale.
 """
 
 from __future__ import annotations
