@@ -64,22 +64,29 @@ def _cli(root, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def _sabotage_best_model(root, bias, layer="next_return"):
-    """Fix one output of the tuned model (after its calibration): the location at a large daily
-    move (clearly worse than persistence), or the scale far from the one it was calibrated with."""
+def _sabotage_best_model(root, bias):
+    """Fix the tuned model's location at a large daily move: clearly worse than persistence."""
     from neuropredict.forecaster import Forecaster
 
     best = root / "models" / "tuned" / "best"
     f = Forecaster.load(best)
-    dense = f.model.get_layer(layer)
+    dense = f.model.get_layer("next_return")
     kernel, _ = dense.get_weights()
     dense.set_weights([kernel * 0, np.full((1,), bias, dtype=np.float32)])
     f.save(best)
 
 
 def test_intervals_miscalibrated_on_validation_fail_the_gate(trained_project, tmp_path):
+    """A stale or broken calibration: the tuned model's intervals 3x narrower than calibrated."""
+    import dataclasses
+
+    from neuropredict.intervals import Calibration
+
     root = copy_project(trained_project, tmp_path / "copy")
-    _sabotage_best_model(root, bias=-3.0, layer="softplus_scale")  # scale 0.05: the intervals shrink 20x
+    best = root / "models" / "tuned" / "best"
+    calibration = Calibration.load(best)
+    narrow = {**calibration.quantiles, "model": {t: q / 3 for t, q in calibration.quantiles["model"].items()}}
+    dataclasses.replace(calibration, quantiles=narrow).save(best)
     run([sys.executable, str(root / "pipelines" / "register.py")], root, project_env(root))
     decision = load_json(root / "metrics/register.json")
     assert decision["promoted"] is False and "intervals miscalibrated on validation" in decision["reason"]
