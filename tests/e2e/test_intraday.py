@@ -55,5 +55,8 @@ def test_intraday_model_trains_serves_evaluates_and_passes_parity(tmp_path):
     assert stats["live_scored"] == report["rows"] and stats["live_mse"] == pytest.approx(pooled["mse"], rel=1e-9)
     assert parity.returncode == 0 and "parity PASS" in parity.stdout, parity.stdout + parity.stderr[-3000:]
     result = load_json(root / "reports/parity.json")
-    assert result["matched_rows"] == result["offline_rows"] == report["rows"] and result["max_rel_diff"] == 0.0
-    assert result["online_mse"] == pytest.approx(pooled["mse"], rel=1e-12)
+    # two streams batch the same windows differently, and the float32 model call may then differ in
+    # its last bit (the two-output head: 1e-12 of the price seen, MSEs 7e-11 apart in one CI run)
+    assert result["matched_rows"] == result["offline_rows"] == report["rows"] and result["max_rel_diff"] <= 1e-9
+    assert result["online_mse"] == pytest.approx(pooled["mse"], rel=1e-9)
+    assert result["bounds"] and result["max_bound_rel_diff"] <= 1e-9
