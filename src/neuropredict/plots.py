@@ -74,18 +74,26 @@ def predicted_vs_actual(rows: pd.DataFrame, path: Path, title: str, max_symbols:
                         last_n: int | None = 60) -> Path:
     """One panel per symbol: actual price, model forecast and persistence over the last_n targets
     (a short span shows what a full year hides: the forecast is nearly the last price)."""
-    symbols = sorted(rows["symbol"].unique())[:max_symbols]
-    ncols = 2 if len(symbols) > 1 else 1
-    nrows = int(np.ceil(len(symbols) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 2.6 * nrows), squeeze=False)
-    for ax, symbol in zip(axes.flat, symbols):
-        g = rows[rows["symbol"] == symbol].sort_values("time")
+
+    def panel(ax, g: pd.DataFrame) -> None:
         if last_n:
             g = g.tail(last_n)
         ax.plot(g["time"], g["actual"], "o-", color=COLORS["actual"], lw=1.2, ms=2.5, label="actual")
         ax.plot(g["time"], g["persistence"], "--", color=COLORS["persistence"], lw=1.0,
                 label="persistence (last price)")
         ax.plot(g["time"], g["predicted"], "-", color=COLORS["predicted"], lw=1.0, label="model")
+
+    return _per_symbol(rows, panel, path, title, max_symbols)
+
+
+def _per_symbol(rows: pd.DataFrame, panel, path: Path, title: str, max_symbols: int) -> Path:
+    """A grid of one panel per symbol (two columns), each drawn by panel(ax, the symbol's rows in time order)."""
+    symbols = sorted(rows["symbol"].unique())[:max_symbols]
+    ncols = 2 if len(symbols) > 1 else 1
+    nrows = int(np.ceil(len(symbols) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 2.6 * nrows), squeeze=False)
+    for ax, symbol in zip(axes.flat, symbols):
+        panel(ax, rows[rows["symbol"] == symbol].sort_values("time"))
         ax.set_title(symbol, fontsize=10)
         ax.tick_params(axis="x", labelsize=7, rotation=20)
         ax.grid(alpha=0.3)
@@ -123,27 +131,17 @@ def fan_chart(rows: pd.DataFrame, levels: Sequence[float], path: Path, title: st
     misses of the widest interval marked."""
     from neuropredict.intervals import column
 
-    symbols = sorted(rows["symbol"].unique())[:max_symbols]
-    ncols = 2 if len(symbols) > 1 else 1
-    nrows = int(np.ceil(len(symbols) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 2.6 * nrows), squeeze=False)
     widest_first = sorted(levels, reverse=True)
-    for ax, symbol in zip(axes.flat, symbols):
-        g = rows[rows["symbol"] == symbol].sort_values("time")
+    widest = widest_first[0]
+
+    def panel(ax, g: pd.DataFrame) -> None:
         for shade, level in enumerate(widest_first):
             ax.fill_between(g["time"], g[column("model", "lower", level)], g[column("model", "upper", level)],
                             color=COLORS["model"], alpha=0.15 + 0.2 * shade, lw=0,
                             label=f"{100 * level:g} % interval")
         ax.plot(g["time"], g["actual"], "-", color=COLORS["actual"], lw=0.9, label="actual")
-        widest = widest_first[0]
         out = (g["actual"] < g[column("model", "lower", widest)]) | (g["actual"] > g[column("model", "upper", widest)])
         ax.plot(g["time"][out], g["actual"][out], "x", color="black", ms=4,
                 label=f"outside the {100 * widest:g} % interval")
-        ax.set_title(symbol, fontsize=10)
-        ax.tick_params(axis="x", labelsize=7, rotation=20)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(symbols):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path)
+
+    return _per_symbol(rows, panel, path, title, max_symbols)
