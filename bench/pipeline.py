@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from neuropredict import tracking
 from neuropredict.scratch import copy_project, scratch_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +159,7 @@ def report(args, stage_seconds, total, noop, noop_ran, throughput, window) -> di
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "command": shlex.join([sys.executable, *sys.argv]),
+        "measured": tracking.measured(" ".join(["python", *sys.argv])),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

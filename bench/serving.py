@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import io
 import json
 import os
@@ -41,12 +40,25 @@ from pathlib import Path
 
 import numpy as np
 
-from neuropredict import config, kafka_io, messages, producer, registry, services  # noqa: E402  (sets quiet library defaults)
+from neuropredict import (  # noqa: E402  (sets quiet library defaults)
+    brokers,
+    kafka_io,
+    messages,
+    producer,
+    registry,
+    retry,
+    tracking,
+)
 from neuropredict.console import configure_logging  # noqa: E402
 from neuropredict.forecaster import limit_threads  # noqa: E402
+from neuropredict.settings.contracts import Topics  # noqa: E402
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
+from neuropredict.stream.predict import chunk_rows  # noqa: E402
 from neuropredict.stream.worker import Worker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+TOPICS = Topics()  # a private broker per setup: the default names
 SEED_TOPIC = "bench_seed_predictions"
 WARMUP_TOPIC = "bench_warmup"
 OVERLAPPED = ("model",)
@@ -83,10 +95,7 @@ def setups(brokers: list[str]) -> list[tuple[str, str]]:
 
 def make_ticks(params, copies: int, limit: int, suffix: str = "") -> list[tuple[str, str, float]]:
     """Replayed real daily closes of every configured symbol, `copies` times under other names."""
-    project = config.paths()
-    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
-    real = producer.replay_ticks(frames, params.data.interval, params.data.start, params.data.end, 0,
-                                 params.featurize.price_column)
+    real, _ = producer.replay_period(params, paths(), 0, params.data.start, params.data.end)
     ticks = []
     for t in real:
         for c in range(copies):
@@ -106,8 +115,8 @@ def percentiles(values_ms) -> dict[str, float]:
 def phase_model_ceiling(forecaster, ticks, batch_rows: int) -> dict:
     """The production model alone on the backlog's windows, cut as the worker cuts them (batches
     of max_poll_records, chunks on a model thread): windows/s with no Kafka at all."""
-    from concurrent.futures import ThreadPoolExecutor
     from collections import defaultdict
+    from concurrent.futures import ThreadPoolExecutor
 
     by_symbol: dict[str, list[float]] = defaultdict(list)
     for _, symbol, price in ticks:
@@ -121,8 +130,7 @@ def phase_model_ceiling(forecaster, ticks, batch_rows: int) -> dict:
     for lo in range(0, len(rows), batch_rows):
         model_input = forecaster.prepare(rows[lo:lo + batch_rows], symbols[lo:lo + batch_rows])
         n = min(batch_rows, len(rows) - lo)
-        chunk = max(config.MODEL_CHUNK_MIN_ROWS, -(-n // config.MODEL_CHUNKS_MAX))
-        for _ in forecaster.forecast_chunks(model_input, chunk, pool):
+        for _ in forecaster.forecast_chunks(model_input, chunk_rows(n), pool):
             pass
     seconds = time.perf_counter() - started
     pool.shutdown()
@@ -143,9 +151,8 @@ def warm_up_broker(params, bootstrap: str, ticks) -> None:
 
 
 def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool) -> tuple[Worker, dict]:
-    sent = producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
-    worker = Worker(params, bootstrap=bootstrap, group="bench-serving", report_to_mlflow=False,
-                    pinned_version=version)
+    sent = producer.publish(ticks, TOPICS.prices, bootstrap=bootstrap, serving=params.serving)
+    worker = Worker(params, bootstrap=bootstrap, topics=TOPICS, report_to_mlflow=False, pinned_version=version)
     worker.start()
     prof = cProfile.Profile() if profile else None
 
@@ -158,8 +165,7 @@ def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    while worker.stats.consumed < len(ticks):
-        time.sleep(0.05)
+    retry.wait_until(lambda: worker.stats.consumed >= len(ticks), 600, "the backlog to be scored", every_s=0.05)
     s = worker.stats
     wall = s.last_commit_at - s.first_data_at
     # the loop's own steps (idle: polls before the backlog arrived); the model call runs on the
@@ -184,7 +190,7 @@ def phase_seed_loop(params, bootstrap: str, forecaster, n_scored: int) -> dict:
     from collections import defaultdict, deque
 
     consumer = kafka_io.consumer("bench-seed", bootstrap, max_poll_records=500)
-    consumer.subscribe([config.PRICES_TOPIC])
+    consumer.subscribe([TOPICS.prices])
     out = kafka_io.producer(bootstrap, params.serving)
     windows: dict[str, deque] = defaultdict(lambda: deque(maxlen=forecaster.window))
     scaler, model = forecaster.scaler, forecaster.model
@@ -220,14 +226,12 @@ def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, se
     n = min(len(ticks), int(rate * seconds))
     since_ms = int(time.time() * 1000)
     before = worker.stats.consumed
-    sent = producer.publish(ticks[:n], bootstrap=bootstrap, rate=rate, serving=params.serving)
-    deadline = time.monotonic() + 60
-    while worker.stats.consumed < before + n and time.monotonic() < deadline:
-        time.sleep(0.05)
+    sent = producer.publish(ticks[:n], TOPICS.prices, bootstrap=bootstrap, rate=rate, serving=params.serving)
+    retry.wait_until(lambda: worker.stats.consumed >= before + n, 60, "the latency phase's ticks", every_s=0.05)
     with kafka_io.TopicReader(bootstrap) as reader:
         created = {(r.partition, r.offset): r.timestamp
-                   for r in reader.read_all([config.PRICES_TOPIC]) if r.timestamp >= since_ms}
-        outputs = [r for r in reader.read_all([config.PREDICTIONS_TOPIC]) if r.timestamp >= since_ms]
+                   for r in reader.read_all([TOPICS.prices]) if r.timestamp >= since_ms}
+        outputs = [r for r in reader.read_all([TOPICS.predictions]) if r.timestamp >= since_ms]
     lat = []
     for r in outputs:
         v = json.loads(r.value)
@@ -254,7 +258,7 @@ def _serve_point_forecasts_only() -> None:
 def main() -> int:
     args = parse_args()
     configure_logging()
-    params = config.load_params()
+    params = load_params()
     name = params.register.model_name
     version = registry.alias_version(name)
     if version is None:
@@ -273,11 +277,11 @@ def main() -> int:
     runs, seed, prof, last_worker = {}, None, None, None
     for broker_kind, guarantee in setups(args.brokers):
         label = f"{broker_kind}/{guarantee}"
-        run_params = dataclasses.replace(params, serving=dataclasses.replace(params.serving, guarantee=guarantee))
+        run_params = params.model_copy(update={"serving": params.serving.model_copy(update={"guarantee": guarantee})})
         with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-            broker = services.start_scratch_broker(broker_kind, Path(tmp), params.kafka)
+            broker = brokers.start_scratch_broker(broker_kind, Path(tmp), params.kafka, topics=TOPICS)
             try:
-                kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics=(SEED_TOPIC, WARMUP_TOPIC))
+                kafka_io.ensure_topics(params.kafka, broker.bootstrap, (SEED_TOPIC, WARMUP_TOPIC))
                 warm_up_broker(params, broker.bootstrap, ticks)
                 print(f"A. {label}: worker on a backlog of {len(ticks)} ticks of {symbols} symbols ...", flush=True)
                 worker, a = phase_throughput(run_params, broker.bootstrap, ticks, version, args.profile)
@@ -317,6 +321,7 @@ def main() -> int:
         "symbols": symbols, "smoke": args.smoke, "apache_kafka": _apache_version(args.brokers),
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "measured": tracking.measured(" ".join(["python", *sys.argv])),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     # the headline figures of the first setup (the default broker), as before

@@ -19,6 +19,7 @@ import json
 import platform
 import shutil
 import tempfile
+import sys
 import threading
 import time
 import urllib.error
@@ -26,8 +27,9 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from neuropredict import tracking_server
-from neuropredict.services import free_port, http_status, stop_processes
+from neuropredict import tracking, tracking_server
+from neuropredict.procs import free_port, http_status
+from neuropredict.procs import stop as stop_processes
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 MODEL = "bench-model"
@@ -113,7 +115,8 @@ def main() -> None:
               "cached_over_uncached": rows["basic-auth, cached"]["requests_per_s"] / rows["basic-auth"]["requests_per_s"]}
     for key, value in ratios.items():
         print(f"  {key:<24} {value:.2f}")
-    report = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
+    report = {"measured": tracking.measured(" ".join(["python", *sys.argv])),
+              "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
               "clients": args.clients, "seconds": args.seconds, "request": "GET registered-models/get",
               "settings": rows, "ratios": ratios}
     args.out.parent.mkdir(parents=True, exist_ok=True)

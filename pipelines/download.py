@@ -1,10 +1,11 @@
 """Stage download: prices from yfinance (bounded by a deadline) or the bundled real snapshot."""
 
-from neuropredict import sources, tracking
-from neuropredict.config import load_params, paths
-from neuropredict.console import run_main
-
 import mlflow  # after neuropredict: its quiet logging defaults apply  # noqa: E402
+
+from neuropredict import sources, tracking
+from neuropredict.console import run_main
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
 
 
 def main() -> None:

@@ -1,12 +1,13 @@
 """Stage featurize: leakage-free windows, date splits, a scaler fitted on the training period only."""
 
 
+import mlflow  # after neuropredict: its quiet logging defaults apply  # noqa: E402
+
 from neuropredict import features, tracking
-from neuropredict.config import load_params, paths
 from neuropredict.console import run_main
 from neuropredict.files import write_json
-
-import mlflow  # after neuropredict: its quiet logging defaults apply  # noqa: E402
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
 
 
 def main() -> None:

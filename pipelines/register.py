@@ -1,8 +1,9 @@
 """Stage register: the tuned model becomes a registry version; `production` moves only if it earns it."""
 
 from neuropredict import registry, tracking
-from neuropredict.config import load_params, paths
 from neuropredict.console import run_main
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Stage tune: keras-tuner searches LSTM against GRU; every trial a nested MLflow run."""
 
 from neuropredict import tracking, tuning
-from neuropredict.config import load_params, paths
 from neuropredict.console import run_main
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """Stage validate: the great-expectations suite over every raw file; stops the pipeline on bad data."""
 
-from neuropredict import tracking, validation
-from neuropredict.config import load_params, paths
-from neuropredict.console import run_main
-
 import mlflow  # after neuropredict: its quiet logging defaults apply  # noqa: E402
+
+from neuropredict import tracking, validation
+from neuropredict.console import run_main
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
-"""Shared fixtures: tiny params, temp project copies with their own MLflow store, and a fresh real
-broker per test that asks for one (the product's topic names are fixed, so tests cannot share one):
-`broker` (the embedded Tansu), `any_broker` (Tansu, then Apache Kafka), `apache_broker` and
-`apache_cluster` (3 nodes).
+"""Shared fixtures: tiny params, temp project copies with their own MLflow store, one trained
+project per session, and brokers shared by the whole run: one embedded Tansu and one Apache Kafka
+(started when a test first asks for it). Each test gets its own topics and consumer group on them
+(`stream`, `any_stream`, `apache_stream`: a Stream), as quix-streams' tests do.
 
 Every test that touches MLflow gets a temporary sqlite store (never the user's mlruns/), and
 every project copy is a real git + DVC repository.
@@ -15,26 +15,35 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from neuropredict import scratch
-from neuropredict.config import TRACE_READS_ENV, sqlite_uri
+from neuropredict import brokers, scratch
+from neuropredict.settings.contracts import TOPIC_PREFIX_ENV, Topics
+from neuropredict.settings.environment import sqlite_uri
+from neuropredict.settings.schema import KafkaParams
+
+pytest_plugins = ["tests.tooling.timing"]  # NEUROPREDICT_TEST_REPORT: the run's timing report (.ci/run)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TRACE_READS = REPO / "tests" / "tooling" / "trace_reads"  # a sitecustomize: what each stage reads
 
 # A safety net: a test that forgets to choose a store gets a throwaway one, never the user's mlruns/.
 _SCRATCH = Path(tempfile.mkdtemp(prefix="neuropredict-tests-"))
 os.environ["MLFLOW_TRACKING_URI"] = sqlite_uri(_SCRATCH)
 os.environ["NEUROPREDICT_ARTIFACT_ROOT"] = (_SCRATCH / "artifacts").as_uri()
 os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+os.environ.pop(TOPIC_PREFIX_ENV, None)
 
 READS_DIR = ".neuropredict/reads"  # what each stage of trained_project read
 REPRO_LOG = ".neuropredict/repro.log"  # and what its `dvc repro` printed
 TINY_PARAMS = yaml.safe_load((REPO / "tests" / "data" / "tiny_params.yaml").read_text())
+KAFKA = KafkaParams(partitions=4)
 
 
 @pytest.fixture
@@ -62,7 +71,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
 def distinct_ports(kafka_nodes: int = 1, others: int = 0) -> tuple[int, list[int]]:
     """A first Kafka port whose next `kafka_nodes` ports are free, and `others` more, all distinct
     (ports drawn one by one can repeat, and a node's neighbour can be drawn for something else)."""
-    from neuropredict.services import free_ports, port_open
+    from neuropredict.procs import free_ports, port_open
 
     while True:
         first = free_ports(1)[0]
@@ -93,7 +102,9 @@ def trained_project(tmp_path_factory) -> Path:
     """One tiny end-to-end `dvc repro` shared by the tests that need a registered model."""
     root = make_project(tmp_path_factory.mktemp("trained") / "project", TINY_PARAMS)
     # each stage records the params keys and modules it reads (see test_pipeline.py)
-    proc = run([str(BIN / "dvc"), "repro"], root, {**project_env(root), TRACE_READS_ENV: str(root / READS_DIR)})
+    env = {**project_env(root), "NEUROPREDICT_TRACE_READS": str(root / READS_DIR),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TRACE_READS), os.environ.get("PYTHONPATH")]))}
+    proc = run([str(BIN / "dvc"), "repro"], root, env)
     (root / REPRO_LOG).write_text(proc.stdout + proc.stderr)
     return root
 
@@ -145,40 +156,66 @@ def require_postgres() -> None:
         pytest.skip(str(exc))
 
 
-def scratch_broker(kind: str, folder: Path, nodes: int = 1):
-    """A fresh broker of `kind` on free 127.0.0.1 ports with the product's topics; stopped after."""
-    from neuropredict import services
-    from neuropredict.config import KafkaParams
+# ---- brokers shared by the run, and each test's own topics on them ----
 
-    if kind == "apache":
-        require_apache_kafka()
-    broker = services.start_scratch_broker(kind, folder, KafkaParams(partitions=4), nodes)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+
+@dataclass
+class Stream:
+    """One test's topics and consumer group on a broker (shared with other tests, or its own)."""
+
+    broker: brokers.ScratchBroker
+    topics: Topics
+
+    @property
+    def kind(self) -> str:
+        return self.broker.kind
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def env(self) -> dict[str, str]:
+        """What a worker process needs to serve this stream."""
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, TOPIC_PREFIX_ENV: self.topics.prefix}
+
+
+def new_stream(broker: brokers.ScratchBroker) -> Stream:
+    """Fresh topics (4 partitions) and a fresh group on `broker`."""
+    topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
+    broker.create(KAFKA, topics)
+    return Stream(broker, topics)
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory):
+    """The run's embedded broker (Tansu, in memory)."""
+    broker = brokers.start_scratch_broker("tansu", tmp_path_factory.mktemp("tansu"), KAFKA)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def apache(tmp_path_factory):
+    """The run's single-node Apache Kafka (KRaft), started when a test first needs it."""
+    require_apache_kafka()
+    broker = brokers.start_scratch_broker("apache", tmp_path_factory.mktemp("apache"), KAFKA)
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture
-def broker(tmp_path):
-    """A fresh embedded Kafka broker (Tansu) with the product's topics: its bootstrap address."""
-    for started in scratch_broker("tansu", tmp_path):
-        yield started.bootstrap
+def stream(tansu) -> Stream:
+    """This test's own topics and group on the embedded broker."""
+    return new_stream(tansu)
 
 
 @pytest.fixture(params=["tansu", "apache"])
-def any_broker(request, tmp_path):
-    """Each broker in turn (a test runs on both): a ScratchBroker (.kind, .bootstrap)."""
-    yield from scratch_broker(request.param, tmp_path)
+def any_stream(request) -> Stream:
+    """Each broker in turn (a test runs on both): this test's own topics and group there."""
+    return new_stream(request.getfixturevalue(request.param))
 
 
 @pytest.fixture
-def apache_broker(tmp_path):
-    """A fresh single-node Apache Kafka (KRaft) with the product's topics: a ScratchBroker."""
-    yield from scratch_broker("apache", tmp_path)
-
-
-@pytest.fixture
-def apache_cluster(tmp_path):
-    """A fresh 3-node Apache Kafka cluster; topics with 3 replicas, min.insync.replicas 2."""
-    yield from scratch_broker("apache", tmp_path, nodes=3)
+def apache_stream(apache) -> Stream:
+    """This test's own topics and group on the run's Apache Kafka."""
+    return new_stream(apache)

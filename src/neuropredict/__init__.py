@@ -1,6 +1,6 @@
 """KafkaNeuroPredict: train deep time-series models on stock prices, serve them on a Kafka stream."""
 
-from neuropredict.config import quiet_environment
+from neuropredict.settings.environment import quiet_environment
 
 # TensorFlow and MLflow read their log settings once, when first imported, and every entry point
 # (stage scripts, CLI, notebooks, benchmarks) imports this package first: set the defaults here.

@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuropredict import config
 from neuropredict.errors import ServiceError
+from neuropredict.settings import environment
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,14 @@ def java() -> str:
 
 def libs() -> Path:
     """The folder of Kafka's jars: $KAFKA_HOME/libs, else this checkout's, fetched on first use."""
-    home = config.kafka_home()
+    home = environment.kafka_home()
     if home is not None:
         folder = home / "libs"
         if not any(folder.glob("kafka_2.13-*.jar")):
             raise ServiceError(f"KAFKA_HOME={home} holds no Kafka distribution (no libs/kafka_2.13-*.jar): "
                                f"point it at an unpacked Apache Kafka, or unset it to fetch one with Maven")
         return folder
-    folder = config.kafka_libs_dir() or DIST_DIR / "libs"
+    folder = environment.kafka_libs_dir() or DIST_DIR / "libs"
     if not (folder / f"kafka_2.13-{version()}.jar").is_file():
         fetch(folder)
     return folder

@@ -8,23 +8,26 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
-from neuropredict import config
 from neuropredict.console import configure_logging, run_main, tool, tools_env
 from neuropredict.errors import NeuropredictError
 from neuropredict.files import write_json
+from neuropredict.settings import contracts, environment
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.paths import paths, project_root
+from neuropredict.settings.schema import load_params
 
 
 def _models(args: argparse.Namespace) -> int:
     from neuropredict import registry
 
-    name = config.load_params().register.model_name
+    name = load_params().register.model_name
     rows = registry.list_versions(name)
     if not rows:
-        print(f"no versions of '{name}' in {config.tracking_uri()}: run `dvc repro` to train and register one")
+        print(f"no versions of '{name}' in {environment.tracking_uri()}: run `dvc repro` to train and register one")
         return 0
     head = (f"{'version':>7}  {'aliases':<22}{'cell':<6}{'window':>7}{'test MSE':>11}{'persist.':>11}{'mean skill':>11}"
             f"{'DM t max':>9}{'coverage %':>17}  created")
-    print(f"{name}  ({config.tracking_uri()})")
+    print(f"{name}  ({environment.tracking_uri()})")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -54,6 +57,26 @@ def _date(text: str) -> str:
     return text
 
 
+def _bounded(kind: type, least: float, what: str):
+    """argparse type: a number of `kind` >= least, checked before anything is contacted."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < least or value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+_count = _bounded(int, 1, "a whole number of at least 1")
+_amount = _bounded(int, 0, "a whole number of at least 0")
+_rate = _bounded(float, 0.0, "a number of at least 0")
+_seconds = _bounded(float, 1e-3, "a positive number of seconds")
+
+
 def _num(text: str | None, fmt: str = ".4f") -> str:
     return format(float(text), fmt) if text else "-"
 
@@ -61,7 +84,7 @@ def _num(text: str | None, fmt: str = ".4f") -> str:
 def _promote(args: argparse.Namespace) -> int:
     from neuropredict import registry
 
-    name = config.load_params().register.model_name
+    name = load_params().register.model_name
     previous = registry.promote(name, args.version)
     print(f"{name}: production -> version {args.version} (was {previous or 'unset'}); "
           f"running workers switch at their next alias check")
@@ -69,24 +92,28 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from neuropredict import services, tracking
+    from neuropredict import tracking, tracking_server
 
-    port = args.port or config.mlflow_ui_port()
+    port = args.port or environment.mlflow_ui_port()
     tracking.setup()  # creates the store if it does not exist yet
-    cmd, env = services.mlflow_ui_command(port)
-    print(f"MLflow UI on http://127.0.0.1:{port} (store {config.tracking_uri()}); Ctrl-C stops it")
+    cmd, env = tracking_server.mlflow_ui_command(port)
+    print(f"MLflow UI on http://127.0.0.1:{port} (store {environment.tracking_uri()}); Ctrl-C stops it")
     return subprocess.call(cmd, env=env)
 
 
 def _repro(args: argparse.Namespace) -> int:
-    return subprocess.call([tool("dvc"), "repro", *args.targets], cwd=config.project_root(), env=tools_env())
+    return subprocess.call([tool("dvc"), "repro", *args.targets], cwd=project_root(), env=tools_env())
 
 
 def _up(args: argparse.Namespace) -> int:
     from neuropredict import services
 
+    if args.workers and args.tracking != "server":
+        raise NeuropredictError("--workers starts compose's workers, which log to the tracking server: "
+                                "add --tracking server")
     broker = "apache" if args.brokers > 1 else args.broker  # only Apache Kafka runs as a cluster here
-    result = services.up(config.load_params().kafka, ui=not args.no_ui, broker=broker, nodes=args.brokers,
+    params = load_params()
+    result = services.up(params.kafka, _topics(params), ui=not args.no_ui, broker=broker, nodes=args.brokers,
                          tracking=args.tracking, auth=not args.no_auth, workers=args.workers)
     for name, svc in result["services"].items():
         print(f"{name:<13} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
@@ -127,7 +154,8 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from neuropredict import registry, services
 
-    st = services.status()
+    params = load_params()
+    st = services.status(_topics(params))
     kind = "external cluster" if st["external_kafka"] else "local"
     print(f"Kafka      {st['bootstrap']} ({kind}): {'reachable' if st['kafka_reachable'] else 'NOT reachable'}")
     for name, svc in st["services"].items():
@@ -136,7 +164,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"brokers    {', '.join(map(str, st['brokers']))} (controller {st['controller']})")
     for topic, n in st.get("topics", {}).items():
         committed = st.get("group_committed", {}).get(topic)
-        extra = (f", group {config.CONSUMER_GROUP} committed {committed}, lag {st['group_lag'].get(topic, '?')}"
+        extra = (f", group {st['group']} committed {committed}, lag {st['group_lag'].get(topic, '?')}"
                  if committed is not None else "")
         print(f"topic      {topic} ({n} partitions{extra})")
         for row in st["partitions"][topic]:
@@ -144,8 +172,8 @@ def _status(args: argparse.Namespace) -> int:
                   f"in sync {row['isr']}")
     if "kafka_error" in st:
         print(f"Kafka error: {st['kafka_error']}")
-    name = config.load_params().register.model_name
-    version = registry.alias_version(name, config.PRODUCTION_ALIAS)
+    name = params.register.model_name
+    version = registry.alias_version(name, contracts.PRODUCTION_ALIAS)
     print(f"MLflow     {st['tracking_uri']}: {name}@production = {version or 'none (run dvc repro)'}")
     server = st["services"].get("mlflow-server")
     if server and server["url"] != st["tracking_uri"]:
@@ -158,7 +186,7 @@ def _produce(args: argparse.Namespace) -> int:
 
     from neuropredict import producer
 
-    params = config.load_params()
+    params = load_params()
     stop = threading.Event()
     symbols = args.symbols.split(",") if args.symbols else list(params.data.symbols)
     if args.source == "live":
@@ -167,22 +195,25 @@ def _produce(args: argparse.Namespace) -> int:
         start = args.start or params.featurize.test_start
         end = args.end or params.data.end
         lead = args.lead if args.lead is not None else _model_window(params)
-        interval = args.interval or params.data.interval
-        project = config.paths()
-        frames, origin = producer.replay_frames(symbols, interval, project.raw_dir, project.snapshot_dir)
-        ticks = producer.replay_ticks(frames, interval, start, end, lead, params.featurize.price_column)
+        ticks, origin = producer.replay_period(params, paths(), lead, start, end, symbols, args.interval)
         if args.limit:
             ticks = ticks[: args.limit]
         print(f"replaying {len(ticks)} real ticks of {', '.join(symbols)} from {origin} ({start}..{end}, {lead} "
               f"lead-in ticks per symbol) at {'full speed' if not args.rate else f'{args.rate:g} ticks/s'}")
+    topic = _topics(params).prices
     try:
-        result = producer.publish(ticks, rate=args.rate, serving=params.serving, malformed=args.malformed, stop=stop)
+        result = producer.publish(ticks, topic, rate=args.rate, serving=params.serving, malformed=args.malformed,
+                                  stop=stop)
     except KeyboardInterrupt:
         stop.set()
         return 130
-    print(f"sent {result['ticks']} ticks + {result['malformed']} malformed to {config.PRICES_TOPIC} "
+    print(f"sent {result['ticks']} ticks + {result['malformed']} malformed to {topic} "
           f"in {result['seconds']:.2f} s ({result['ticks_per_s']:.0f} msgs/s)")
     return 0
+
+
+def _topics(params) -> Topics:
+    return environment.topics(params.kafka.topic_prefix)
 
 
 def _model_window(params) -> int:
@@ -190,14 +221,14 @@ def _model_window(params) -> int:
     from neuropredict import registry
 
     name = params.register.model_name
-    version = registry.alias_version(name, config.PRODUCTION_ALIAS)
+    version = registry.alias_version(name, contracts.PRODUCTION_ALIAS)
     return registry.model_window(name, version) if version else params.featurize.window
 
 
 def _serve(args: argparse.Namespace) -> int:
     from neuropredict.stream import worker
 
-    params = config.load_params()
+    params = load_params()
     stats = worker.serve(params, wait=args.wait, max_messages=args.max_messages, timeout_s=args.timeout_s,
                          idle_timeout_s=args.idle_timeout_s)
     if args.stats_out:
@@ -208,13 +239,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from neuropredict import stream_report
-
     from neuropredict.stream.rules import TickRules
 
-    params = config.load_params()
-    rows = stream_report.joined_rows(TickRules.from_params(params.validate, params.serving), params.data.intraday)
+    params = load_params()
+    rows = stream_report.joined_rows(TickRules.from_params(params.validate, params.serving), params.data.intraday,
+                                     _topics(params))
     rows = stream_report.in_period(rows, args.start, args.end)
-    out_dir = config.paths().reports_dir / "evaluate"
+    out_dir = paths().reports_dir / "evaluate"
     result = stream_report.report(rows, out_dir, log_to_mlflow=not args.no_mlflow)
     print(stream_report.format_report(result))
     print(f"report: {out_dir / 'report.json'}  plot: {out_dir / 'predicted_vs_actual.png'}")
@@ -222,12 +253,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_parity(args: argparse.Namespace) -> int:
+    from neuropredict import parity, tracking
 
-    from neuropredict import parity
-
-    result = parity.check(config.load_params(), config.paths(), args.version, broker=args.broker)
+    result = parity.check(load_params(), paths(), args.version, broker=args.broker)
     print(parity.format_result(result))
-    write_json(config.paths().reports_dir / "parity.json", result)
+    flags = (f" --version {args.version}" if args.version else "") + (f" --broker {args.broker}" if args.broker != "tansu" else "")
+    write_json(paths().reports_dir / "parity.json", {**result, "measured": tracking.measured(f"neuropredict check-parity{flags}")})
     return 0 if result["passed"] else 1
 
 
@@ -235,10 +266,13 @@ def _demo(args: argparse.Namespace) -> int:
     from neuropredict import demo
 
     if args.workers:
+        if args.interval == "1m" or args.broker == "tansu":
+            raise NeuropredictError("demo --workers runs compose's topology: the daily model on Apache Kafka; "
+                                    "drop --interval 1m / --broker tansu (or drop --workers)")
         return demo.run_topology(args.workers, keep=args.keep)
     if args.interval == "1m":
-        return demo.run_intraday(keep=args.keep, broker=args.broker)
-    return demo.run(keep=args.keep, broker=args.broker)
+        return demo.run_intraday(keep=args.keep, broker=args.broker or "tansu")
+    return demo.run(keep=args.keep, broker=args.broker or "tansu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*")
     p.set_defaults(fn=_repro)
 
-    p = sub.add_parser("up", help="start a local Kafka broker and the MLflow UI; create the topics")
+    p = sub.add_parser("up", help="start a local Kafka broker and the MLflow UI (or the tracking server, and "
+                                  "compose's workers); create the topics")
     p.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
     p.add_argument("--broker", choices=["tansu", "apache"], default="tansu",
                    help="tansu: embedded, in memory, no dependencies (default); apache: Apache Kafka (Java 17+), "
@@ -275,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "server on it, with served artifacts and basic-auth (a team's store)")
     p.add_argument("--no-auth", action="store_true",
                    help="the tracking server without basic-auth (only for a machine of your own)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="start this many serving workers as serving/compose.yaml configures them (its worker "
-                        "environment, the image's entry point); needs --tracking server")
+    p.add_argument("--workers", type=_amount, default=0,
+                   help="with --tracking server: start this many serving workers as serving/compose.yaml "
+                        "configures them (its worker environment, the image's entry point)")
     p.set_defaults(fn=_up)
 
     p = sub.add_parser("env", help="shell exports for the tracking server `up` started: eval \"$(neuropredict env)\"")
@@ -289,23 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what runs where: broker, UI, topics, committed offsets, production model")
     p.set_defaults(fn=_status)
 
-    p = sub.add_parser("produce", help="send ticks to stock_prices: replay of real history, or live yfinance")
+    p = sub.add_parser("produce", help="send ticks to the input topic (stock_prices): a replay of real history, "
+                                       "or live yfinance")
     p.add_argument("--source", choices=["replay", "live"], default="replay")
     p.add_argument("--symbols", help="comma-separated (default: data.symbols)")
     p.add_argument("--start", type=_date, help="first forecast target (default: featurize.test_start)")
     p.add_argument("--end", type=_date, help="last date (default: data.end)")
     p.add_argument("--interval", choices=["1d", "1m"], help="daily closes or 1-minute bars (default: data.interval)")
-    p.add_argument("--lead", type=int, help="ticks per symbol before --start (default: the model's window)")
-    p.add_argument("--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)")
-    p.add_argument("--limit", type=int, help="send at most this many ticks")
-    p.add_argument("--malformed", type=int, default=0, help="mix in this many malformed messages (DLQ demo)")
-    p.add_argument("--poll-s", type=float, default=60.0, help="live: seconds between yfinance polls")
+    p.add_argument("--lead", type=_amount, help="ticks per symbol before --start (default: the model's window)")
+    p.add_argument("--rate", type=_rate, default=0.0, help="ticks per second (0: as fast as possible)")
+    p.add_argument("--limit", type=_count, help="send at most this many ticks")
+    p.add_argument("--malformed", type=_amount, default=0, help="mix in this many malformed messages (DLQ demo)")
+    p.add_argument("--poll-s", type=_seconds, default=60.0, help="live: seconds between yfinance polls")
     p.set_defaults(fn=_produce)
 
-    p = sub.add_parser("serve", help="the serving worker: score stock_prices with models:/NAME@production")
-    p.add_argument("--max-messages", type=int, help="stop after consuming this many messages")
-    p.add_argument("--timeout-s", type=float, help="stop after this many seconds")
-    p.add_argument("--idle-timeout-s", type=float, help="stop after this many seconds without input")
+    p = sub.add_parser("serve", help="the serving worker: score the input topic with models:/NAME@production")
+    p.add_argument("--max-messages", type=_count, help="stop after consuming this many messages")
+    p.add_argument("--timeout-s", type=_seconds, help="stop after this many seconds")
+    p.add_argument("--idle-timeout-s", type=_seconds, help="stop after this many seconds without input")
     p.add_argument("--wait", action="store_true",
                    help="retry until the production model and Kafka are reachable (for services), instead of exiting")
     p.add_argument("--stats-out", type=Path, help="write the final counts and live metrics here (JSON)")
@@ -325,13 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded defaults")
     p.add_argument("--keep", action="store_true", help="leave the services it started running")
-    p.add_argument("--interval", choices=["1d", "1m"], default="1d",
-                   help="1m: the intraday model (params-intraday.yaml), in its own workspace")
-    p.add_argument("--broker", choices=["tansu", "apache"], default="tansu",
-                   help="apache: on a local Apache Kafka (Java 17+; fetched from Maven Central on first use)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--interval", choices=["1d", "1m"],
+                   help="1m: the intraday model (params-intraday.yaml), in its own workspace (default 1d)")
+    p.add_argument("--broker", choices=["tansu", "apache"],
+                   help="tansu: the embedded broker (default); apache: a local Apache Kafka (Java 17+; fetched from "
+                        "Maven Central on first use)")
+    p.add_argument("--workers", type=_count,
                    help="serving/compose.yaml's topology as processes: Apache Kafka, PostgreSQL, the MLflow server "
-                        "(basic-auth) and this many workers configured from the compose file")
+                        "(basic-auth) and this many workers configured from the compose file (daily model, "
+                        "Apache Kafka: not with --interval 1m or --broker tansu)")
     p.set_defaults(fn=_demo)
     return parser
 
@@ -344,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
             configure_logging(verbose=True)
         try:
             return args.fn(args)
-        except NeuropredictError:
+        except (NeuropredictError, BrokenPipeError):  # a closed pipe: run_main ends quietly
             raise
         except OSError as exc:
             raise NeuropredictError(f"{exc}") from None
@@ -352,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
             from mlflow.exceptions import MlflowException
 
             if isinstance(exc, MlflowException):
-                raise NeuropredictError(f"MLflow ({config.tracking_uri()}): {exc.message.splitlines()[0][:300]}; "
+                raise NeuropredictError(f"MLflow ({environment.tracking_uri()}): {exc.message.splitlines()[0][:300]}; "
                                         f"is the store or server reachable? (MLFLOW_TRACKING_URI)") from None
             raise
 

@@ -17,7 +17,8 @@ QUIET_LOGGERS = ("great_expectations", "mlflow", "alembic", "kafka", "urllib3", 
 # before `sources` says "yfinance unavailable ...; using the bundled snapshot"): --verbose only.
 SPOKEN_FOR = ("yfinance",)
 # Library warnings nobody can act on: kafka-python's IO thread timing itself on a busy machine.
-NOT_ACTIONABLE = (("kafka.net.selector", "is blocking the event loop"),)
+# kafka-python's own "Bootstrap failed" when no broker answers: our one-line error says it, with the fix.
+NOT_ACTIONABLE = (("kafka.net.selector", "is blocking the event loop"), ("kafka.net.manager", "Bootstrap failed"))
 
 
 def tool(name: str) -> str:
@@ -102,4 +103,7 @@ def run_main(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader left (`neuropredict status | head -1`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        sys.exit(0)
     sys.exit(result if isinstance(result, int) else 0)

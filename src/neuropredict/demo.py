@@ -8,16 +8,32 @@ Services the demo started are stopped at the end unless it was asked to keep the
 from __future__ import annotations
 
 import logging
-import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from neuropredict import config, intervals, producer, registry, scratch, services, stream_report
+from neuropredict import (
+    intervals,
+    kafka_io,
+    producer,
+    registry,
+    retry,
+    scratch,
+    services,
+    stream_report,
+    tracking,
+    workers,
+)
 from neuropredict.console import tool, tools_env
 from neuropredict.errors import NeuropredictError, ServiceError
-from neuropredict.files import read_json
+from neuropredict.files import read_json, write_json
+from neuropredict.procs import Service
+from neuropredict.settings import contracts, environment
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.paths import paths, project_root
+from neuropredict.settings.schema import load_params, params_from_dict
 from neuropredict.stream.rules import TickRules
 
 log = logging.getLogger(__name__)
@@ -51,84 +67,72 @@ class Steps:
 def train() -> None:
     """dvc repro; when the registry lost its production model (e.g. mlruns/ was wiped), register again."""
     _dvc("repro")
-    if registry.alias_version(config.load_params().register.model_name) is None:
+    if registry.alias_version(load_params().register.model_name) is None:
         print("the registry has no production model: registering the tuned model again")
         _dvc("repro", "--force", "--single-item", "register")
 
 
 def _dvc(*args: str) -> None:
-    if subprocess.run([tool("dvc"), *args], cwd=config.project_root(), env=tools_env()).returncode != 0:
+    if subprocess.run([tool("dvc"), *args], cwd=project_root(), env=tools_env()).returncode != 0:
         raise NeuropredictError(f"`dvc {' '.join(args)}` failed (its messages are above); fix that and run "
                                 f"`make demo` again")
 
 
-def start_services(params, broker: str = "tansu") -> list[str]:
+def start_services(params, topics: Topics, broker: str = "tansu") -> list[str]:
     """Broker + UI, with an empty stream: an embedded broker kept from an earlier demo is
     restarted (it forgets everything); the local Apache Kafka keeps its data, so the topics of an
     earlier demo are deleted and created again. Returns the names of the services it started."""
-    before = {name for name, svc in services.load_state().items() if svc.alive()}
-    if "kafka" in before and not config.kafka_is_external():
-        state = services.load_state()
-        services.stop_process(state["kafka"].pid)
+    before = set(services.running())
+    if "kafka" in before and not environment.kafka_is_external():
+        services.stop(["kafka"])
         before.discard("kafka")
-    result = services.up(params.kafka, ui=True, broker=broker)
+    result = services.up(params.kafka, topics, ui=True, broker=broker)
     for name, svc in result["services"].items():
         print(f"  {name:<10} {svc.url}")
-    if config.kafka_is_external():
-        require_fresh_stream()
-    elif broker == "apache" and services.reset_stream(params.kafka, result["replication"]):
+    if environment.kafka_is_external():
+        require_fresh_stream(topics)
+    elif broker == "apache" and services.reset_stream(params.kafka, topics, result["replication"]):
         print("  emptied the topics of an earlier demo (Apache Kafka keeps them across restarts)")
     return [name for name in result["services"] if name not in before]
 
 
-def require_fresh_stream() -> None:
-    """The demo replays history into stock_prices. On a cluster that holds an earlier replay, the
-    worker would resume after it and rightly dead-letter the history as out of order."""
-    if services.status().get("group_committed", {}).get(config.PRICES_TOPIC, 0) > 0:
-        raise ServiceError(f"{config.kafka_bootstrap()} already holds a stream that group {config.CONSUMER_GROUP} "
+def require_fresh_stream(topics: Topics) -> None:
+    """The demo replays history into the input topic. On a cluster that holds an earlier replay,
+    the worker would resume after it and rightly dead-letter the history as out of order."""
+    if services.status(topics).get("group_committed", {}).get(topics.prices, 0) > 0:
+        raise ServiceError(f"{environment.kafka_bootstrap()} already holds a stream that group {topics.group} "
                            f"has scored; the demo replays history, which would arrive out of order: run it on "
-                           f"fresh topics (or unset KAFKA_BOOTSTRAP_SERVERS for the embedded broker)")
+                           f"fresh topics (set NEUROPREDICT_TOPIC_PREFIX), or unset KAFKA_BOOTSTRAP_SERVERS "
+                           f"for the embedded broker")
 
 
-def start_worker(state_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
-    log_path, stats_path = state_dir / "worker.log", state_dir / "worker-stats.json"
+def start_worker(state_dir: Path, group: str) -> tuple[Service, Path]:
+    """`neuropredict serve`, ready when it owns its partitions; its final stats go to a file."""
+    stats_path = state_dir / "worker-stats.json"
     stats_path.unlink(missing_ok=True)
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen([tool("neuropredict"), "serve", "--stats-out", str(stats_path)],
-                                cwd=config.project_root(), env=tools_env(), stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while "assigned partitions" not in log_path.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise ServiceError(f"the serving worker did not start; see {log_path}:\n"
-                               + "".join(log_path.read_text().splitlines(keepends=True)[-15:]))
-        time.sleep(0.2)
-    print(f"  worker pid {proc.pid}, log {log_path}")
-    return proc, log_path, stats_path
+    worker = workers.start("worker", [tool("neuropredict"), "serve", "--stats-out", str(stats_path)],
+                           state_dir / "worker.log", tools_env(), project_root(), group)
+    workers.wait_ready([worker])
+    print(f"  worker pid {worker.pid}, log {worker.log}")
+    return worker, stats_path
 
 
-def wait_until_scored(expected_outputs: int, expected_dead: int, timeout_s: float = 300) -> None:
-    from neuropredict import kafka_io
+def wait_until_scored(topics: Topics, expected_outputs: int, expected_dead: int, timeout_s: float = 300) -> None:
+    counts: Counter = Counter()
+    batches = kafka_io.follow(None, [topics.predictions, topics.dead_letters])
 
-    counts = {config.PREDICTIONS_TOPIC: 0, config.DLQ_TOPIC: 0}
-    deadline = time.monotonic() + timeout_s
-    for batch in kafka_io.follow(None, counts):
-        for record in batch:
-            counts[record.topic] += 1
-        if counts[config.PREDICTIONS_TOPIC] >= expected_outputs and counts[config.DLQ_TOPIC] >= expected_dead:
-            return
-        if time.monotonic() > deadline:
-            raise ServiceError(f"only {counts} of {expected_outputs} predictions / {expected_dead} dead "
-                               f"letters arrived within {timeout_s:g} s; see .neuropredict/worker.log")
+    def scored() -> bool:
+        counts.update(record.topic for record in next(batches))
+        return counts[topics.predictions] >= expected_outputs and counts[topics.dead_letters] >= expected_dead
 
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # finishes its batch, commits, logs final metrics
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    try:
+        retry.wait_until(scored, timeout_s, "the forecasts", every_s=0)
+    except ServiceError:
+        raise ServiceError(f"only {counts[topics.predictions]} of {expected_outputs} predictions and "
+                           f"{counts[topics.dead_letters]} of {expected_dead} dead letters arrived within "
+                           f"{timeout_s:g} s; see .neuropredict/worker.log") from None
+    finally:
+        batches.close()
 
 
 def run_intraday(keep: bool = False, broker: str = "tansu") -> int:
@@ -138,15 +142,15 @@ def run_intraday(keep: bool = False, broker: str = "tansu") -> int:
 
     import yaml
 
-    project = config.paths()
+    project = paths()
     params = scratch.overlay(yaml.safe_load(project.params_file.read_text()),
                              yaml.safe_load(project.intraday_params_file.read_text()))
-    config.params_from_dict(params)  # a bad key stops here, named
+    params_from_dict(params)  # a bad key stops here, named
     workspace = scratch.copy_project(project.root, project.intraday_dir, params)
     print(f"intraday demo in {workspace} (params.yaml + {project.intraday_params_file.name}; its own DVC outputs "
           f"and MLflow store: `cd {workspace}` to look around)")
     env = scratch.scratch_env(workspace)
-    if config.kafka_is_external():  # a cluster of the user's own is used as for the daily demo
+    if environment.kafka_is_external():  # a cluster of the user's own is used as for the daily demo
         env["KAFKA_BOOTSTRAP_SERVERS"] = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     return subprocess.call([tool("neuropredict"), "demo", "--broker", broker, *(["--keep"] if keep else [])],
                            cwd=workspace, env=env)
@@ -157,58 +161,62 @@ def run(keep: bool = False, broker: str = "tansu") -> int:
     steps = Steps(6)
     steps.next("train: dvc repro (stages whose inputs did not change are skipped)")
     train()
-    params = config.load_params()
+    params = load_params()
+    topics = environment.topics(params.kafka.topic_prefix)
     version = registry.alias_version(params.register.model_name)
     started_services: list[str] = []
     worker = None
     try:
         steps.next(f"services: {'Apache Kafka' if broker == 'apache' else 'embedded Kafka broker'} + MLflow UI")
-        started_services = start_services(params, broker)
-        steps.next(f"serve: worker on {config.PRICES_TOPIC} with {params.register.model_name}@production (v{version})")
-        worker, worker_log, stats_path = start_worker(config.paths().state_dir)
-        result = replay_and_evaluate(params, version, steps, on_scored=lambda: stop_worker(worker))
+        started_services = start_services(params, topics, broker)
+        steps.next(f"serve: worker on {topics.prices} with {params.register.model_name}@production (v{version})")
+        worker, stats_path = start_worker(paths().state_dir, topics.group)
+        result = replay_and_evaluate(params, topics, version, steps, on_scored=lambda: workers.stop([worker]))
         steps.next("summary")
         steps.done()
-        print(summary(result, read_json(stats_path, default={}), version, steps.timings, time.perf_counter() - started,
-                      started_services, keep))
+        report(summary(result, read_json(stats_path, default={}), version, steps.timings,
+                       time.perf_counter() - started, started_services, keep),
+               "demo" if broker == "tansu" else f"demo-{broker}",
+               "neuropredict demo" if broker == "tansu" else f"neuropredict demo --broker {broker}")
     finally:
         if worker is not None:
-            stop_worker(worker)
+            workers.stop([worker])
         _stop_services(started_services, keep)
     return 0
 
 
-def run_topology(workers: int, keep: bool = False) -> int:
+def run_topology(count: int, keep: bool = False) -> int:
     """serving/compose.yaml's topology as processes: Apache Kafka, PostgreSQL and the MLflow server
-    (basic-auth), then `workers` workers configured from the compose file; trains into the server."""
+    (basic-auth), then `count` workers configured from the compose file; trains into the server."""
     started = time.perf_counter()
     steps = Steps(6)
-    params = config.load_params()
-    before = {name for name, svc in services.load_state().items() if svc.alive()}
+    params = load_params()
+    topics = environment.topics(params.kafka.topic_prefix)
+    before = set(services.running())
     try:
         steps.next("services: Apache Kafka, PostgreSQL, MLflow server (basic-auth), as serving/compose.yaml")
-        result = services.up(params.kafka, broker="apache", tracking="server")
+        result = services.up(params.kafka, topics, broker="apache", tracking="server")
         for name, svc in result["services"].items():
             print(f"  {name:<13} {svc.url}")
-        if services.reset_stream(params.kafka, result["replication"]):
+        if services.reset_stream(params.kafka, topics, result["replication"]):
             print("  emptied the topics of an earlier run (Apache Kafka keeps them across restarts)")
         use_tracking_server(result["services"]["mlflow-server"].url)
         steps.next("train: dvc repro, registering into the MLflow server")
         train()
         version = registry.alias_version(params.register.model_name)
-        steps.next(f"serve: {workers} workers, their environment from serving/compose.yaml")
-        result = services.up(params.kafka, broker="apache", tracking="server", workers=workers)
+        steps.next(f"serve: {count} workers, their environment from serving/compose.yaml")
+        result = services.up(params.kafka, topics, broker="apache", tracking="server", workers=count)
         for name, svc in result["services"].items():
             if name.startswith("worker-"):
                 print(f"  {name:<13} pid {svc.pid}, log {svc.log}")
-        scored = replay_and_evaluate(params, version, steps)
+        scored = replay_and_evaluate(params, topics, version, steps)
         steps.next("summary")
         steps.done()
-        now = {name for name, svc in services.load_state().items() if svc.alive()}
-        print(summary(scored, {}, version, steps.timings, time.perf_counter() - started, sorted(now - before), keep))
+        report(summary(scored, {}, version, steps.timings, time.perf_counter() - started,
+                       sorted(set(services.running()) - before), keep), "demo-cluster",
+               f"neuropredict demo --workers {count}")
     finally:
-        now = {name for name, svc in services.load_state().items() if svc.alive()}
-        _stop_services(sorted(now - before), keep)
+        _stop_services(sorted(set(services.running()) - before), keep)
     return 0
 
 
@@ -225,28 +233,32 @@ def use_tracking_server(url: str) -> None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = auth[1].read_text().strip()
 
 
-def replay_and_evaluate(params, version: str, steps: Steps, on_scored=None) -> dict[str, Any]:
+def replay_and_evaluate(params, topics: Topics, version: str, steps: Steps, on_scored=None) -> dict[str, Any]:
     """Replay the held-out test period into Kafka, wait for every forecast, score them."""
-    project = config.paths()
+    project = paths()
     steps.next("replay: the held-out test period through Kafka")
     window = registry.model_window(params.register.model_name, version)
-    frames, origin = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
-    ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
-                                  window, params.featurize.price_column)
+    ticks, origin = producer.replay_period(params, project, window)
     since_ms = int(time.time() * 1000) - 1000
-    sent = producer.publish(ticks, serving=params.serving, malformed=MALFORMED)
+    sent = producer.publish(ticks, topics.prices, serving=params.serving, malformed=MALFORMED)
     print(f"  sent {sent['ticks']} real ticks from {origin} ({window} lead-in ticks per symbol) "
           f"+ {sent['malformed']} malformed, in {sent['seconds']:.2f} s")
-    wait_until_scored(producer.expected_forecasts(ticks, window, params.data.intraday), MALFORMED)
+    wait_until_scored(topics, producer.expected_forecasts(ticks, window, params.data.intraday), MALFORMED)
     if on_scored:
         on_scored()
     steps.next("evaluate: join each forecast with the next actual price")
     rules = TickRules.from_params(params.validate, params.serving)
-    rows = stream_report.in_period(stream_report.joined_rows(rules, params.data.intraday, since_ms=since_ms),
+    rows = stream_report.in_period(stream_report.joined_rows(rules, params.data.intraday, topics, since_ms=since_ms),
                                    params.featurize.test_start, params.data.end)
     result = stream_report.report(rows, project.reports_dir / "evaluate")
     print(f"  {len(rows)} forecasts scored; report {project.reports_dir / 'evaluate' / 'report.json'}")
     return result
+
+
+def report(text: str, name: str, command: str) -> None:
+    """Print the summary, and keep it with its stamp in reports/<name>.json (the docs show it)."""
+    print(text)
+    write_json(paths().reports_dir / f"{name}.json", {"measured": tracking.measured(command), "summary": text.strip("\n")})
 
 
 def _stop_services(started: list[str], keep: bool) -> None:
@@ -257,8 +269,6 @@ def _stop_services(started: list[str], keep: bool) -> None:
 
 
 def _experiment_url(ui: str, name: str) -> str:
-    from neuropredict import tracking
-
     exp_id = tracking.setup(name)
     return f"{ui}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
@@ -281,11 +291,11 @@ def _interval_lines(result: dict[str, Any], worker_stats: dict[str, Any], tags: 
 
 def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, timings: dict[str, float],
             total_s: float, started: list[str], keep: bool) -> str:
-    project = config.paths()
+    project = paths()
     pooled = result["scores"]["_pooled"]
-    offline_mse = registry.version_tags(config.load_params().register.model_name, version).get("test_mse")
+    offline_mse = registry.version_tags(load_params().register.model_name, version).get("test_mse")
     lines = ["", "=" * 78, "KafkaNeuroPredict demo: summary", "=" * 78,
-             f"model            {config.load_params().register.model_name} v{version} (alias production)",
+             f"model            {load_params().register.model_name} v{version} (alias production)",
              f"live MSE         {pooled['mse']:.4f} $^2 over {int(pooled['n'])} streamed forecasts",
              f"persistence MSE  {pooled['persistence_mse']:.4f} $^2 on the same ticks "
              f"(skill {100 * pooled['skill']:+.2f} %, mean over symbols {100 * pooled['mean_skill']:+.2f} %)"]
@@ -297,7 +307,7 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
         if not symbol.startswith("_"):
             lines.append(f"{symbol:<8}{m['mse']:>12.4f}{m['persistence_mse']:>13.4f}{100 * m['skill']:>+9.2f}"
                          f"{m['dm_t']:>+7.2f}")
-    lines += _interval_lines(result, worker_stats, registry.version_tags(config.load_params().register.model_name,
+    lines += _interval_lines(result, worker_stats, registry.version_tags(load_params().register.model_name,
                                                                           version))
     if worker_stats:
         lines.append(f"worker           {worker_stats.get('consumed', 0):.0f} consumed = "
@@ -308,13 +318,13 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
                      f"(a burst replay: queueing; see bench/ for latency at a fixed rate)")
     lines.append("time             " + ", ".join(f"{k.split(':')[0]} {v:.1f} s" for k, v in timings.items())
                  + f"; total {total_s:.1f} s")
-    ui = f"http://127.0.0.1:{config.mlflow_ui_port()}"
+    ui = f"http://127.0.0.1:{environment.mlflow_ui_port()}"
     running = keep or not {"mlflow-ui", "mlflow-server"} & set(started)
     lines += [f"MLflow UI        {ui}" + ("" if running else "  (stopped; `neuropredict ui` opens it again)"),
-              f"  training runs  {_experiment_url(ui, config.EXPERIMENT_NAME)}  (expand 'pipeline': stages, "
+              f"  training runs  {_experiment_url(ui, contracts.EXPERIMENT_NAME)}  (expand 'pipeline': stages, "
               f"trials; compare best-lstm with best-gru)",
-              f"  live serving   {_experiment_url(ui, config.SERVING_EXPERIMENT_NAME)}",
-              f"  registry       {ui}/#/models/{config.load_params().register.model_name}",
+              f"  live serving   {_experiment_url(ui, contracts.SERVING_EXPERIMENT_NAME)}",
+              f"  registry       {ui}/#/models/{load_params().register.model_name}",
               f"reports          {project.reports_dir / 'evaluate' / 'report.json'}, "
               f"{project.reports_dir / 'evaluate' / 'predicted_vs_actual.png'}",
               f"                 {project.plots_dir}/*.png (dvc plots show), {project.validation_dir / 'data_docs' / 'index.html'}",

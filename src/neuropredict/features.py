@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuropredict.config import EXCHANGE_TZ, FeaturizeParams
 from neuropredict.errors import ConfigError
 from neuropredict.files import read_json, write_json
+from neuropredict.settings.contracts import EXCHANGE_TZ
+from neuropredict.settings.schema import FeaturizeParams
 from neuropredict.sources import time_column
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import keras_tuner as kt
 
-from neuropredict.config import TuneParams
+from neuropredict.settings.schema import TuneParams
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 

@@ -4,24 +4,59 @@ and the one reader of "the records of a partition between two offsets"."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from neuropredict import config
-from neuropredict.config import KafkaParams, ServingParams
+from neuropredict import console, retry
 from neuropredict.errors import ServiceError
+from neuropredict.settings import environment
+from neuropredict.settings.schema import KafkaParams, ServingParams
 
 log = logging.getLogger(__name__)
 
-GROUP_SETTINGS = dict(session_timeout_ms=config.KAFKA_SESSION_TIMEOUT_MS,
-                      heartbeat_interval_ms=config.KAFKA_HEARTBEAT_INTERVAL_MS,
-                      max_poll_interval_ms=config.KAFKA_MAX_POLL_INTERVAL_MS)
-BOOTSTRAP_TIMEOUT_MS = config.KAFKA_BOOTSTRAP_TIMEOUT_MS
+# ---- fixed by the brokers and the client we run on: not knobs to tune ----
+# Session 6000 / heartbeat 2000: the smallest a default Apache Kafka accepts. The embedded broker
+# holds a group join until half the session timeout has passed: ~3 s here, ~23 s with the defaults.
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 2000
+MAX_POLL_INTERVAL_MS = 300_000  # a batch (model call included) must finish well within this
+BOOTSTRAP_TIMEOUT_MS = 10_000   # how long a client waits for the first broker answer
+CONSUMER_REQUEST_TIMEOUT_MS = 30_000
+PRODUCER_REQUEST_TIMEOUT_MS = 10_000  # capped by serving.delivery_timeout_ms
+# A worker that dies mid-transaction leaves it open; the broker aborts it after this. Until then
+# read_committed readers of its partitions wait, and so does the worker taking them over (unless
+# it has the same NEUROPREDICT_WORKER_ID, which aborts it at once). A batch must fit well within.
+TRANSACTION_TIMEOUT_MS = 10_000
+READ_RANGE_TIMEOUT_S = 30.0  # reading a partition back (restore, evaluate) gives up after this
+
+GROUP_SETTINGS = dict(session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+                      max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
+
+
+class _QuietBootstrap:
+    """While a client connects for the first time, kafka-python logs every refused connection
+    (four lines a try); when no broker answers, the one-line error below says so, with the fix.
+    Its `kafka.net` loggers are muted meanwhile (counted: clients may connect from several threads)."""
+
+    _lock, _depth = threading.Lock(), 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            type(self)._depth += 1
+            if not console.verbose():  # --verbose: every library line
+                logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            type(self)._depth -= 1
+            if not self._depth:
+                logging.getLogger("kafka.net").setLevel(logging.NOTSET)
 
 
 def _unreachable(bootstrap: str, exc: Exception) -> ServiceError:
-    hint = ("start the embedded broker with `neuropredict up`" if not config.kafka_is_external()
+    hint = ("start the embedded broker with `neuropredict up`" if not environment.kafka_is_external()
             else "check KAFKA_BOOTSTRAP_SERVERS")
     return ServiceError(f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): {hint}")
 
@@ -39,7 +74,7 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    bootstrap = bootstrap or config.kafka_bootstrap()
+    bootstrap = bootstrap or environment.kafka_bootstrap()
     s = serving or ServingParams()
     settings: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, acks="all", retries=5,
@@ -48,17 +83,18 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
         compression_type=None if s.compression == "none" else s.compression,
         delivery_timeout_ms=s.delivery_timeout_ms, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         # a request may not outlive the delivery it belongs to (kafka-python checks this)
-        request_timeout_ms=min(config.KAFKA_PRODUCER_REQUEST_TIMEOUT_MS, s.delivery_timeout_ms - s.producer_linger_ms),
+        request_timeout_ms=min(PRODUCER_REQUEST_TIMEOUT_MS, s.delivery_timeout_ms - s.producer_linger_ms),
         max_in_flight_requests_per_connection=5,
     )
     if transactional_id:
         settings.update(enable_idempotence=True, transactional_id=transactional_id,
-                        transaction_timeout_ms=config.KAFKA_TRANSACTION_TIMEOUT_MS,
+                        transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                         # begin/commit/abort/init wait at most this long (default 60 s)
                         max_block_ms=s.delivery_timeout_ms)
     settings.update(overrides)
     try:
-        made = KafkaProducer(**settings)
+        with _QuietBootstrap():
+            made = KafkaProducer(**settings)
         if transactional_id:
             made.init_transactions()
         return made
@@ -72,19 +108,20 @@ def consumer(group: str | None, bootstrap: str | None = None, max_poll_records: 
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
-    bootstrap = bootstrap or config.kafka_bootstrap()
+    bootstrap = bootstrap or environment.kafka_bootstrap()
     settings: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
         # every reader skips what an aborted transaction wrote (the worker writes exactly-once)
         isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024, max_poll_records=max_poll_records,
-        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, request_timeout_ms=config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, request_timeout_ms=CONSUMER_REQUEST_TIMEOUT_MS,
     )
     if group:
         settings.update(GROUP_SETTINGS)
     settings.update(overrides)
     try:
-        return KafkaConsumer(**settings)
+        with _QuietBootstrap():
+            return KafkaConsumer(**settings)
     except KafkaError as exc:
         raise _unreachable(bootstrap, exc) from None
 
@@ -93,20 +130,21 @@ def admin(bootstrap: str | None = None):
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    bootstrap = bootstrap or config.kafka_bootstrap()
+    bootstrap = bootstrap or environment.kafka_bootstrap()
     try:
-        return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
+        with _QuietBootstrap():
+            return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
     except KafkaError as exc:
         raise _unreachable(bootstrap, exc) from None
 
 
-def ensure_topics(params: KafkaParams, bootstrap: str | None = None,
-                  topics: tuple[str, ...] = config.TOPICS, replication: int | None = None) -> dict[str, int]:
-    """Create the product's topics with explicit partition counts (never rely on auto-creation);
+def ensure_topics(params: KafkaParams, bootstrap: str | None, topics: Iterable[str],
+                  replication: int | None = None) -> dict[str, int]:
+    """Create topics with explicit partition counts (never rely on auto-creation);
     return each topic's partition count. With 3 replicas or more, acks=all waits for 2 of them:
     a write then survives the loss of any one broker."""
-    replication = replication or params.replication_factor
+    topics, replication = list(topics), replication or params.replication_factor
     options: dict[str, Any] = {"num_partitions": params.partitions, "replication_factor": replication}
     if replication >= 3:
         options["configs"] = {"min.insync.replicas": "2"}
@@ -153,12 +191,17 @@ def under_replicated(bootstrap: str, topics: list[str] | None = None) -> list[st
 
 def wait_fully_replicated(bootstrap: str, topics: list[str] | None = None, timeout_s: float = 60.0) -> None:
     """Until every partition has all its replicas in sync (a new topic's followers catch up)."""
-    deadline = time.monotonic() + timeout_s
-    while lagging := under_replicated(bootstrap, topics):
-        if time.monotonic() > deadline:
-            raise ServiceError(f"{len(lagging)} partitions still have replicas out of sync after {timeout_s:g} s "
-                               f"(e.g. {', '.join(lagging[:3])}): see the broker logs")
-        time.sleep(0.5)
+    lagging: list[str] = []
+
+    def in_sync() -> bool:
+        lagging[:] = under_replicated(bootstrap, topics)
+        return not lagging
+
+    try:
+        retry.wait_until(in_sync, timeout_s, "replicas to catch up", every_s=0.5)
+    except ServiceError:
+        raise ServiceError(f"{len(lagging)} partitions still have replicas out of sync after {timeout_s:g} s "
+                           f"(e.g. {', '.join(lagging[:3])}): see the broker logs") from None
 
 
 def supports_transactions(bootstrap: str) -> bool:
@@ -191,20 +234,19 @@ def partition_counts(client, topics) -> dict[str, int]:
     return {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float = 15.0) -> None:
-    """Until the broker answers a Kafka-level request (list topics)."""
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            client = admin(bootstrap)
-            client.list_topics()
-            client.close()
-            return
-        except Exception as exc:  # not up yet
-            last = exc
-            time.sleep(0.2)
-    raise ServiceError(f"Kafka at {bootstrap} did not answer within {timeout_s:g} s ({last})")
+def answers(bootstrap: str) -> bool:
+    """Whether the broker answers a Kafka-level request (list topics) now."""
+    try:
+        client = admin(bootstrap)
+    except ServiceError:
+        return False
+    try:
+        client.list_topics()
+        return True
+    except Exception:  # not up yet
+        return False
+    finally:
+        client.close()
 
 
 class TopicReader:
@@ -236,6 +278,7 @@ class TopicReader:
         c.assign(list(partitions))
         c.resume(*partitions)
         c.seek_to_end(*partitions)  # a fetch from near the end answers with the high watermark
+        # not retry.wait_until: each turn is a fetch that may bring the answer (no sleep between)
         deadline, ends = time.monotonic() + timeout_s, {}
         while len(ends) < len(partitions) and time.monotonic() < deadline:
             c.poll(timeout_ms=200, max_records=1)
@@ -243,7 +286,7 @@ class TopicReader:
         return ends
 
     def read_range(self, tp, lo: int, hi: int | None = None,
-                   timeout_s: float = config.READ_RANGE_TIMEOUT_S) -> list:
+                   timeout_s: float = READ_RANGE_TIMEOUT_S) -> list:
         """Records of one partition with lo <= offset < hi (hi None: up to its current end)."""
         return [r for batch in self.read({tp: lo}, {tp: hi}, timeout_s) for r in batch]
 
@@ -263,6 +306,7 @@ class TopicReader:
         for tp, lo in starts.items():
             c.seek(tp, lo)
         stops = dict(stops)
+        # a reading loop with a deadline, not a wait: each turn's poll brings records to yield
         open_parts, deadline = set(starts), time.monotonic() + timeout_s
         while open_parts:
             if time.monotonic() > deadline:
@@ -285,6 +329,16 @@ class TopicReader:
                 open_parts -= done
 
 
+def close_quietly(*clients) -> None:
+    """Close each client that exists; closing is best-effort (a broker may be gone)."""
+    for client in clients:
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:
+                log.debug("close: %s", exc)
+
+
 def follow(bootstrap: str | None, topics: Iterable[str]) -> Iterator[list]:
     """The topics' records from the beginning, batch by batch as they arrive; an empty batch
     whenever it has caught up (so a caller can check its own condition). Never ends."""
@@ -298,7 +352,7 @@ def follow(bootstrap: str | None, topics: Iterable[str]) -> Iterator[list]:
                 positions.setdefault(tp, 0)
             if not positions:
                 time.sleep(0.2)
-            for batch in reader.read(dict(positions), {}, config.READ_RANGE_TIMEOUT_S):
+            for batch in reader.read(dict(positions), {}, READ_RANGE_TIMEOUT_S):
                 last = batch[-1]
                 positions[TopicPartition(last.topic, last.partition)] = last.offset + 1
                 yield batch

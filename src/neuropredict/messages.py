@@ -13,11 +13,14 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from neuropredict.config import DEAD_LETTER_MAX_BYTES, EXCHANGE_TZ
+from neuropredict.settings.contracts import EXCHANGE_TZ
 
 REQUIRED = ("timestamp", "symbol", "price")
 MAX_SYMBOL_LEN = 32
 _EXCHANGE = ZoneInfo(EXCHANGE_TZ)
+# kafka-python refuses records over its 1 MiB max_request_size, and Apache Kafka's default
+# message.max.bytes is ~1 MB: a dead letter keeps at most this much of an oversized original.
+DEAD_LETTER_MAX_BYTES = 512 * 1024
 _EPOCH = datetime(1970, 1, 1)
 
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from neuropredict import producer, registry, services, stream_report
-from neuropredict.config import Params, Paths
+from neuropredict import brokers, producer, registry, retry, stream_report
 from neuropredict.errors import NeuropredictError
 from neuropredict.features import load_price_series
 from neuropredict.forecaster import forecast_period
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.paths import Paths
+from neuropredict.settings.schema import Params
 from neuropredict.stream.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -47,25 +48,24 @@ def check(params: Params, project: Paths, version: str | None = None, broker: st
 
 
 def _stream(params: Params, project: Paths, version: str, forecaster, kind: str):
-    frames, _ = producer.replay_frames(params.data.symbols, params.data.interval, project.raw_dir, project.snapshot_dir)
-    ticks = producer.replay_ticks(frames, params.data.interval, params.featurize.test_start, params.data.end,
-                                  forecaster.window, params.featurize.price_column)
+    ticks, _ = producer.replay_period(params, project, forecaster.window)
+    topics = Topics()
     with tempfile.TemporaryDirectory(prefix="neuropredict-parity-") as tmp:
-        broker = services.start_scratch_broker(kind, Path(tmp), params.kafka)
-        bootstrap = broker.bootstrap
+        broker = brokers.start_scratch_broker(kind, Path(tmp), params.kafka, topics=topics)
         try:
-            worker = Worker(params, bootstrap=bootstrap, group="neuropredict-parity", report_to_mlflow=False,
+            worker = Worker(params, bootstrap=broker.bootstrap, topics=topics, report_to_mlflow=False,
                             pinned_version=version)
             worker.start()
             thread = threading.Thread(target=worker.run, daemon=True)
             thread.start()
-            producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
-            deadline = time.monotonic() + 300
-            while worker.stats.consumed < len(ticks) and time.monotonic() < deadline and thread.is_alive():
-                time.sleep(0.1)
-            worker.stop_event.set()
-            thread.join(60)
-            return stream_report.joined_rows(worker.rules, forecaster.intraday, bootstrap)
+            producer.publish(ticks, topics.prices, bootstrap=broker.bootstrap, serving=params.serving)
+            try:
+                retry.wait_until(lambda: worker.stats.consumed >= len(ticks) or not thread.is_alive(), 300,
+                                 "the worker to score the test period", every_s=0.1)
+            finally:
+                worker.stop_event.set()
+                thread.join(60)
+            return stream_report.joined_rows(worker.rules, forecaster.intraday, topics, broker.bootstrap)
         finally:
             broker.stop()
 

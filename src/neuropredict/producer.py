@@ -1,4 +1,4 @@
-"""Ticks into `stock_prices`: a replay of bundled real history, or live yfinance quotes."""
+"""Ticks into the input topic (`stock_prices`): a replay of real history, or live yfinance quotes."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuropredict import config, kafka_io, messages
-from neuropredict.config import DataParams, ServingParams
+from neuropredict import kafka_io, messages
 from neuropredict.errors import ConfigError, DataSourceError
 from neuropredict.features import session_ids
 from neuropredict.messages import Tick
+from neuropredict.settings.paths import Paths
+from neuropredict.settings.schema import DataParams, Params, ServingParams
 from neuropredict.sources import read_manifest, read_raw, read_snapshot, time_column
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,18 @@ def replay_frames(symbols: Iterable[str], interval: str, raw_dir: Path, snapshot
         pass
     every = DataParams(symbols=symbols, start="1900-01-01", end="2100-01-01", interval=interval, source="snapshot")
     return read_snapshot(every, snapshot_dir), "the bundled snapshot"
+
+
+def replay_period(params: Params, project: Paths, lead: int, start: str | None = None, end: str | None = None,
+                  symbols: Iterable[str] | None = None, interval: str | None = None) -> tuple[list[Tick], str]:
+    """The real ticks of a period (default: the held-out test period of params' symbols), with
+    `lead` earlier ticks per symbol (a window's worth: the first forecast is then for `start`),
+    and where they came from. The one assembly behind produce, the demo, parity and the bench."""
+    interval = interval or params.data.interval
+    frames, origin = replay_frames(symbols or params.data.symbols, interval, project.raw_dir, project.snapshot_dir)
+    ticks = replay_ticks(frames, interval, start or params.featurize.test_start, end or params.data.end, lead,
+                         params.featurize.price_column)
+    return ticks, origin
 
 
 def replay_ticks(frames: dict[str, pd.DataFrame], interval: str, start: str, end: str, lead: int = 0,
@@ -68,9 +81,10 @@ def expected_forecasts(ticks: Sequence[Tick], window: int, session_reset: bool) 
     return sum(max(0, n - (window - 1)) for n in runs.values())
 
 
-def publish(ticks: Iterable[Tick | tuple], bootstrap: str | None = None, rate: float = 0.0,
+def publish(ticks: Iterable[Tick | tuple], topic: str, bootstrap: str | None = None, rate: float = 0.0,
             serving: ServingParams | None = None, malformed: int = 0, stop: threading.Event | None = None) -> dict:
-    """Send ticks (key = symbol) at `rate` ticks/s (0: as fast as possible); return counts and timing.
+    """Send ticks (key = symbol) to `topic` at `rate` ticks/s (0: as fast as possible); return
+    counts and timing.
     `malformed` > 0 mixes that many broken messages in, to exercise the dead-letter path."""
     producer = kafka_io.producer(bootstrap, serving)
     sent = bad = 0
@@ -85,16 +99,16 @@ def publish(ticks: Iterable[Tick | tuple], bootstrap: str | None = None, rate: f
             if stop is not None and stop.is_set():
                 break
             timestamp, symbol, price = tick if isinstance(tick, tuple) else (tick.timestamp, tick.symbol, tick.price)
-            producer.send(config.PRICES_TOPIC, key=symbol.encode(), value=messages.encode_tick(timestamp, symbol, price))
+            producer.send(topic, key=symbol.encode(), value=messages.encode_tick(timestamp, symbol, price))
             sent += 1
             if spacing and i % spacing == spacing - 1 and bad < malformed:
                 key, value = next(broken)
-                producer.send(config.PRICES_TOPIC, key=key, value=value)
+                producer.send(topic, key=key, value=value)
                 bad += 1
             if rate > 0:
                 _pace(started, sent + bad, rate)
         for key, value in broken:  # whatever is left of the malformed quota
-            producer.send(config.PRICES_TOPIC, key=key, value=value)
+            producer.send(topic, key=key, value=value)
             bad += 1
         producer.flush()
     finally:

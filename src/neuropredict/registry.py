@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import io
 import logging
@@ -13,9 +14,12 @@ from typing import Any
 import pandas as pd
 
 from neuropredict import intervals, tracking
-from neuropredict.config import CHALLENGER_ALIAS, PRODUCTION_ALIAS, Params, Paths, RegisterParams
 from neuropredict.errors import ConfigError, ModelNotFoundError
 from neuropredict.files import read_json, write_json
+from neuropredict.settings import environment
+from neuropredict.settings.contracts import CHALLENGER_ALIAS, PRODUCTION_ALIAS
+from neuropredict.settings.paths import Paths
+from neuropredict.settings.schema import Params, RegisterParams
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +63,23 @@ def alias_version(name: str, alias: str = PRODUCTION_ALIAS) -> str | None:
 
 
 def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -> ServedModel:
-    """Load by alias (or an explicit version) through the pyfunc: model + scaler travel together."""
-    import mlflow.pyfunc
-
+    """Load by alias (or an explicit version) through the pyfunc: model + scaler travel together.
+    A version is immutable: the last few loaded are kept (a swap back, several workers in one
+    process, parity beside a worker) and shared, so nobody may change a loaded forecaster."""
     version = version or alias_version(name, alias)
     if version is None:
         raise ModelNotFoundError(
             f"no model '{name}@{alias}' in {tracking_uri_hint()}: train and register one with `dvc repro`")
+    return _load_version(environment.tracking_uri(), name, str(version))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_version(store: str, name: str, version: str) -> ServedModel:
+    import mlflow.pyfunc
+
+    tracking.connect()
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return ServedModel(version=str(version), forecaster=pyfunc.unwrap_python_model().forecaster)
+    return ServedModel(version=version, forecaster=pyfunc.unwrap_python_model().forecaster)
 
 
 def model_window(name: str, version: str) -> int:
@@ -96,7 +108,7 @@ def version_tags(name: str, version: str) -> dict[str, str]:
 
 
 def tracking_uri_hint() -> str:
-    from neuropredict.config import tracking_uri
+    from neuropredict.settings.environment import tracking_uri
 
     return tracking_uri()
 
@@ -213,9 +225,7 @@ def decide(challenger: dict, production: dict | None, params: RegisterParams,
 def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
     """The register stage: new version + `challenger`; `production` moves only if earned."""
     from neuropredict.features import load_price_series
-    from neuropredict.forecaster import Forecaster
-
-    from neuropredict.forecaster import forecast_period
+    from neuropredict.forecaster import Forecaster, forecast_period
 
     name = params.register.model_name
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from neuropredict.config import quiet_environment, sqlite_uri
 from neuropredict.console import tool, tools_env
+from neuropredict.settings.environment import quiet_environment, sqlite_uri
 
 PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks",
                  "serving/compose.yaml", "serving/Dockerfile", "serving/worker.py")  # the last: `up --workers`

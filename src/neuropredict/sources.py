@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuropredict.config import EXCHANGE_TZ, DataParams
 from neuropredict.errors import DataSourceError
 from neuropredict.files import read_json, write_json
+from neuropredict.settings.contracts import EXCHANGE_TZ
+from neuropredict.settings.schema import DataParams
 
 log = logging.getLogger(__name__)
 

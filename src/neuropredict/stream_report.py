@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuropredict import config, intervals, messages, plots
+from neuropredict import intervals, messages, plots
 from neuropredict.errors import NeuropredictError
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
-from neuropredict.files import write_json
 from neuropredict.features import session_ids
+from neuropredict.files import write_json
 from neuropredict.kafka_io import TopicReader
+from neuropredict.settings import contracts
+from neuropredict.settings.contracts import Topics
 from neuropredict.stream.rules import Guard, TickRules
 from neuropredict.stream.state import screen
 
@@ -36,13 +38,12 @@ PREDICTION_FIELDS = ("symbol", "actual_price", "predicted_price", "model_version
 TICK_COLUMNS = ["partition", "offset", "symbol", "timestamp", "price"]
 
 
-def joined_rows(rules: TickRules, intraday: bool, bootstrap: str | None = None,
+def joined_rows(rules: TickRules, intraday: bool, topics: Topics, bootstrap: str | None = None,
                 since_ms: int | None = None) -> pd.DataFrame:
     """One row per scored forecast: symbol, target time, actual, predicted, persistence, version."""
     with TopicReader(bootstrap) as reader:
-        inputs = [r for r in reader.read_all([config.PRICES_TOPIC]) if since_ms is None or r.timestamp >= since_ms]
-        outputs = [r for r in reader.read_all([config.PREDICTIONS_TOPIC])
-                   if since_ms is None or r.timestamp >= since_ms]
+        inputs = [r for r in reader.read_all([topics.prices]) if since_ms is None or r.timestamp >= since_ms]
+        outputs = [r for r in reader.read_all([topics.predictions]) if since_ms is None or r.timestamp >= since_ms]
     ticks = []
     for r in inputs:
         tick = messages.parse_tick(r.value)
@@ -59,8 +60,7 @@ def joined_rows(rules: TickRules, intraday: bool, bootstrap: str | None = None,
         else:
             foreign += 1
     if foreign:
-        log.warning("skipped %d records of %s that are not predictions of this product", foreign,
-                    config.PREDICTIONS_TOPIC)
+        log.warning("skipped %d records of %s that are not predictions of this product", foreign, topics.predictions)
     return join(pd.DataFrame(ticks, columns=TICK_COLUMNS), preds, intraday, rules)
 
 
@@ -100,7 +100,7 @@ def join(ticks: pd.DataFrame, preds: list[dict], intraday: bool = False,
                                 right_on=["partition", "offset"], how="left", indicator=True)["_merge"] == "left_only"
     if unmatched.any():  # the worker forecast at a tick the rules here reject: they disagree
         log.warning("%d forecasts were made at ticks that evaluate's replay of the rules rejects (or that "
-                    "are not in %s any more); they are not scored", int(unmatched.sum()), config.PRICES_TOPIC)
+                    "are not in the input topic any more); they are not scored", int(unmatched.sum()))
     rows = forecasts.merge(ticks, left_on=["input_partition", "input_offset", "symbol"],
                            right_on=["partition", "offset", "symbol"], how="inner", suffixes=("_prediction", ""))
     return pd.DataFrame({
@@ -174,7 +174,7 @@ def _log(result: dict[str, Any], out_dir: Path) -> None:
     from neuropredict import tracking
 
     try:
-        exp_id = tracking.setup(config.SERVING_EXPERIMENT_NAME)
+        exp_id = tracking.setup(contracts.SERVING_EXPERIMENT_NAME)
         client = tracking.client()
         run_id = tracking.with_retry(lambda: client.create_run(
             exp_id, run_name="evaluate", tags={tracking.STAGE_TAG: "evaluate"})).info.run_id

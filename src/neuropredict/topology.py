@@ -11,26 +11,26 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from neuropredict import config
-from neuropredict.errors import ConfigError, ServiceError
-from neuropredict.services import Service, pid_alive, spawn, stop_processes
+from neuropredict import workers
+from neuropredict.errors import ConfigError
+from neuropredict.procs import Service
+from neuropredict.settings.paths import paths, project_root
+from neuropredict.stream import status
 
 COMPOSE_SERVICE_ADDRESSES = {"kafka": "kafka:9092", "mlflow": "mlflow:5000"}  # as the workers reach them in compose
-WORKER_START_TIMEOUT_S = 180.0
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 
 
 def compose_file() -> Path:
-    return config.project_root() / "serving" / "compose.yaml"
+    return project_root() / "serving" / "compose.yaml"
 
 
 def dockerfile() -> Path:
-    return config.project_root() / "serving" / "Dockerfile"
+    return project_root() / "serving" / "Dockerfile"
 
 
 def interpolate(text: str, variables: dict[str, str]) -> str:
@@ -78,7 +78,7 @@ def worker_environment(addresses: dict[str, str], variables: dict[str, str]) -> 
     service = yaml.safe_load(compose_file().read_text())["services"]["worker"]
     env = image_environment(dockerfile())
     env.update({key: interpolate(str(value), variables) for key, value in service.get("environment", {}).items()})
-    env["NEUROPREDICT_ROOT"] = str(config.project_root())  # the image's /app is this project
+    env["NEUROPREDICT_ROOT"] = str(project_root())  # the image's /app is this project
     for name, inside in COMPOSE_SERVICE_ADDRESSES.items():
         env = {key: value.replace(inside, addresses[name]) for key, value in env.items()}
     return env
@@ -90,41 +90,18 @@ def worker_command() -> list[str]:
     return [sys.executable if entry[0].startswith("python") else entry[0], *entry[1:]]
 
 
-def start_workers(count: int, addresses: dict[str, str], variables: dict[str, str]) -> list[Service]:
+def start_workers(count: int, addresses: dict[str, str], variables: dict[str, str], group: str) -> list[Service]:
     """`count` workers as compose would run them; started when each has its share of the partitions,
     or says it is waiting (for a production model, as in compose: `--wait`)."""
     env = {**_host_basics(), **worker_environment(addresses, variables)}
-    state = config.paths().state_dir
-    started = []
-    for i in range(1, count + 1):
-        log_path = state / f"worker-{i}.log"
-        log_path.unlink(missing_ok=True)
-        proc = spawn(worker_command(), log_path, env={**env, "NEUROPREDICT_WORKER_ID": f"worker-{i}"},
-                     cwd=config.project_root())
-        started.append(Service(f"worker-{i}", proc.pid, f"group {config.CONSUMER_GROUP}", str(log_path),
-                               "serving/worker.py"))
-    try:
-        _wait_started(started)
-    except BaseException:
-        stop_processes([svc.pid for svc in started])
-        raise
+    state = paths().state_dir
+    started = [workers.start(f"worker-{i}", worker_command(), state / f"worker-{i}.log",
+                             {**env, "NEUROPREDICT_WORKER_ID": f"worker-{i}"}, project_root(), group)
+               for i in range(1, count + 1)]
+    workers.wait_ready(started, (status.SERVING, status.WAITING))
     return started
 
 
 def _host_basics() -> dict[str, str]:
     """What any process needs from the host (a container has its own): PATH, HOME, locale."""
     return {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-
-
-def _wait_started(workers: list[Service]) -> None:
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-    waiting = list(workers)
-    while waiting:
-        for svc in list(waiting):
-            text = Path(svc.log).read_text(errors="replace") if Path(svc.log).exists() else ""
-            if "assigned partitions" in text or "not ready (" in text:
-                waiting.remove(svc)
-            elif not pid_alive(svc.pid) or time.monotonic() > deadline:
-                tail = "".join(text.splitlines(keepends=True)[-10:])
-                raise ServiceError(f"{svc.name} did not start (see {svc.log}):\n{tail}")
-        time.sleep(0.3)

@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from neuropredict import config
+from neuropredict import retry
+from neuropredict.settings import contracts, environment
+from neuropredict.settings.paths import project_root
+from neuropredict.settings.schema import as_dict
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def connect(root: Path | None = None) -> str:
     """Point MLflow (tracking and registry) at our store; cheap when nothing changed."""
     import mlflow
 
-    uri = config.tracking_uri(root)
+    uri = environment.tracking_uri(root)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's "View run" lines: noise
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,7 @@ def client(root: Path | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) -> str:
+def setup(experiment: str = contracts.EXPERIMENT_NAME, root: Path | None = None) -> str:
     """Point MLflow at our store, create the experiment if needed; return its id."""
     import mlflow
 
@@ -70,7 +73,7 @@ def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) ->
         if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
             mlflow.tracking.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     else:
-        location = config.artifact_root(root) if uri.startswith("sqlite") else None
+        location = environment.artifact_root(root) if uri.startswith("sqlite") else None
         try:
             exp_id = mlflow.create_experiment(experiment, artifact_location=location,
                                               tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
@@ -82,21 +85,12 @@ def setup(experiment: str = config.EXPERIMENT_NAME, root: Path | None = None) ->
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.2) -> T:
     """Run fn, retrying while SQLite says `database is locked` (one writer at a time)."""
-    delay = first_delay_s
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            log.info("MLflow store busy (%s); retrying in %.1f s", exc.__class__.__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return retry.retry(fn, "MLflow store busy", retry.Backoff(first_delay_s, 5.0), attempts=attempts,
+                       retry_if=lambda exc: "locked" in str(exc).lower(), level=logging.INFO)
 
 
 def git_commit(root: Path | None = None) -> str:
-    root = root or config.project_root()
+    root = root or project_root()
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10, check=True)
@@ -105,6 +99,15 @@ def git_commit(root: Path | None = None) -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def measured(command: str, root: Path | None = None) -> dict[str, str]:
+    """The stamp a committed report carries, so the docs rendered from it say what produced it:
+    the command, the code's commit (-dirty: with uncommitted changes) and the date (UTC)."""
+    from datetime import datetime, timezone
+
+    return {"command": command, "commit": git_commit(root),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def flatten(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,8 +134,8 @@ def stage_run(stage: str, section: Any = None, root: Path | None = None) -> Iter
     with mlflow.start_run(run_id=parent_id):
         with mlflow.start_run(run_name=stage, nested=True, tags=tags) as run:
             if section is not None:
-                mlflow.log_params(flatten(stage, config.as_dict(section)))
-            log.info("MLflow run %s (stage %s) in %s", run.info.run_id, stage, config.tracking_uri(root))
+                mlflow.log_params(flatten(stage, as_dict(section)))
+            log.info("MLflow run %s (stage %s) in %s", run.info.run_id, stage, environment.tracking_uri(root))
             yield run
 
 
@@ -144,7 +147,7 @@ def _pipeline_parent_run(commit: str) -> str:
         return explicit
     invocation = _invocation_id()
     client = mlflow.tracking.MlflowClient()
-    exp_id = mlflow.get_experiment_by_name(config.EXPERIMENT_NAME).experiment_id
+    exp_id = mlflow.get_experiment_by_name(contracts.EXPERIMENT_NAME).experiment_id
     found = client.search_runs([exp_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}'",
                                max_results=1)
     if found:

@@ -1,5 +1,6 @@
-"""The team's tracking server: PostgreSQL (Debian's package) and `mlflow server` on it, with served
-artifacts and MLflow's basic-auth app, all on 127.0.0.1 (`neuropredict up --tracking server`).
+"""MLflow servers on 127.0.0.1: the UI on the project's own store (`neuropredict up`), and the
+team's tracking server (`neuropredict up --tracking server`): PostgreSQL (Debian's package) and
+`mlflow server` on it, with served artifacts and MLflow's basic-auth app.
 
 Secrets (the database password, the admin password, Flask's secret key) are generated once and
 kept in files only their owner can read, under .neuropredict/tracking-server/secrets/. They reach
@@ -16,14 +17,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuropredict import config
+from neuropredict import procs
 from neuropredict.errors import ServiceError
 from neuropredict.files import read_json, write_json
-from neuropredict.services import Service, port_open, spawn, stop_processes, wait_for_mlflow
+from neuropredict.procs import Service
+from neuropredict.settings import environment
+from neuropredict.settings.paths import paths
 
 DB_USER = "mlflow"
 DATABASE = "mlflow"
@@ -57,7 +59,7 @@ class Layout:
 
     @classmethod
     def for_project(cls) -> Layout:
-        return cls.at(config.paths().tracking_server_dir)
+        return cls.at(paths().tracking_server_dir)
 
     @classmethod
     def at(cls, folder: Path) -> Layout:
@@ -184,7 +186,7 @@ def database_uri(port: int) -> str:
 
 
 def start_postgres(layout: Layout, port: int) -> Service:
-    if port_open("127.0.0.1", port):
+    if procs.port_open("127.0.0.1", port):
         raise ServiceError(f"port {port} is already in use (another PostgreSQL?): stop it, or set "
                            f"NEUROPREDICT_PG_PORT to a free port")
     init_cluster(layout)
@@ -192,16 +194,11 @@ def start_postgres(layout: Layout, port: int) -> Service:
     log_path = layout.folder / "postgres.log"
     cmd = [str(postgres_bin() / "postgres"), "-D", str(layout.data_dir), "-h", "127.0.0.1", "-p", str(port),
            "-k", str(layout.data_dir)]
-    proc = spawn(cmd, log_path, **_as_server_user())
-    service = Service("postgres", proc.pid, f"postgresql://127.0.0.1:{port}", str(log_path), str(layout.data_dir),
-                      stop_signal=int(signal.SIGINT))  # SIGINT: the fast shutdown (SIGTERM waits for clients)
-    deadline = time.monotonic() + POSTGRES_START_TIMEOUT_S
-    while not _databases_ready(layout, port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_processes([proc.pid])
-            raise ServiceError(f"PostgreSQL did not start on 127.0.0.1:{port}; see {log_path}")
-        time.sleep(0.2)
-    return service
+    proc = procs.spawn(cmd, log_path, **_as_server_user())
+    procs.wait_ready(proc, lambda: _databases_ready(layout, port), POSTGRES_START_TIMEOUT_S,
+                     f"PostgreSQL on 127.0.0.1:{port}", log_path)
+    # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for its clients)
+    return procs.service("postgres", proc, f"postgresql://127.0.0.1:{port}", log_path, signal.SIGINT)
 
 
 def _databases_ready(layout: Layout, port: int) -> bool:
@@ -254,15 +251,11 @@ def server_command(layout: Layout, pg_port: int, port: int, auth: bool,
 
 def start_server(layout: Layout, pg_port: int, port: int, auth: bool,
                  auth_cache_ttl_s: int = AUTH_CACHE_TTL_S) -> Service:
-    if port_open("127.0.0.1", port):
-        raise ServiceError(f"port {port} is already in use: stop what runs there, or set NEUROPREDICT_UI_PORT")
+    procs.require_free(port, "NEUROPREDICT_UI_PORT")
     layout.artifacts.mkdir(parents=True, exist_ok=True)
     cmd, env = server_command(layout, pg_port, port, auth, auth_cache_ttl_s)
-    log_path = layout.folder / "mlflow-server.log"
-    proc = spawn(cmd, log_path, env=env, cwd=layout.folder)
-    url = f"http://127.0.0.1:{port}"
-    wait_for_mlflow(proc, url, log_path, SERVER_START_TIMEOUT_S, "the MLflow server")
-    return Service("mlflow-server", proc.pid, url, str(log_path), "mlflow")
+    return _start_mlflow("mlflow-server", cmd, env, port, layout.folder / "mlflow-server.log", SERVER_START_TIMEOUT_S,
+                         cwd=layout.folder)
 
 
 def start(running: dict[str, Service], auth: bool) -> list[Service]:
@@ -274,11 +267,11 @@ def start(running: dict[str, Service], auth: bool) -> list[Service]:
         raise ServiceError(f"the tracking server runs {'with' if recorded['auth'] else 'without'} basic-auth: "
                            f"`neuropredict down` first to change that")
     started = []
-    pg_port = int(running["postgres"].url.rpartition(":")[2]) if "postgres" in running else config.postgres_port()
+    pg_port = int(running["postgres"].url.rpartition(":")[2]) if "postgres" in running else environment.postgres_port()
     if "postgres" not in running:
         started.append(start_postgres(layout, pg_port))
     if "mlflow-server" not in running:
-        started.append(start_server(layout, pg_port, config.mlflow_ui_port(), auth))
+        started.append(start_server(layout, pg_port, environment.mlflow_ui_port(), auth))
     write_json(layout.folder / "server.json", {"data_dir": str(layout.data_dir), "auth": auth,
                                                "postgres_port": pg_port})
     return started
@@ -300,3 +293,34 @@ def compose_variables() -> dict[str, str]:
         variables.update(MLFLOW_ADMIN_PASSWORD=layout.secret("admin-password"),
                          MLFLOW_FLASK_SECRET_KEY=layout.secret("flask-secret-key"))
     return variables
+
+
+# ---- the MLflow UI on the project's own store ----
+
+
+def start_mlflow_ui(port: int, log_path: Path, timeout_s: float = 60.0) -> Service:
+    """`mlflow server` on 127.0.0.1 for this project's store (`neuropredict up`)."""
+    procs.require_free(port, "NEUROPREDICT_UI_PORT")
+    cmd, env = mlflow_ui_command(port)
+    return _start_mlflow("mlflow-ui", cmd, env, port, log_path, timeout_s)
+
+
+def mlflow_ui_command(port: int) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` for this project's store on 127.0.0.1 (job execution off: 2 processes, not 10)."""
+    uri = environment.tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", environment.artifact_root()]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return cmd, env
+
+
+def _start_mlflow(name: str, cmd: list[str], env: dict[str, str], port: int, log_path: Path, timeout_s: float,
+                  **popen) -> Service:
+    """An `mlflow server`, ready when it answers /health."""
+    url = f"http://127.0.0.1:{port}"
+    proc = procs.spawn(cmd, log_path, env=env, **popen)
+    what = "the MLflow server" if name == "mlflow-server" else "the MLflow UI"
+    procs.wait_ready(proc, lambda: procs.http_status(f"{url}/health") == 200, timeout_s, what, log_path, every_s=0.25)
+    return procs.service(name, proc, url, log_path)

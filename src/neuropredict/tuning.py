@@ -18,15 +18,17 @@ import keras
 import numpy as np
 import pandas as pd
 
-from neuropredict import config, intervals, plots
-from neuropredict.config import Params, Paths, TuneParams
+from neuropredict import intervals, plots, tracking
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
-from neuropredict.files import write_json
 from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, load_price_series
+from neuropredict.files import write_json
 from neuropredict.forecaster import Forecaster, calibrate, calibration_curve, forecast_period
 from neuropredict.hypermodel import ForecasterHyperModel, seed_everything
+from neuropredict.settings.paths import Paths
+from neuropredict.settings.schema import Params, TuneParams
 
 log = logging.getLogger(__name__)
+HYPERBAND_FACTOR = 3  # keras-tuner's default reduction factor between Hyperband brackets
 
 TUNER_STATE_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 
@@ -164,7 +166,7 @@ def _make_tuner(params: TuneParams, seed: int, cell: str, steps: int, tuner_dir:
     common = dict(hypermodel=ForecasterHyperModel(cell, steps, params), objective="val_loss", seed=seed,
                   directory=str(tuner_dir), project_name=cell, overwrite=True)
     if params.tuner == "hyperband":
-        return cls(max_epochs=params.max_epochs, factor=config.HYPERBAND_FACTOR, hyperband_iterations=1, **common)
+        return cls(max_epochs=params.max_epochs, factor=HYPERBAND_FACTOR, hyperband_iterations=1, **common)
     return cls(max_trials=params.trials_per_cell, **common)
 
 
@@ -208,7 +210,7 @@ def run(params: Params, project: Paths) -> dict[str, Any]:
         "n_params": winner.n_params, "chosen_on": CHOSEN_ON, "window": params.featurize.window})
     report = _comparison(results, scores, spreads, winner, null_validation_loss(validation, scaler),
                          params.intervals.levels)
-    write_json(project.metrics_dir / "tune.json", report)
+    write_json(project.metrics_dir / "tune.json", {**report, "measured": tracking.measured("dvc repro", project.root)})
     write_json(project.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
     best = Forecaster.load(project.best_model_dir)
     write_json(project.metrics_dir / "intervals.json", {

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuropredict.config import ValidateParams
 from neuropredict.errors import DataValidationError
 from neuropredict.files import write_json
+from neuropredict.settings.schema import ValidateParams
 from neuropredict.sources import RAW_COLUMNS
 
 log = logging.getLogger(__name__)

@@ -6,14 +6,21 @@ import sys
 
 import pytest
 
-from neuropredict import services
-from tests.conftest import TINY_PARAMS, copy_project, distinct_ports, load_json, make_project, project_env, require_apache_kafka
+from neuropredict import procs
+from tests.conftest import (
+    TINY_PARAMS,
+    copy_project,
+    distinct_ports,
+    load_json,
+    project_env,
+    require_apache_kafka,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_end_to_end_and_summarises_live_mse_beside_persistence(tmp_path):
-    root = make_project(tmp_path / "p", TINY_PARAMS)
+def test_demo_runs_end_to_end_and_summarises_live_mse_beside_persistence(trained_project, tmp_path):
+    root = copy_project(trained_project, tmp_path / "p")  # the session's training: `dvc repro` finds it done
     kafka_port, (ui_port,) = distinct_ports(others=1)
     env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port)}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
@@ -36,8 +43,10 @@ def test_demo_runs_end_to_end_and_summarises_live_mse_beside_persistence(tmp_pat
     assert "live - offline = " in out
     assert f"http://127.0.0.1:{ui_port}" in out
     assert "stopped kafka, mlflow-ui" in out
-    assert not services.port_open("127.0.0.1", kafka_port) and not services.port_open("127.0.0.1", ui_port)
+    assert not procs.port_open("127.0.0.1", kafka_port) and not procs.port_open("127.0.0.1", ui_port)
     assert (root / "reports/evaluate/predicted_vs_actual.png").stat().st_size > 10_000
+    kept = load_json(root / "reports/demo.json")  # what the docs show, with what produced it
+    assert kept["summary"] in out and kept["measured"]["command"] == "neuropredict demo" and kept["measured"]["date"]
 
 
 def test_demo_on_apache_kafka_twice_ends_with_the_same_summary_on_an_emptied_stream(trained_project, tmp_path):
@@ -58,4 +67,4 @@ def test_demo_on_apache_kafka_twice_ends_with_the_same_summary_on_an_emptied_str
     summary = [re.search(r"live MSE\s+([\d.]+) \$\^2 over (\d+)", out).groups() for out in (first, second)]
     assert summary[0] == summary[1]
     assert "live - offline = " in second
-    assert not services.port_open("127.0.0.1", kafka_port)
+    assert not procs.port_open("127.0.0.1", kafka_port)

@@ -1,15 +1,16 @@
 """The real-time path end to end: a model trained on 1-minute bars, served on a tick stream, the
 stream evaluated beside persistence, and train/serve parity, each through the `neuropredict` CLI."""
 
+import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from neuropredict import scratch, services
+from neuropredict import scratch
 from tests.conftest import REPO, TINY_PARAMS, dvc, load_json, make_project, project_env
+from tests.integration.kafka_helpers import drained, serving, wait_for, worker_process
 
 pytestmark = pytest.mark.slow
 
@@ -19,32 +20,28 @@ def _cli(root, env, *args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_intraday_model_trains_serves_evaluates_and_passes_parity(tmp_path):
+def test_intraday_model_trains_serves_evaluates_and_passes_parity(tmp_path, stream):
     params = scratch.overlay(TINY_PARAMS, yaml.safe_load((REPO / "params-intraday.yaml").read_text()))
     params["data"]["symbols"] = ["AAPL", "MSFT"]
     root = make_project(tmp_path / "p", params)
     dvc(root, "repro")
-    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(services.free_port())}
-    up = _cli(root, env, "up", "--no-ui")
-    assert up.returncode == 0, up.stderr
+    env = {**project_env(root), **stream.env()}
+    log_path = tmp_path / "serve.log"
+    worker = worker_process(root, env, stream, log_path, "--stats-out", str(tmp_path / "stats.json"))
     try:
-        log_path = tmp_path / "serve.log"
-        with open(log_path, "w") as log_file:
-            worker = subprocess.Popen([sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", "8",
-                                       "--stats-out", str(tmp_path / "stats.json")],
-                                      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-        deadline = time.monotonic() + 120
-        while "assigned partitions" not in log_path.read_text():
-            assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.2)
+        wait_for(lambda: serving(log_path) or worker.poll() is not None, timeout_s=120, what="the worker to join")
+        assert worker.poll() is None, log_path.read_text()[-2000:]
         produced = _cli(root, env, "produce", "--interval", "1m")
         assert produced.returncode == 0, produced.stderr
-        assert worker.wait(240) == 0, log_path.read_text()[-3000:]
-        evaluated = _cli(root, env, "evaluate")
-        assert evaluated.returncode == 0 and "Traceback" not in evaluated.stderr, evaluated.stderr[-3000:]
-        parity = _cli(root, env, "check-parity")
+        wait_for(lambda: drained(stream), timeout_s=240, every_s=1, what="the worker to score the session")
+        worker.send_signal(signal.SIGTERM)  # it finishes, commits and writes its stats
+        assert worker.wait(60) == 0, log_path.read_text()[-3000:]
     finally:
-        _cli(root, env, "down")
+        if worker.poll() is None:
+            worker.kill()
+    evaluated = _cli(root, env, "evaluate")
+    assert evaluated.returncode == 0 and "Traceback" not in evaluated.stderr, evaluated.stderr[-3000:]
+    parity = _cli(root, env, "check-parity")
     window = params["featurize"]["window"]
     stats = load_json(tmp_path / "stats.json")
     report = load_json(root / "reports/evaluate/report.json")

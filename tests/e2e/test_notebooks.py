@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow
 
 def test_every_notebook_executes_without_error(trained_project, tmp_path, use_project):
     use_project(trained_project)
-    from neuropredict.config import load_params, paths
     from neuropredict.features import load_price_series
     from neuropredict.forecaster import Forecaster, forecast_period
+    from neuropredict.settings.paths import paths
+    from neuropredict.settings.schema import load_params
 
     params = load_params(trained_project / "params.yaml")
     p = paths(trained_project)

@@ -74,9 +74,8 @@ def test_metrics_hold_model_and_baseline_figures(trained_project):
         assert (root / "plots" / png).stat().st_size > 10_000
 
 
-def test_changing_one_param_reruns_only_what_depends_on_it(tmp_path):
-    root = make_project(tmp_path / "p", TINY_PARAMS)
-    dvc(root, "repro", "featurize")
+def test_changing_one_param_reruns_only_what_depends_on_it(trained_project, tmp_path):
+    root = copy_project(trained_project, tmp_path / "p")  # every stage done, as after a first repro
     params = json.loads(json.dumps(TINY_PARAMS))
     params["featurize"]["window"] = 12
     write_params(root, params)

@@ -1,33 +1,39 @@
-"""Reading topics back, running workers and checking what they published, for the serving tests."""
+"""Reading a test's topics back, running workers and checking what they published (serving tests).
+Each helper takes the test's Stream (tests/conftest.py): its broker, topics and group."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 
 import numpy as np
 
-from neuropredict import config, kafka_io, messages, producer
+from neuropredict import kafka_io, messages, producer, retry
+from neuropredict.settings.paths import Paths
+from neuropredict.stream import status
 
 
-def read_topic(bootstrap: str, topic: str) -> list:
-    """Every record of a topic, with the product's own reader."""
-    with kafka_io.TopicReader(bootstrap) as reader:
+def read_topic(stream, topic: str) -> list:
+    """Every record of one of the stream's topics, with the product's own reader."""
+    with kafka_io.TopicReader(stream.bootstrap) as reader:
         return reader.read_all([topic])
 
 
 def replay(root, params, start="2024-07-01", symbols=None, interval="1d") -> list:
     """Real ticks of the project's data (the snapshot for symbols it lacks), with a window of lead-in."""
-    frames, _ = producer.replay_frames(symbols or params.data.symbols, interval, root / "data/raw",
-                                       root / "data/snapshot")
-    return producer.replay_ticks(frames, interval, start, params.data.end, params.featurize.window)
+    ticks, _ = producer.replay_period(params, Paths(root), params.featurize.window, start, params.data.end,
+                                      symbols, interval)
+    return ticks
 
 
-def inputs(bootstrap: str) -> dict:
-    """(partition, offset) -> Tick or reason, for everything in stock_prices."""
-    return {(r.partition, r.offset): messages.parse_tick(r.value)
-            for r in read_topic(bootstrap, config.PRICES_TOPIC)}
+def publish(stream, ticks, **kw) -> dict:
+    """Ticks into the stream's input topic."""
+    return producer.publish(ticks, stream.topics.prices, bootstrap=stream.bootstrap, **kw)
+
+
+def inputs(stream) -> dict:
+    """(partition, offset) -> Tick or reason, for everything in the input topic."""
+    return {(r.partition, r.offset): messages.parse_tick(r.value) for r in read_topic(stream, stream.topics.prices)}
 
 
 def warmup_positions(inputs: dict, window: int) -> set:
@@ -42,8 +48,12 @@ def warmup_positions(inputs: dict, window: int) -> set:
     return warm
 
 
-def predictions(bootstrap: str) -> list[dict]:
-    return [messages.decode(r.value) for r in read_topic(bootstrap, config.PREDICTIONS_TOPIC)]
+def predictions(stream) -> list[dict]:
+    return [messages.decode(r.value) for r in read_topic(stream, stream.topics.predictions)]
+
+
+def dead_letters(stream) -> list:
+    return read_topic(stream, stream.topics.dead_letters)
 
 
 def positions(outs: list[dict]) -> list[tuple[int, int]]:
@@ -60,17 +70,22 @@ def end_offsets(inputs: dict) -> dict[int, int]:
     return ends
 
 
-def committed_offsets(bootstrap: str, group: str = config.CONSUMER_GROUP,
-                      topic: str = config.PRICES_TOPIC) -> dict[int, int]:
-    from kafka import TopicPartition
-
-    c = kafka_io.consumer(group, bootstrap)
+def committed_offsets(stream) -> dict[int, int]:
+    """The serving group's committed offset of each input partition (asked of the broker's admin
+    API: a reader must not join or disturb the group it looks at)."""
+    client = kafka_io.admin(stream.bootstrap)
     try:
-        parts = sorted(c.partitions_for_topic(topic) or [])
-        found = {p: c.committed(TopicPartition(topic, p)) for p in parts}
-        return {p: o for p, o in found.items() if o is not None}
+        found = client.list_group_offsets(stream.topics.group).get(stream.topics.group, {})
     finally:
-        c.close()
+        client.close()
+    return {tp.partition: meta.offset for tp, meta in found.items()
+            if tp.topic == stream.topics.prices and meta.offset >= 0}
+
+
+def drained(stream) -> bool:
+    """The serving group has committed every input the topic holds (nothing left to score)."""
+    ends, committed = end_offsets(inputs(stream)), committed_offsets(stream)
+    return bool(ends) and all(committed.get(p, 0) == ends.get(p, 0) for p in set(ends) | set(committed))
 
 
 def expected_forecasts(inputs: dict, forecaster, window: int | None = None) -> dict[tuple[int, int], float]:
@@ -103,19 +118,14 @@ def assert_forecasts_match(outs: list[dict], expected: dict, rel: float = 1e-6) 
 
 
 def wait_for(predicate, timeout_s: float = 90, every_s: float = 0.25, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    retry.wait_until(predicate, timeout_s, what, every_s, error=AssertionError)
 
 
 class TopicCounter:
     """Counts a topic's records as they arrive, with one consumer kept open (cheap to poll)."""
 
-    def __init__(self, bootstrap: str, topic: str):
-        self.batches = kafka_io.follow(bootstrap, [topic])
+    def __init__(self, stream, topic: str):
+        self.batches = kafka_io.follow(stream.bootstrap, [topic])
         self.count = 0
 
     def __call__(self) -> int:
@@ -127,12 +137,13 @@ class TopicCounter:
 
 
 class WorkerThread:
-    """A real Worker in a thread of the test process; stop() ends it like SIGTERM would."""
+    """A real Worker in a thread of the test process, on the stream's topics; stop() ends it like
+    SIGTERM would."""
 
-    def __init__(self, params, bootstrap: str, **kw):
+    def __init__(self, params, stream, **kw):
         from neuropredict.stream.worker import Worker
 
-        self.worker = Worker(params, bootstrap=bootstrap, **kw)
+        self.worker = Worker(params, bootstrap=stream.bootstrap, topics=stream.topics, **kw)
         self.worker.start()
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
@@ -140,6 +151,11 @@ class WorkerThread:
     @property
     def stats(self):
         return self.worker.stats
+
+    def owned(self) -> set[int]:
+        """The partitions it owns, from the status it exposes (serving)."""
+        st = self.worker.status
+        return set(st.partitions) if st.phase == status.SERVING else set()
 
     def stop(self, timeout_s: float = 60) -> None:
         self.worker.stop_event.set()
@@ -150,38 +166,76 @@ class WorkerThread:
 class Sender(threading.Thread):
     """Publishes ticks at a fixed rate in the background, like a live feed."""
 
-    def __init__(self, ticks, bootstrap: str, rate: float, serving=None):
+    def __init__(self, ticks, stream, rate: float, serving=None):
         super().__init__(daemon=True)
-        self.kwargs = dict(ticks=ticks, bootstrap=bootstrap, rate=rate, serving=serving)
+        self.kwargs = dict(ticks=ticks, topic=stream.topics.prices, bootstrap=stream.bootstrap, rate=rate,
+                           serving=serving)
 
     def run(self) -> None:
         producer.publish(**self.kwargs)
 
 
-def signal_mid_stream(root, env: dict, bootstrap: str, ticks, serving, sig, log_path,
-                      idle_timeout_s: float = 6) -> tuple[int, object]:
-    """A worker process scores a live stream; `sig` hits it after its first 100 forecasts; a
-    second worker then runs until the stream has been idle. Returns (forecasts published when
-    the signal hit, the second worker's finished process)."""
-    import signal as _signal
+def worker_process(root, env: dict, stream, log_path, *args: str):
+    """`neuropredict serve` on the stream's topics, its status written beside its log."""
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "neuropredict.cli", "serve", "--idle-timeout-s", str(idle_timeout_s)]
+    env = {**env, **stream.env(), "NEUROPREDICT_WORKER_STATUS": str(log_path.with_suffix(".status.json"))}
     with open(log_path, "w") as log_file:
-        first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    sender = Sender(ticks, bootstrap, rate=150, serving=serving)
+        return subprocess.Popen([sys.executable, "-m", "neuropredict.cli", "serve", *args], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=log_file)
+
+
+def serving(log_path) -> bool:
+    """Whether the worker logging to log_path says (in its status file) that it owns partitions."""
+    return status.read(log_path.with_suffix(".status.json")).get("phase") == status.SERVING
+
+
+def covered(stream, window: int) -> bool:
+    """Every input of the stream forecast or warm-up (nothing lost)?"""
+    found = inputs(stream)
+    return set(positions(predictions(stream))) | warmup_positions(found, window) == set(found)
+
+
+def serve_until_covered(root, env: dict, stream, window: int, log_path, fed=lambda: True):
+    """A worker process that serves until the feed is done (`fed()`) and every input is covered,
+    then gets SIGTERM (it finishes its batch and commits); returns it finished, its log as stderr."""
+    import signal as _signal
+    import subprocess
+
+    proc = worker_process(root, env, stream, log_path, "--idle-timeout-s", "300")
     try:
-        wait_for(lambda: "assigned partitions" in log_path.read_text(), what="the first worker to join")
+        wait_for(lambda: proc.poll() is not None or (fed() and covered(stream, window)), timeout_s=240, every_s=1,
+                 what="the worker to cover every input")
+        proc.send_signal(_signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, log_path.read_text()[-3000:]
+    return subprocess.CompletedProcess(proc.args, code, "", log_path.read_text())
+
+
+def signal_mid_stream(root, env: dict, stream, ticks, serving_params, sig, log_path,
+                      window: int) -> tuple[int, object]:
+    """A worker process scores a live stream; `sig` hits it after its first 100 forecasts; a
+    second worker then runs until every input is covered. Returns (forecasts published when the
+    signal hit, the second worker's finished process, its log as stderr)."""
+    import signal as _signal
+
+    first = worker_process(root, env, stream, log_path, "--idle-timeout-s", "300")
+    sender = Sender(ticks, stream, rate=150, serving=serving_params)
+    try:
+        wait_for(lambda: serving(log_path), what="the first worker to join")
         sender.start()
-        published = TopicCounter(bootstrap, config.PREDICTIONS_TOPIC)
+        published = TopicCounter(stream, stream.topics.predictions)
         wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")
         first.send_signal(sig)
         code = first.wait(60)
         assert code == 0 or sig == _signal.SIGKILL, f"exit status {code} after {sig!r}"
-        stopped_at = len(predictions(bootstrap))
-        second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
-        assert second.returncode == 0, second.stderr[-3000:]
+        stopped_at = len(predictions(stream))
+        second = serve_until_covered(root, env, stream, window, log_path.with_name("second.log"),
+                                     fed=lambda: not sender.is_alive())
     finally:
         if first.poll() is None:
             first.kill()
@@ -189,14 +243,14 @@ def signal_mid_stream(root, env: dict, bootstrap: str, ticks, serving, sig, log_
     return stopped_at, second
 
 
-def promote_mid_stream(params, bootstrap: str, ticks, version: str, rate: float, after: int = 100):
+def promote_mid_stream(params, stream, ticks, version: str, rate: float, after: int = 100):
     """A worker scores a live stream; `version` becomes production after its first `after`
     forecasts; returns the stopped worker once it has consumed the whole stream."""
     from neuropredict import registry
 
-    w = WorkerThread(params, bootstrap)
-    wait_for(lambda: w.worker.consumer.assignment(), what="the worker to join")
-    sender = Sender(ticks, bootstrap, rate=rate, serving=params.serving)
+    w = WorkerThread(params, stream)
+    wait_for(lambda: w.owned(), what="the worker to join")
+    sender = Sender(ticks, stream, rate=rate, serving=params.serving)
     sender.start()
     wait_for(lambda: w.stats.predicted > after, what="the first forecasts")
     registry.promote(params.register.model_name, version)

@@ -9,23 +9,47 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 from kafka import TopicPartition
 
-from neuropredict import apache_kafka, config, kafka_io, messages, producer, services
-from neuropredict.config import load_params
+from neuropredict import apache_kafka, brokers, kafka_io, messages, procs
 from neuropredict.errors import ServiceError
-from tests.conftest import BIN, copy_project, distinct_ports, project_env, require_apache_kafka, run, write_params
-from tests.integration.kafka_helpers import (Sender, TopicCounter, WorkerThread, committed_offsets, inputs,
-                                             positions, predictions, read_topic, replay, wait_for,
-                                             warmup_positions)
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.schema import load_params
+from tests.conftest import (
+    BIN,
+    TINY_PARAMS,
+    Stream,
+    copy_project,
+    distinct_ports,
+    project_env,
+    require_apache_kafka,
+    run,
+    write_params,
+)
+from tests.integration.kafka_helpers import (
+    Sender,
+    TopicCounter,
+    WorkerThread,
+    committed_offsets,
+    dead_letters,
+    inputs,
+    positions,
+    predictions,
+    publish,
+    replay,
+    serve_until_covered,
+    wait_for,
+    warmup_positions,
+    worker_process,
+)
 
 pytestmark = pytest.mark.slow
-SERVE = [sys.executable, "-m", "neuropredict.cli", "serve"]
 
 
 def _small_batches(trained_project, tmp_path, records: int = 40):
@@ -37,134 +61,240 @@ def _small_batches(trained_project, tmp_path, records: int = 40):
     return root, load_params(root / "params.yaml")
 
 
-def _open_transaction(bootstrap: str) -> bool:
-    """Whether predicted_prices holds records of a transaction not yet committed or aborted: its
-    high watermark is past its last stable offset (Apache Kafka answers both correctly)."""
+def _open_transaction(stream) -> bool:
+    """Whether the predictions topic holds records of a transaction not yet committed or aborted:
+    its high watermark is past its last stable offset (Apache Kafka answers both correctly)."""
     ends = {}
     for isolation in ("read_uncommitted", "read_committed"):
-        c = kafka_io.consumer(None, bootstrap, isolation_level=isolation)
+        c = kafka_io.consumer(None, stream.bootstrap, isolation_level=isolation)
         try:
-            parts = [TopicPartition(config.PREDICTIONS_TOPIC, p) for p in range(4)]
+            parts = [TopicPartition(stream.topics.predictions, p) for p in range(4)]
             ends[isolation] = c.end_offsets(parts)
         finally:
             c.close()
     return any(ends["read_uncommitted"][tp] > ends["read_committed"][tp] for tp in ends["read_committed"])
 
 
-def _freeze_mid_transaction(proc: subprocess.Popen, bootstrap: str, tries: int = 200) -> None:
+def _freeze_mid_transaction(proc: subprocess.Popen, stream, tries: int = 200) -> None:
     """SIGSTOP the worker at a moment when its batch's forecasts are on the broker, uncommitted."""
     for _ in range(tries):
         os.kill(proc.pid, signal.SIGSTOP)
-        if _open_transaction(bootstrap):
+        if _open_transaction(stream):
             return
         os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.005)
+        time.sleep(0.005)  # let it run a little: the next try catches another moment of its loop
     raise AssertionError(f"never caught the worker inside a transaction in {tries} tries")
 
 
-def _console_count(bootstrap: str, topic: str, isolation: str) -> int:
+def _console_count(stream, topic: str, isolation: str) -> int:
     """Records kafka-console-consumer (Kafka's own Java client) reads from the beginning."""
-    out = apache_kafka.run_tool("kafka-console-consumer", "--bootstrap-server", bootstrap, "--topic", topic,
+    out = apache_kafka.run_tool("kafka-console-consumer", "--bootstrap-server", stream.bootstrap, "--topic", topic,
                                 "--from-beginning", "--isolation-level", isolation, "--timeout-ms", "5000")
     return len(out.splitlines())
 
 
-def _group_lag(bootstrap: str) -> dict[int, int]:
-    """LAG per stock_prices partition, as kafka-consumer-groups --describe prints it."""
-    out = apache_kafka.run_tool("kafka-consumer-groups", "--bootstrap-server", bootstrap, "--describe",
-                                "--group", config.CONSUMER_GROUP)
-    rows = [line.split() for line in out.splitlines() if line.startswith(config.CONSUMER_GROUP)]
-    return {int(r[2]): int(r[5]) for r in rows if r[1] == config.PRICES_TOPIC}
+def _group_lag(stream) -> dict[int, int]:
+    """LAG per input partition, as kafka-consumer-groups --describe prints it."""
+    group = stream.topics.group
+    out = apache_kafka.run_tool("kafka-consumer-groups", "--bootstrap-server", stream.bootstrap, "--describe",
+                                "--group", group)
+    rows = [line.split() for line in out.splitlines() if line.startswith(group)]
+    return {int(r[2]): int(r[5]) for r in rows if r[1] == stream.topics.prices}
 
 
 def test_a_worker_sigkilled_mid_transaction_is_fenced_and_nothing_is_lost_or_seen_twice(
-        trained_project, tmp_path, apache_broker):
+        trained_project, tmp_path, apache_stream):
     root, params = _small_batches(trained_project, tmp_path)
-    bootstrap = apache_broker.bootstrap
+    stream = apache_stream
     # the same worker name after the restart: its first transaction fences the killed one's
-    env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "NEUROPREDICT_WORKER_ID": "worker-a"}
+    env = {**project_env(root), "NEUROPREDICT_WORKER_ID": "worker-a"}
     ticks = replay(root, params, start="2022-06-01")
-    producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)  # a backlog: always mid-batch
+    publish(stream, ticks, serving=params.serving)  # a backlog: always mid-batch
     log_path = tmp_path / "first.log"
-    with open(log_path, "w") as log_file:
-        first = subprocess.Popen([*SERVE, "--idle-timeout-s", "30"], cwd=root, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=log_file)
+    first = worker_process(root, env, stream, log_path, "--idle-timeout-s", "30")
     try:
-        published = TopicCounter(bootstrap, config.PREDICTIONS_TOPIC)
+        published = TopicCounter(stream, stream.topics.predictions)
         wait_for(lambda: published() > 100, every_s=0.05, what="the first worker's first committed batches")
         assert "exactly-once" in log_path.read_text()
-        _freeze_mid_transaction(first, bootstrap)
+        _freeze_mid_transaction(first, stream)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     finally:
         if first.poll() is None:
             first.kill()
-    left_open = len(read_topic_uncommitted(bootstrap)) - len(predictions(bootstrap))
+    left_open = len(read_topic_uncommitted(stream)) - len(predictions(stream))
     assert left_open > 0  # the killed batch's forecasts reached the broker, uncommitted
 
-    second = subprocess.run([*SERVE, "--idle-timeout-s", "6"], cwd=root, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
+    serve_until_covered(root, env, stream, params.featurize.window, tmp_path / "second.log")
 
-    found = inputs(bootstrap)
-    where = positions(predictions(bootstrap))
+    found = inputs(stream)
+    where = positions(predictions(stream))
     warm = warmup_positions(found, params.featurize.window)
     assert len(found) == len(ticks)
     assert len(where) == len(set(where))  # 0 duplicates for read_committed readers
     assert set(where) | warm == set(found) and not set(where) & warm  # 0 lost
-    assert len(read_topic_uncommitted(bootstrap)) > len(where)  # the aborted batch is in the log, skipped
+    assert len(read_topic_uncommitted(stream)) > len(where)  # the aborted batch is in the log, skipped
 
     # Kafka's own tools agree: the Java consumer sees each forecast once, the group has no lag
-    assert _console_count(bootstrap, config.PREDICTIONS_TOPIC, "read_committed") == len(where)
-    assert _console_count(bootstrap, config.PREDICTIONS_TOPIC, "read_uncommitted") > len(where)
-    assert _group_lag(bootstrap) == {p: 0 for p in range(4)}
-    described = apache_kafka.run_tool("kafka-topics", "--bootstrap-server", bootstrap, "--describe")
-    for topic in config.TOPICS:
-        assert re.search(rf"Topic: {topic}\tTopicId: \S+\tPartitionCount: 4\tReplicationFactor: 1", described)
+    assert _console_count(stream, stream.topics.predictions, "read_committed") == len(where)
+    assert _console_count(stream, stream.topics.predictions, "read_uncommitted") > len(where)
+    assert _group_lag(stream) == {p: 0 for p in range(4)}
+    described = apache_kafka.run_tool("kafka-topics", "--bootstrap-server", stream.bootstrap, "--describe")
+    for topic in stream.topics.all:
+        assert re.search(rf"Topic: {re.escape(topic)}\tTopicId: \S+\tPartitionCount: 4\tReplicationFactor: 1",
+                         described)
 
 
-def read_topic_uncommitted(bootstrap: str) -> list:
-    """predicted_prices as a read_uncommitted reader sees it: aborted records included."""
-    with kafka_io.TopicReader(bootstrap) as reader:
+def read_topic_uncommitted(stream) -> list:
+    """The predictions topic as a read_uncommitted reader sees it: aborted records included."""
+    with kafka_io.TopicReader(stream.bootstrap) as reader:
         reader.consumer.close()
-        reader.consumer = kafka_io.consumer(None, bootstrap, max_poll_records=50_000,
+        reader.consumer = kafka_io.consumer(None, stream.bootstrap, max_poll_records=50_000,
                                             isolation_level="read_uncommitted")
-        return reader.read_all([config.PREDICTIONS_TOPIC])
+        return reader.read_all([stream.topics.predictions])
+
+
+def test_up_down_up_keeps_topics_and_offsets_and_the_worker_resumes_where_it_committed(
+        trained_project, tmp_path):
+    require_apache_kafka()
+    root = copy_project(trained_project, tmp_path / "copy")
+    port = procs.free_port()
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(port)}
+    neuropredict = [str(BIN / "neuropredict")]
+    bootstrap = f"127.0.0.1:{port}"
+    stream = Stream(brokers.ScratchBroker("apache", bootstrap, [], 1), Topics())  # started by `up` below
+    params = load_params(root / "params.yaml")
+    ticks = replay(root, params, start="2024-03-01")
+    half = len(ticks) // 2
+    try:
+        up = run([*neuropredict, "up", "--broker", "apache", "--no-ui"], root, env)
+        assert f"Kafka bootstrap: {bootstrap}" in up.stdout
+        publish(stream, ticks[:half], serving=params.serving)
+        run([*neuropredict, "serve", "--max-messages", str(half)], root, env, timeout=300)
+        before = committed_offsets(stream)
+        assert sum(before.values()) == half
+
+        assert "stopped: kafka-1" in run([*neuropredict, "down"], root, env).stdout
+        assert not procs.port_open("127.0.0.1", port)
+        run([*neuropredict, "up", "--broker", "apache", "--no-ui"], root, env)
+        status = run([*neuropredict, "status"], root, env).stdout
+        assert f"stock_prices (4 partitions, group {stream.topics.group} committed {half}, lag 0)" in status
+        assert committed_offsets(stream) == before  # the restart kept the group's offsets
+
+        publish(stream, ticks[half:], serving=params.serving)
+        second = run([*neuropredict, "serve", "--max-messages", str(len(ticks) - half)], root, env, timeout=300)
+        assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows read back, not restarted
+
+        found, outs = inputs(stream), predictions(stream)
+        where = positions(outs)
+        assert len(where) == len(set(where))  # the second run resumed at the commits: nothing scored twice
+        assert set(where) | warmup_positions(found, params.featurize.window) == set(found)
+        assert len({o["worker"] for o in outs}) == 2  # both runs published (the second only the new half)
+    finally:
+        run([*neuropredict, "down"], root, env, check=False)
+
+
+def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path):
+    """The reason is in the error, not only in the node's log (which CI does not keep)."""
+    require_apache_kafka()
+    port, controller_port = procs.free_ports(2)
+    cluster = apache_kafka.Cluster.layout(tmp_path / "kafka", [port], [controller_port])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", controller_port))
+        taken.listen()
+        with pytest.raises(ServiceError) as failed:
+            brokers.start_apache_kafka(cluster)
+    message = str(failed.value)
+    assert "\n" not in message and "kafka-1 exited at start" in message
+    assert f"failed to bind to 127.0.0.1:{controller_port}: Address already in use" in message
+
+
+@dataclass
+class CliCluster:
+    root: Path
+    env: dict
+    first_port: int
+    up: str  # what `up --brokers 3` printed
+
+    def cli(self, *args: str) -> str:
+        return run([str(BIN / "neuropredict"), *args], self.root, self.env).stdout
+
+    @property
+    def stream(self) -> Stream:
+        """The product's default topics (3 replicas each, min.insync.replicas 2) as `up` made them."""
+        started = procs.load_table(self.root / ".neuropredict" / "services.json")
+        nodes = [svc for name, svc in sorted(started.items()) if name.startswith("kafka-")]
+        return Stream(brokers.ScratchBroker("apache", ",".join(s.url for s in nodes), nodes, 3), Topics())
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory):
+    """`neuropredict up --brokers 3`: three KRaft nodes for this module's tests, in order: status
+    describes them, then one is SIGKILLed under load; `down` stops the ones still running."""
+    require_apache_kafka()
+    root = tmp_path_factory.mktemp("cluster") / "p"
+    root.mkdir()
+    write_params(root, TINY_PARAMS)
+    first, _ = distinct_ports(kafka_nodes=3)
+    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(first)}
+    cluster = CliCluster(root, env, first, "")
+    try:
+        cluster.up = cluster.cli("up", "--brokers", "3", "--no-ui")
+        yield cluster
+    finally:
+        running = {name for name, svc in procs.load_table(root / ".neuropredict" / "services.json").items()
+                   if svc.alive()}
+        stopped = run([str(BIN / "neuropredict"), "down"], root, env, check=False).stdout
+    assert f"stopped: {', '.join(sorted(running))}" in stopped  # down stops every node still running
+    assert not any(procs.port_open("127.0.0.1", first + i) for i in range(3))
+
+
+def test_up_brokers_3_starts_a_replicated_cluster_that_status_describes(cli_cluster):
+    bootstrap = ",".join(f"127.0.0.1:{cli_cluster.first_port + i}" for i in range(3))
+    assert f"Kafka bootstrap: {bootstrap}" in cli_cluster.up
+    status = cli_cluster.cli("status")
+    assert "brokers    1, 2, 3" in status
+    rows = re.findall(r"\[(\d)\] leader (\d)  replicas \[([\d, ]+)\]", status)
+    assert len(rows) == 12 and all(len(replicas.split(",")) == 3 for _, _, replicas in rows)
+    assert len({leader for _, leader, _ in rows}) > 1  # leadership is spread over the nodes
+    assert procs.load_table(cli_cluster.root / ".neuropredict" / "services.json").keys() == {
+        "kafka-1", "kafka-2", "kafka-3"}
 
 
 def test_a_3_broker_cluster_keeps_scoring_when_a_partition_leader_is_killed(
-        trained_project, use_project, apache_cluster):
+        trained_project, use_project, cli_cluster):
     use_project(trained_project)
-    params, bootstrap = load_params(trained_project / "params.yaml"), apache_cluster.bootstrap
+    stream = cli_cluster.stream
+    params, bootstrap = load_params(trained_project / "params.yaml"), stream.bootstrap
     described = apache_kafka.run_tool("kafka-topics", "--bootstrap-server", bootstrap, "--describe",
-                                      "--topic", config.PRICES_TOPIC)
+                                      "--topic", stream.topics.prices)
     assert "ReplicationFactor: 3" in described and "min.insync.replicas=2" in described
     ticks = replay(trained_project, params, start="2023-06-01")
-    w = WorkerThread(params, bootstrap)
-    wait_for(lambda: len(w.worker.consumer.assignment()) == 4, what="the worker to own the partitions")
-    sender = Sender(ticks, bootstrap, rate=250, serving=params.serving)
+    w = WorkerThread(params, stream)
+    wait_for(lambda: len(w.owned()) == 4, what="the worker to own the partitions")
+    sender = Sender(ticks, stream, rate=250, serving=params.serving)
     sender.start()
     wait_for(lambda: w.stats.predicted > 100, what="the first forecasts")
     # as an operator would before taking a broker down: no partition under-replicated, internal ones
     # included (the group's offsets and the transaction log were created moments ago, by the worker)
     kafka_io.wait_fully_replicated(bootstrap)
-    leader = _leader(bootstrap, config.PRICES_TOPIC, 0)
-    killed = next(svc for svc in apache_cluster.services if svc.name == f"kafka-{leader}")
+    leader = _leader(bootstrap, stream.topics.prices, 0)
+    killed = next(svc for svc in stream.broker.services if svc.name == f"kafka-{leader}")
     os.killpg(killed.pid, signal.SIGKILL)
     sender.join()
     wait_for(lambda: w.stats.consumed >= len(ticks), timeout_s=180, what="every input to be consumed")
     w.stop()
     assert w.worker.guarantee == "exactly_once"
-    assert _leader(bootstrap, config.PRICES_TOPIC, 0) not in (leader, -1)  # another replica took over
+    assert _leader(bootstrap, stream.topics.prices, 0) not in (leader, -1)  # another replica took over
 
-    found = inputs(bootstrap)
+    found = inputs(stream)
     sent = {(t.symbol, t.timestamp) for t in ticks}
     arrived = [(t.symbol, t.timestamp) for t in found.values() if not isinstance(t, str)]
     assert set(arrived) == sent  # 0 inputs lost (acks=all, 2 replicas in sync)
-    where = positions(predictions(bootstrap))
+    where = positions(predictions(stream))
     dead = {(int(messages.header_dict(r.headers)["source_partition"]),
              int(messages.header_dict(r.headers)["source_offset"])): messages.header_dict(r.headers)["reason"]
-            for r in read_topic(bootstrap, config.DLQ_TOPIC)}
+            for r in dead_letters(stream)}
     assert len(where) == len(set(where))  # 0 duplicates for read_committed readers
     assert set(where) | set(dead) | warmup_positions(found, params.featurize.window) == set(found)
     # a tick the feed re-sent during the failover is a duplicate input, dead-lettered as one
@@ -179,80 +309,3 @@ def _leader(bootstrap: str, topic: str, partition: int) -> int:
         return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
     finally:
         client.close()
-
-
-def test_up_down_up_keeps_topics_and_offsets_and_the_worker_resumes_where_it_committed(
-        trained_project, tmp_path):
-    require_apache_kafka()
-    root = copy_project(trained_project, tmp_path / "copy")
-    port = services.free_port()
-    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(port)}
-    neuropredict = [str(BIN / "neuropredict")]
-    bootstrap = f"127.0.0.1:{port}"
-    params = load_params(root / "params.yaml")
-    ticks = replay(root, params, start="2024-03-01")
-    half = len(ticks) // 2
-    try:
-        up = run([*neuropredict, "up", "--broker", "apache", "--no-ui"], root, env)
-        assert f"Kafka bootstrap: {bootstrap}" in up.stdout
-        producer.publish(ticks[:half], bootstrap=bootstrap, serving=params.serving)
-        run([*neuropredict, "serve", "--idle-timeout-s", "5"], root, env, timeout=300)
-        before = committed_offsets(bootstrap)
-        assert sum(before.values()) == half
-
-        assert "stopped: kafka-1" in run([*neuropredict, "down"], root, env).stdout
-        assert not services.port_open("127.0.0.1", port)
-        run([*neuropredict, "up", "--broker", "apache", "--no-ui"], root, env)
-        status = run([*neuropredict, "status"], root, env).stdout
-        assert f"stock_prices (4 partitions, group {config.CONSUMER_GROUP} committed {half}, lag 0)" in status
-        assert committed_offsets(bootstrap) == before  # the restart kept the group's offsets
-
-        producer.publish(ticks[half:], bootstrap=bootstrap, serving=params.serving)
-        second = run([*neuropredict, "serve", "--idle-timeout-s", "5"], root, env, timeout=300)
-        assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows read back, not restarted
-
-        found, outs = inputs(bootstrap), predictions(bootstrap)
-        where = positions(outs)
-        assert len(where) == len(set(where))  # the second run resumed at the commits: nothing scored twice
-        assert set(where) | warmup_positions(found, params.featurize.window) == set(found)
-        assert len({o["worker"] for o in outs}) == 2  # both runs published (the second only the new half)
-    finally:
-        run([*neuropredict, "down"], root, env, check=False)
-
-
-def test_up_brokers_3_starts_a_replicated_cluster_that_status_describes(tmp_path, tiny_params):
-    require_apache_kafka()
-    root = tmp_path / "p"
-    root.mkdir()
-    write_params(root, tiny_params)
-    first, _ = distinct_ports(kafka_nodes=3)
-    env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(first)}
-    neuropredict = [str(BIN / "neuropredict")]
-    try:
-        up = run([*neuropredict, "up", "--brokers", "3", "--no-ui"], root, env).stdout
-        bootstrap = ",".join(f"127.0.0.1:{first + i}" for i in range(3))
-        assert f"Kafka bootstrap: {bootstrap}" in up
-        status = run([*neuropredict, "status"], root, env).stdout
-        assert "brokers    1, 2, 3" in status
-        rows = re.findall(r"\[(\d)\] leader (\d)  replicas \[([\d, ]+)\]", status)
-        assert len(rows) == 12 and all(len(replicas.split(",")) == 3 for _, _, replicas in rows)
-        assert len({leader for _, leader, _ in rows}) > 1  # leadership is spread over the nodes
-    finally:
-        stopped = run([*neuropredict, "down"], root, env).stdout
-    assert "stopped: kafka-1, kafka-2, kafka-3" in stopped
-    assert not any(services.port_open("127.0.0.1", first + i) for i in range(3))
-
-
-def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path):
-    """The reason is in the error, not only in the node's log (which CI does not keep)."""
-    require_apache_kafka()
-    port, controller_port = services.free_ports(2)
-    cluster = apache_kafka.Cluster.layout(tmp_path / "kafka", [port], [controller_port])
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", controller_port))
-        taken.listen()
-        with pytest.raises(ServiceError) as failed:
-            services.start_apache_kafka(cluster)
-    message = str(failed.value)
-    assert "\n" not in message and "kafka-1 exited at start" in message
-    assert f"failed to bind to 127.0.0.1:{controller_port}: Address already in use" in message

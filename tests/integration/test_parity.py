@@ -1,11 +1,14 @@
 """Train/serve parity on the tiny trained project: and proof that the check can fail."""
 
+import dataclasses
+
 import pytest
 
-from neuropredict import parity
-from neuropredict.config import load_params, paths
+from neuropredict import parity, registry
 from neuropredict.features import ReturnScaler, load_price_series
-from neuropredict.stream.worker import Worker
+from neuropredict.forecaster import Forecaster, forecast_period
+from neuropredict.settings.paths import paths
+from neuropredict.settings.schema import load_params
 from tests.conftest import require_apache_kafka
 
 pytestmark = pytest.mark.slow
@@ -25,40 +28,52 @@ def test_replaying_the_test_period_reproduces_the_offline_forecasts(trained_proj
     assert result["max_bound_rel_diff"] <= 1e-4
 
 
-def test_parity_fails_when_serving_uses_a_different_transform(trained_project, use_project, monkeypatch):
-    use_project(trained_project)
+def _served_by(trained_project, change):
+    """The production version's offline test forecasts, and those the same version makes when
+    serving changes one part of it (`change(forecaster) -> forecaster`): parity's two sides."""
     params = load_params(trained_project / "params.yaml")
     p = paths(trained_project)
     series = load_price_series(p.raw_dir, params.data.symbols, "1d", "Close")
-    original = Worker._use
+    production = registry.load(params.register.model_name)
+    start, end = params.featurize.test_start, params.data.end
+    offline = forecast_period(production.forecaster, series, start, end)
+    online = forecast_period(change(production.forecaster, series), series, start, end)
+    return parity.compare(offline, online, production.version)
 
-    def leaky(self, served):  # the seed's mistake: a scaler fitted on ALL data, test period included
-        f = served.forecaster
-        f.scaler = ReturnScaler.fit(series, f.window, "2100-01-01")
-        original(self, served)
 
-    monkeypatch.setattr(Worker, "_use", leaky)
-    result = parity.check(params, p)
+def test_parity_fails_when_serving_uses_a_different_transform(trained_project, use_project):
+    use_project(trained_project)
+
+    def leaky(f, series):  # the seed's mistake: a scaler fitted on ALL data, test period included
+        return Forecaster(f.model, ReturnScaler.fit(series, f.window, "2100-01-01"), f.calibration)
+
+    result = _served_by(trained_project, leaky)
     assert not result["passed"]
     assert result["max_rel_diff"] > 1e-4
     assert "FAIL" in parity.format_result(result)
 
 
-def test_parity_fails_when_serving_widens_the_intervals(trained_project, use_project, monkeypatch):
+def test_parity_fails_when_serving_widens_the_intervals(trained_project, use_project):
     """Same point forecasts, intervals 5 % wider than calibrated: the bounds are compared too."""
-    import dataclasses
-
     use_project(trained_project)
-    params = load_params(trained_project / "params.yaml")
-    original = Worker._use
 
-    def wider(self, served):
-        c = served.forecaster.calibration
+    def wider(f, series):
+        c = f.calibration
         quantiles = {m: {t: 1.05 * q for t, q in qs.items()} for m, qs in c.quantiles.items()}
-        served.forecaster.calibration = dataclasses.replace(c, quantiles=quantiles)
-        original(self, served)
+        return Forecaster(f.model, f.scaler, dataclasses.replace(c, quantiles=quantiles))
 
-    monkeypatch.setattr(Worker, "_use", wider)
-    result = parity.check(params, paths(trained_project))
+    result = _served_by(trained_project, wider)
     assert not result["passed"] and result["max_rel_diff"] <= 1e-4 < result["max_bound_rel_diff"]
     assert "interval bounds" in parity.format_result(result)
+
+
+def test_parity_fails_when_the_stream_misses_a_forecast(trained_project, use_project):
+    use_project(trained_project)
+    result = _served_by(trained_project, lambda f, series: f)
+    assert result["passed"]  # the same forecaster on both sides: the comparison itself is exact
+    params = load_params(trained_project / "params.yaml")
+    series = load_price_series(paths(trained_project).raw_dir, params.data.symbols, "1d", "Close")
+    offline = forecast_period(registry.load(params.register.model_name).forecaster, series,
+                              params.featurize.test_start, params.data.end)
+    result = parity.compare(offline, offline.iloc[1:], "1")
+    assert not result["passed"] and result["matched_rows"] == result["offline_rows"] - 1

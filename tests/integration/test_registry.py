@@ -15,7 +15,8 @@ REPRODUCE = """
 import json, sys
 import pandas as pd
 from neuropredict import registry
-from neuropredict.config import load_params, paths
+from neuropredict.settings.schema import load_params
+from neuropredict.settings.paths import paths
 from neuropredict.evaluation import score_rows
 from neuropredict.features import load_price_series
 from neuropredict.forecaster import forecast_period

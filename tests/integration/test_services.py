@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from neuropredict import services
+from neuropredict import procs
 from tests.conftest import TINY_PARAMS, project_env, write_params
 
 
@@ -17,7 +17,7 @@ def _cli(root, env, *args):
 @pytest.fixture
 def project(tmp_path):
     write_params(tmp_path, TINY_PARAMS)
-    env = {**project_env(tmp_path), "NEUROPREDICT_KAFKA_PORT": str(services.free_port())}
+    env = {**project_env(tmp_path), "NEUROPREDICT_KAFKA_PORT": str(procs.free_port())}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     yield tmp_path, env
     _cli(tmp_path, env, "down")
@@ -38,7 +38,7 @@ def test_up_status_down_manage_exactly_the_embedded_broker(project):
     assert again.returncode == 0 and again.stdout.count("pid") == up.stdout.count("pid")
     down = _cli(root, env, "down")
     assert "stopped: kafka" in down.stdout
-    assert not services.port_open("127.0.0.1", int(port))
+    assert not procs.port_open("127.0.0.1", int(port))
     assert "NOT reachable" in _cli(root, env, "status").stdout
 
 
@@ -54,9 +54,10 @@ def test_a_taken_port_is_a_clear_error(project):
     assert "is already in use" in up.stderr and "NEUROPREDICT_KAFKA_PORT" in up.stderr
 
 
-def test_external_cluster_means_no_embedded_broker(project, broker):
+def test_external_cluster_means_no_embedded_broker(project, stream):
     root, env = project
-    env = {**env, "KAFKA_BOOTSTRAP_SERVERS": broker}
+    broker = stream.bootstrap
+    env = {**env, **stream.env()}
     up = _cli(root, env, "up", "--no-ui")
     assert up.returncode == 0, up.stderr
     assert "kafka " not in up.stdout.splitlines()[0]  # nothing started

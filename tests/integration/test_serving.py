@@ -9,14 +9,27 @@ import numpy as np
 import pytest
 import yaml
 
-from neuropredict import config, intervals, messages, producer, registry, stream_report, tracking
+from neuropredict import intervals, messages, producer, registry, stream_report, tracking
 from neuropredict.evaluation import score_rows
-from neuropredict.config import load_params
 from neuropredict.features import load_price_series
 from neuropredict.forecaster import forecast_period
-from tests.conftest import copy_project, load_json, project_env, write_params
-from tests.integration.kafka_helpers import (WorkerThread, positions, promote_mid_stream, signal_mid_stream, predictions, read_topic, replay, wait_for,
-                                             warmup_positions as _warmup_positions, inputs as _inputs)
+from neuropredict.settings import contracts
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.schema import load_params
+from tests.conftest import Stream, copy_project, load_json, project_env, write_params
+from tests.integration.kafka_helpers import (
+    WorkerThread,
+    dead_letters,
+    positions,
+    predictions,
+    promote_mid_stream,
+    publish,
+    replay,
+    signal_mid_stream,
+    wait_for,
+)
+from tests.integration.kafka_helpers import inputs as _inputs
+from tests.integration.kafka_helpers import warmup_positions as _warmup_positions
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +44,20 @@ def served(trained_project, use_project):
     return trained_project, load_params(trained_project / "params.yaml")
 
 
-def test_every_input_is_predicted_dead_lettered_or_warmup_and_counts_add_up(served, any_broker):
-    root, params, broker = *served, any_broker.bootstrap
+def test_every_input_is_predicted_dead_lettered_or_warmup_and_counts_add_up(served, any_stream):
+    root, params, stream = *served, any_stream
     ticks = _ticks(root, params)
-    sent = producer.publish(ticks, bootstrap=broker, serving=params.serving, malformed=9)
+    sent = publish(stream, ticks, serving=params.serving, malformed=9)
     total = sent["ticks"] + sent["malformed"]
-    w = WorkerThread(params, broker)
+    w = WorkerThread(params, stream)
     wait_for(lambda: w.stats.consumed >= total, what="the worker to consume everything")
     w.stop()
     # exactly-once where the broker isolates transactions; the embedded one does not
-    assert w.worker.guarantee == {"apache": "exactly_once", "tansu": "at_least_once"}[any_broker.kind]
+    assert w.worker.guarantee == {"apache": "exactly_once", "tansu": "at_least_once"}[stream.kind]
 
-    inputs = _inputs(broker)
-    outs = predictions(broker)
-    dlq = read_topic(broker, config.DLQ_TOPIC)
+    inputs = _inputs(stream)
+    outs = predictions(stream)
+    dlq = dead_letters(stream)
     assert len(inputs) == total
     assert w.stats.consumed == total
     assert w.stats.predicted + w.stats.dead_lettered + w.stats.warmup == total
@@ -61,7 +74,7 @@ def test_every_input_is_predicted_dead_lettered_or_warmup_and_counts_add_up(serv
 
     for r in dlq:  # the original bytes, untouched, and a reason
         h = messages.header_dict(r.headers)
-        assert h["reason"] and h["source_topic"] == config.PRICES_TOPIC
+        assert h["reason"] and h["source_topic"] == stream.topics.prices
         assert isinstance(inputs[(int(h["source_partition"]), int(h["source_offset"]))], str)
     assert {r.value for r in dlq} <= {v for _, v in producer._malformed_examples(9)}
     for o in outs:
@@ -69,15 +82,15 @@ def test_every_input_is_predicted_dead_lettered_or_warmup_and_counts_add_up(serv
         assert o["model_version"] == registry.alias_version(params.register.model_name)
 
 
-def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served, broker):
+def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served, stream):
     root, params = served
-    producer.publish(_ticks(root, params), bootstrap=broker, serving=params.serving)
-    w = WorkerThread(params, broker)
+    publish(stream, _ticks(root, params), serving=params.serving)
+    w = WorkerThread(params, stream)
     wait_for(lambda: w.stats.predicted > 0 and w.stats.consumed >= len(_ticks(root, params)), what="scoring")
     w.stop()
 
     by_symbol = defaultdict(list)
-    for o in predictions(broker):
+    for o in predictions(stream):
         by_symbol[o["symbol"]].append(o)
     model_sq, naive_sq, n = 0.0, 0.0, 0
     for rows in by_symbol.values():
@@ -99,7 +112,7 @@ def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served
     assert run.data.metrics["consumed"] == w.stats.consumed
 
     # `neuropredict evaluate` joins with stock_prices: the same figures as computed here from the topic
-    joined = stream_report.joined_rows(w.worker.rules, False, broker)
+    joined = stream_report.joined_rows(w.worker.rules, False, stream.topics, stream.bootstrap)
     evaluated = score_rows(joined)["_pooled"]
     assert evaluated["n"] == n
     assert evaluated["mse"] == pytest.approx(model_sq / n, rel=1e-12)
@@ -118,8 +131,8 @@ def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served
 
 
 def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one_point(
-        trained_project, tmp_path, use_project, any_broker):
-    root, broker = copy_project(trained_project, tmp_path / "copy"), any_broker.bootstrap
+        trained_project, tmp_path, use_project, any_stream):
+    root, stream = copy_project(trained_project, tmp_path / "copy"), any_stream
     use_project(root)
     params = load_params(root / "params.yaml")
     name = params.register.model_name
@@ -128,11 +141,11 @@ def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one
     assert registry.alias_version(name) == first  # registering alone does not move production
 
     ticks = _ticks(root, params, start="2022-06-01")
-    w = promote_mid_stream(params, broker, ticks, second, rate=250, after=200)
+    w = promote_mid_stream(params, stream, ticks, second, rate=250, after=200)
 
-    outs = predictions(broker)
+    outs = predictions(stream)
     where = [(o["input_partition"], o["input_offset"]) for o in outs]
-    assert len(where) == len(set(where)) == len(ticks) - len(_warmup_positions(_inputs(broker), params.featurize.window))
+    assert len(where) == len(set(where)) == len(ticks) - len(_warmup_positions(_inputs(stream), params.featurize.window))
     assert w.stats.swaps == 1
     for partition in {p for p, _ in where}:
         versions = [o["model_version"] for o in sorted(outs, key=lambda o: o["input_offset"])
@@ -150,47 +163,44 @@ def _register_another_version(root, params) -> str:
     with mlflow.start_run(run_name="test-second-version"):
         version = registry.log_and_register(root / "models" / "tuned" / other, params.register.model_name,
                                             series, {"cell": other}, {"window": params.featurize.window})
-    registry.set_alias(params.register.model_name, config.CHALLENGER_ALIAS, version)
+    registry.set_alias(params.register.model_name, contracts.CHALLENGER_ALIAS, version)
     return version
 
 
-def test_a_killed_worker_is_replaced_and_no_input_is_left_unscored(trained_project, tmp_path, any_broker):
-    root, broker = copy_project(trained_project, tmp_path / "copy"), any_broker.bootstrap
+def test_a_killed_worker_is_replaced_and_no_input_is_left_unscored(trained_project, tmp_path, any_stream):
+    root, stream = copy_project(trained_project, tmp_path / "copy"), any_stream
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["serving"]["max_poll_records"] = 40  # many small batches, so the kill lands mid-stream
     write_params(root, raw)
     params = load_params(root / "params.yaml")
-    env = {**project_env(root), "KAFKA_BOOTSTRAP_SERVERS": broker}
     ticks = _ticks(root, params, start="2022-06-01")
-    partial, second = signal_mid_stream(root, env, broker, ticks, params.serving, signal.SIGKILL,
-                                        tmp_path / "first.log", idle_timeout_s=8)
-    inputs = _inputs(broker)
+    partial, second = signal_mid_stream(root, project_env(root), stream, ticks, params.serving, signal.SIGKILL,
+                                        tmp_path / "first.log", params.featurize.window)
+    inputs = _inputs(stream)
     assert len(inputs) == len(ticks) and partial < len(ticks) - 2 * params.featurize.window
-    where = positions(predictions(broker))
+    where = positions(predictions(stream))
     warm = _warmup_positions(inputs, params.featurize.window)
     assert set(where) | warm == set(inputs)  # nothing lost
-    if any_broker.kind == "apache":  # exactly-once: the killed worker's open batch was aborted, not repeated
+    if stream.kind == "apache":  # exactly-once: the killed worker's open batch was aborted, not repeated
         assert len(where) == len(set(where))  # (at-least-once may re-score a batch)
     assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows came back from Kafka
 
 
-def test_two_workers_in_one_group_split_the_partitions_and_score_each_tick_once(served, any_broker):
-    root, params, broker = *served, any_broker.bootstrap
+def test_two_workers_in_one_group_split_the_partitions_and_score_each_tick_once(served, any_stream):
+    root, params, stream = *served, any_stream
     every_symbol = ("AAPL", "AMZN", "GOOGL", "META", "MSFT", "NVDA", "TSLA")  # spread over 4 partitions
     ticks = _ticks(root, params, start="2024-01-01", symbols=every_symbol)
-    a = WorkerThread(params, broker)
-    b = WorkerThread(params, broker)
-    wait_for(lambda: a.worker.consumer.assignment() and b.worker.consumer.assignment()
-             and len(a.worker.consumer.assignment()) + len(b.worker.consumer.assignment()) == 4,
+    a = WorkerThread(params, stream)
+    b = WorkerThread(params, stream)
+    wait_for(lambda: a.owned() and b.owned() and len(a.owned()) + len(b.owned()) == 4,
              what="both workers to own partitions")
-    producer.publish(ticks, bootstrap=broker, serving=params.serving)
+    publish(stream, ticks, serving=params.serving)
     wait_for(lambda: a.stats.consumed + b.stats.consumed >= len(ticks), what="the two workers to finish")
-    parts_a = {tp.partition for tp in a.worker.consumer.assignment()}
-    parts_b = {tp.partition for tp in b.worker.consumer.assignment()}
+    parts_a, parts_b = a.owned(), b.owned()
     a.stop()
     b.stop()
     assert parts_a and parts_b and not parts_a & parts_b
-    outs = predictions(broker)
+    outs = predictions(stream)
     where = [(o["input_partition"], o["input_offset"]) for o in outs]
     assert len(where) == len(set(where))
     assert a.stats.consumed + b.stats.consumed == len(ticks)
@@ -198,59 +208,59 @@ def test_two_workers_in_one_group_split_the_partitions_and_score_each_tick_once(
     for o in outs:
         by_worker[o["worker"]].add(o["input_partition"])
     assert by_worker[a.worker.worker_id] <= parts_a and by_worker[b.worker.worker_id] <= parts_b
-    fed = {p for p, _ in _inputs(broker)}
+    fed = {p for p, _ in _inputs(stream)}
     assert by_worker[a.worker.worker_id] == parts_a & fed and by_worker[b.worker.worker_id] == parts_b & fed
 
 
 def test_worker_survives_a_broker_restart_and_scores_what_comes_after(served, tmp_path):
-    from neuropredict import kafka_io, services
+    from neuropredict import brokers, procs
 
     root, params = served
-    port = services.free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    broker = services.start_broker(port, tmp_path / "k1.log")
-    kafka_io.ensure_topics(params.kafka, bootstrap)
+    port = procs.free_port()
+    broker = brokers.start_tansu(port, tmp_path / "k1.log")
+    stream = Stream(brokers.ScratchBroker("tansu", broker.url, [broker], 1), Topics())
+    stream.broker.create(params.kafka, stream.topics)
     ticks = _ticks(root, params)
-    w = WorkerThread(params, bootstrap)
+    w = WorkerThread(params, stream)
     try:
-        producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
+        publish(stream, ticks, serving=params.serving)
         wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring before the outage")
-        services.stop_process(broker.pid)  # the embedded broker keeps nothing: a restart is a new cluster
-        broker = services.start_broker(port, tmp_path / "k2.log")
-        kafka_io.ensure_topics(params.kafka, bootstrap)
+        procs.stop([broker.pid])  # the embedded broker keeps nothing: a restart is a new cluster
+        broker = brokers.start_tansu(port, tmp_path / "k2.log")
+        stream.broker.create(params.kafka, stream.topics)
         before = w.stats.predicted
-        producer.publish(ticks, bootstrap=bootstrap, serving=params.serving)
+        publish(stream, ticks, serving=params.serving)
         wait_for(lambda: w.stats.consumed >= 2 * len(ticks), timeout_s=120, what="scoring after the restart")
         assert w.thread.is_alive()
         assert w.stats.predicted - before == len(ticks) - 2 * (params.featurize.window - 1)
     finally:
         w.stop()
-        services.stop_process(broker.pid)
+        procs.stop([broker.pid])
 
 
-def test_worker_keeps_scoring_while_mlflow_is_unreachable(served, broker, monkeypatch, caplog):
-    from neuropredict import services
+def test_worker_keeps_scoring_while_mlflow_is_unreachable(served, stream, monkeypatch, caplog):
+    from neuropredict import procs
 
     root, params = served
-    w = WorkerThread(params, broker)
-    dead = f"http://127.0.0.1:{services.free_port()}"
+    w = WorkerThread(params, stream)
+    dead = f"http://127.0.0.1:{procs.free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)  # registry and tracking both go away
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     ticks = _ticks(root, params)
-    producer.publish(ticks, bootstrap=broker, serving=params.serving)
+    publish(stream, ticks, serving=params.serving)
     wait_for(lambda: w.stats.consumed >= len(ticks), what="scoring during the outage")
     assert w.thread.is_alive() and w.stats.predicted == len(ticks) - 2 * (params.featurize.window - 1)
     wait_for(lambda: "cannot check stock-price-forecaster@production" in caplog.text, what="a clear log line")
     w.stop()
 
 
-def test_sub_daily_ticks_to_a_daily_model_are_scored_but_counted_and_reported(served, broker, caplog):
+def test_sub_daily_ticks_to_a_daily_model_are_scored_but_counted_and_reported(served, stream, caplog):
     root, params = served
     ticks = _ticks(root, params)[:60]
     # the seed's mistake: several ticks a day (at distinct times: a repeated timestamp is a dead letter)
     doubled = [t for tick in ticks for t in (dataclasses.replace(tick, timestamp=tick.timestamp[:10] + " 10:00:00"), tick)]
-    producer.publish(doubled, bootstrap=broker, serving=params.serving)
-    w = WorkerThread(params, broker)
+    publish(stream, doubled, serving=params.serving)
+    w = WorkerThread(params, stream)
     wait_for(lambda: w.stats.consumed >= len(doubled), what="scoring")
     w.stop()
     assert w.stats.cadence_mismatches == len(ticks)

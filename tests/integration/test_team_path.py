@@ -5,8 +5,8 @@ PostgreSQL, the MLflow server on it (basic-auth) and three workers configured fr
 file; `dvc repro` trains and registers into the server; the test year is replayed through it.
 The tests then use it as a team would, from a shell that ran `eval "$(neuropredict env)"`, in
 order: promote (all three hot-swap), kill the server mid-stream, stop the workers and count
-every metric point, look for the secrets everywhere. The README's "Scaling out" commands are the
-ones run here.
+every metric point, look for the secrets everywhere. The team commands in docs/operations.md are
+the ones run here.
 """
 
 from __future__ import annotations
@@ -26,18 +26,29 @@ import mlflow
 import pytest
 import yaml
 
-from neuropredict import config, producer
-from neuropredict.config import load_params
-from neuropredict.services import pid_alive
-from tests.conftest import (REPO, TINY_PARAMS, distinct_ports, make_project, project_env, require_apache_kafka, require_postgres,
-                            run)
+from neuropredict import brokers, procs, producer
+from neuropredict.settings import contracts
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.schema import load_params
+from neuropredict.stream import status
+from tests.conftest import (
+    REPO,
+    TINY_PARAMS,
+    Stream,
+    distinct_ports,
+    make_project,
+    project_env,
+    require_apache_kafka,
+    require_postgres,
+    run,
+)
 from tests.integration.kafka_helpers import Sender, inputs, predictions, replay, wait_for
 
 pytestmark = pytest.mark.slow
 
 WORKERS = 3
 MAKE_CLUSTER = f"make cluster WORKERS={WORKERS} KEEP=1"
-README_MARKER = "<!-- run by tests/integration/test_team_path.py -->"
+DOC_MARKER = "<!-- run by tests/integration/test_team_path.py -->"
 ENV_LINE = 'eval "$(neuropredict env)"'
 
 
@@ -50,7 +61,7 @@ class Team:
     figures: dict = field(default_factory=dict)
 
     def sh(self, command: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        """`command` in a shell that ran `eval "$(neuropredict env)"`, as the README says."""
+        """`command` in a shell that ran `eval "$(neuropredict env)"`, as docs/operations.md says."""
         self.ran += [ENV_LINE, command] if ENV_LINE not in self.ran else [command]
         return run(["bash", "-c", f'set -e; eval "$(neuropredict env)"; {command}'], self.root, self.env,
                    check=check, timeout=timeout)
@@ -65,6 +76,11 @@ class Team:
     @property
     def bootstrap(self) -> str:
         return self.state()["kafka-1"]["url"]
+
+    @property
+    def stream(self) -> Stream:
+        """The topology's default topics and group (it is the whole cluster's only user)."""
+        return Stream(brokers.ScratchBroker("apache", self.bootstrap, [], 1), Topics())
 
     @property
     def password(self) -> str:
@@ -117,7 +133,7 @@ def test_make_cluster_trains_into_the_server_and_scores_the_test_year_as_offline
     team.figures["forecasts_scored"] = int(re.search(r"over (\d+) streamed forecasts", out).group(1))
     # dvc repro registered into the server: a production version, and every stage's run is there
     assert re.search(r"^\s+1\s+\S*production", team.sh("neuropredict models").stdout, re.MULTILINE)
-    runs = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
+    runs = mlflow.search_runs(experiment_names=[contracts.EXPERIMENT_NAME], output_format="list")
     stages = {r.data.tags.get("neuropredict.stage") for r in runs}
     assert {"download", "validate", "featurize", "tune", "register"} <= stages
 
@@ -141,12 +157,14 @@ def test_the_workers_run_as_serving_compose_yaml_configures_them(team, as_team):
         cmdline = Path(f"/proc/{svc['pid']}/cmdline").read_bytes().decode().split("\0")
         assert cmdline[1:3] == ["serving/worker.py", "--wait"]  # the image's ENTRYPOINT
         assert "(exactly-once)" in log
-        assigned.append(set(json.loads(re.findall(r"assigned partitions (\[.*\])", log)[-1])))
+        worker_status = status.read(Path(svc["log"]).with_suffix(".status.json"))
+        assert worker_status["phase"] == status.SERVING and worker_status["pid"] == svc["pid"]
+        assigned.append(set(worker_status["partitions"]))
     assert set().union(*assigned) == {0, 1, 2, 3} and sum(map(len, assigned)) == 4  # the group splits them
 
 
 def test_an_unauthenticated_client_is_refused(team):
-    from neuropredict.services import http_status
+    from neuropredict.procs import http_status
 
     api = f"{team.server}/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -168,26 +186,29 @@ def test_a_promotion_through_the_server_hot_swaps_all_three_workers(team, as_tea
 
     params = load_params(team.root / "params.yaml")
     version = _register_another_version(team.root, params)
-    assert version == "2"  # the README promotes version 2
+    assert version == "2"  # docs/operations.md promotes version 2
     ticks = replay(team.root, params, start=params.featurize.test_start, symbols=("GOOGL", "AMZN"))
     half = len(ticks) // 2  # the first half scored by v1, the second by v2
-    Sender(ticks[:half], team.bootstrap, rate=0, serving=params.serving).run()
+    Sender(ticks[:half], team.stream, rate=0, serving=params.serving).run()
     team.sh(f"neuropredict promote {version}")
     promoted = time.monotonic()  # the alias moved just before the command returned
     delays: dict[int, float] = {}
-    while len(delays) < WORKERS and time.monotonic() - promoted < 90:
+
+    def all_swapped() -> bool:
         for i, log in enumerate(team.worker_logs()):
             if i not in delays and f"-> v{version} (alias production moved)" in log:
                 delays[i] = time.monotonic() - promoted
-        time.sleep(0.05)
+        return len(delays) == WORKERS
+
+    wait_for(all_swapped, timeout_s=90, every_s=0.05, what="the three workers to hot-swap")
     assert len(delays) == WORKERS, f"only workers {sorted(delays)} swapped"
-    Sender(ticks[half:], team.bootstrap, rate=0, serving=params.serving).run()
+    Sender(ticks[half:], team.stream, rate=0, serving=params.serving).run()
     team.figures["hot_swap_delay_s"] = sorted(round(d, 2) for d in delays.values())
     window = params.featurize.window
-    wait_for(lambda: sum(o["symbol"] in ("GOOGL", "AMZN") for o in predictions(team.bootstrap))
+    wait_for(lambda: sum(o["symbol"] in ("GOOGL", "AMZN") for o in predictions(team.stream))
              >= producer.expected_forecasts(ticks, window, False), what="every GOOGL/AMZN forecast")
     by_partition: dict[int, list[str]] = {}
-    for out in predictions(team.bootstrap):
+    for out in predictions(team.stream):
         if out["symbol"] in ("GOOGL", "AMZN"):
             by_partition.setdefault(out["input_partition"], []).append(out["model_version"])
     for versions in by_partition.values():  # each partition switches once, never back
@@ -198,12 +219,12 @@ def test_the_server_killed_mid_stream_scoring_goes_on_and_the_buffered_metrics_a
     params = load_params(team.root / "params.yaml")
     os.killpg(team.state()["mlflow-server"]["pid"], signal.SIGKILL)
     ticks = replay(team.root, params, start=params.featurize.test_start, symbols=("META", "NVDA"))
-    Sender(ticks, team.bootstrap, rate=0, serving=params.serving).run()
-    wait_for(lambda: sum(o["symbol"] in ("META", "NVDA") for o in predictions(team.bootstrap))
+    Sender(ticks, team.stream, rate=0, serving=params.serving).run()
+    wait_for(lambda: sum(o["symbol"] in ("META", "NVDA") for o in predictions(team.stream))
              >= producer.expected_forecasts(ticks, params.featurize.window, False), what="scoring during the outage")
     wait_for(lambda: any("live metrics buffered" in log for log in team.worker_logs()), what="the outage noticed")
     team.sh("neuropredict up --broker apache --tracking server")  # starts what is not running: the server
-    total = len(inputs(team.bootstrap))
+    total = len(inputs(team.stream))
     runs = _worker_runs(team)
 
     def consumed_on_the_server() -> float:
@@ -220,7 +241,7 @@ def test_three_workers_logged_every_metric_point_and_no_secret_is_anywhere(team,
     pids = [svc["pid"] for name, svc in state.items() if name.startswith("worker-")]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)  # each logs its final snapshot and says how many it logged
-    wait_for(lambda: not any(map(pid_alive, pids)), timeout_s=60, what="the workers to stop")
+    wait_for(lambda: not any(map(procs.alive, pids)), timeout_s=60, what="the workers to stop")
     written = received = repeated = 0
     for log in team.worker_logs():
         logged, run_id = re.search(r"live metrics: (\d+) snapshots logged to MLflow run (\w+)", log).groups()
@@ -235,17 +256,17 @@ def test_three_workers_logged_every_metric_point_and_no_secret_is_anywhere(team,
     _assert_no_secret_anywhere(team, as_team)
 
 
-def test_the_readme_scaling_out_commands_are_the_ones_run_here(team):
+def test_the_documented_team_commands_are_the_ones_run_here(team):
     assert "postgres" in team.sh("neuropredict status").stdout
     running = team.state()
     stopped = team.sh("neuropredict down").stdout
     assert {"kafka-1", "postgres", "mlflow-server"} <= set(re.findall(r"[\w-]+", stopped))
-    assert not any(pid_alive(svc["pid"]) for svc in running.values())
-    readme = (REPO / "README.md").read_text()
-    block = readme.split(README_MARKER, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    assert not any(procs.alive(svc["pid"]) for svc in running.values())
+    doc = (REPO / "docs" / "operations.md").read_text()
+    block = doc.split(DOC_MARKER, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
     missing = [c for c in commands if c not in team.ran]
-    assert not missing, f"README commands no test ran: {missing}; ran {team.ran}"
+    assert not missing, f"docs/operations.md commands no test ran: {missing}; ran {team.ran}"
 
 
 def _worker_runs(team) -> list[str]:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from neuropredict import validation
-from neuropredict.config import ValidateParams
 from neuropredict.errors import DataValidationError
+from neuropredict.settings.schema import ValidateParams
 from tests.conftest import REPO
 
 GOOD = pd.read_csv(REPO / "data" / "snapshot" / "daily" / "AAPL.csv").iloc[:300]

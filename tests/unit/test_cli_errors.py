@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY_PARAMS, project_env, write_params
+from neuropredict.procs import free_port
+from tests.conftest import REPO, TINY_PARAMS, project_env, write_params
 
 
 @pytest.mark.parametrize("variable, verb", [
@@ -64,3 +65,58 @@ def test_kafka_home_is_used_as_it_is_and_a_wrong_one_is_one_line(tmp_path, monke
     monkeypatch.setenv("KAFKA_HOME", str(tmp_path))
     with pytest.raises(ServiceError, match=r"KAFKA_HOME=.* holds no Kafka distribution"):
         apache_kafka.libs()
+
+
+def _project_with_snapshot(tmp_path):
+    write_params(tmp_path, TINY_PARAMS)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "snapshot").symlink_to(REPO / "data" / "snapshot")
+    env = {**project_env(tmp_path), "NEUROPREDICT_KAFKA_PORT": str(free_port())}  # no broker there
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return env
+
+
+def _cli(tmp_path, env, *args, shell=False):
+    cmd = args[0] if shell else [sys.executable, "-m", "neuropredict.cli", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, shell=shell,
+                          executable="/bin/bash" if shell else None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["produce", "--rate", "-5"], "argument --rate: '-5' is not a number of at least 0"),
+    (["produce", "--limit", "0"], "argument --limit: '0' is not a whole number of at least 1"),
+    (["serve", "--idle-timeout-s", "-1"], "argument --idle-timeout-s: '-1' is not a positive number of seconds"),
+])
+def test_bad_numbers_are_refused_before_kafka_is_contacted(tmp_path, args, message):
+    env = _project_with_snapshot(tmp_path)
+    proc = _cli(tmp_path, env, *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert "kafka" not in proc.stderr.lower()  # refused at once, nothing was contacted
+
+
+def test_no_broker_is_one_line_without_the_clients_own_log_lines(tmp_path):
+    env = _project_with_snapshot(tmp_path)
+    proc = _cli(tmp_path, env, "produce", "--limit", "3", "--lead", "0")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot reach Kafka at 127.0.0.1:{env['NEUROPREDICT_KAFKA_PORT']} (KafkaTimeoutError): "
+        f"start the embedded broker with `neuropredict up`"]
+
+
+def test_status_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    env = _project_with_snapshot(tmp_path)
+    proc = _cli(tmp_path, env, f"set -o pipefail; {sys.executable} -m neuropredict.cli status | head -1", shell=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("Kafka ") and len(proc.stdout.splitlines()) == 1
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--workers", "3", "--interval", "1m"], "demo --workers runs compose's topology"),
+    (["demo", "--workers", "3", "--broker", "tansu"], "demo --workers runs compose's topology"),
+    (["up", "--workers", "2"], "--workers starts compose's workers, which log to the tracking server: add --tracking server"),
+])
+def test_options_that_cannot_go_together_are_one_line(tmp_path, args, message):
+    env = _project_with_snapshot(tmp_path)
+    proc = _cli(tmp_path, env, *args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuropredict.config import DLQ_TOPIC, PREDICTIONS_TOPIC, PRICES_TOPIC, load_params
+from neuropredict.settings.contracts import Topics
+from neuropredict.settings.schema import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "serving" / "compose.yaml"
@@ -67,11 +68,11 @@ def test_kafka_runs_kraft_without_zookeeper(compose: dict, services: dict) -> No
 def test_topics_are_created_explicitly(services: dict) -> None:
     assert env(services["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"].lower() == "false"
     text = command_text(services["kafka-init"])
-    for topic in (PRICES_TOPIC, PREDICTIONS_TOPIC, DLQ_TOPIC):
+    for topic in Topics().all:  # the contract's default names
         assert topic in text
     create_lines = [line for line in text.splitlines() if "--create" in line]
     created = [m.group(1) for line in create_lines for m in re.finditer(r"--topic\s+(\S+)", line)]
-    assert sorted(created) == sorted([PRICES_TOPIC, PREDICTIONS_TOPIC, DLQ_TOPIC])
+    assert sorted(created) == sorted(Topics().all)
     for line in create_lines:
         assert "--if-not-exists" in line and "--replication-factor $$REPLICATION_FACTOR" in line
     assert env(services["kafka-init"])["REPLICATION_FACTOR"] == "1"  # one broker here (3: the override file)
@@ -285,12 +286,12 @@ def test_a_generated_cluster_id_never_starts_with_a_dash(monkeypatch) -> None:
 def test_a_local_cluster_never_shares_a_port_between_nodes_and_controllers(monkeypatch) -> None:
     """Ports drawn one by one can repeat (2 in 2000 draws of six here): a node's controller on its
     neighbour's client port would stop that node at start (seen once in CI)."""
-    from neuropredict import services
+    from neuropredict import brokers, procs
 
     for _ in range(1000):  # drawn one by one, ~60 % of these runs would see a repeat
-        first = services.free_port()
+        first = procs.free_port()
         monkeypatch.setenv("NEUROPREDICT_KAFKA_PORT", str(first))
-        cluster = services.local_cluster(3)
+        cluster = brokers.local_cluster(3)
         ports = [n.port for n in cluster.nodes] + [n.controller_port for n in cluster.nodes]
         assert len(set(ports)) == 6 and ports[:3] == [first, first + 1, first + 2]
-    assert len(set(services.free_ports(50))) == 50
+    assert len(set(procs.free_ports(50))) == 50

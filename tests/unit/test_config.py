@@ -2,9 +2,12 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
-from neuropredict.config import load_params, params_from_dict
 from neuropredict.errors import ConfigError
+from neuropredict.settings import environment
+from neuropredict.settings.contracts import TOPIC_PREFIX_ENV, Topics
+from neuropredict.settings.schema import load_params, params_from_dict
 from tests.conftest import REPO, TINY_PARAMS, project_env, write_params
 
 
@@ -13,7 +16,7 @@ def test_repo_params_load_into_typed_frozen_object():
     assert params.featurize.window >= 3
     assert params.data.symbols and all(isinstance(s, str) for s in params.data.symbols)
     assert params.tune.cells == ("lstm", "gru")
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         params.featurize.window = 5  # frozen
 
 
@@ -82,3 +85,26 @@ def test_a_bad_port_variable_is_a_config_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "NEUROPREDICT_KAFKA_PORT='abc' is not a port number" in proc.stderr
+
+
+def test_topics_are_the_contract_names_and_a_prefix_makes_another_set():
+    default = Topics()
+    assert default.all == ("stock_prices", "predicted_prices", "stock_prices_dlq")
+    assert default.group == "neuropredict-serving"
+    staging = Topics("staging.")
+    assert staging.all == ("staging.stock_prices", "staging.predicted_prices", "staging.stock_prices_dlq")
+    assert staging.group == "staging.neuropredict-serving"
+    with pytest.raises(ConfigError, match="not usable in Kafka topic names"):
+        Topics("a b")
+
+
+def test_the_environment_prefix_wins_over_params(monkeypatch, tiny_params):
+    tiny_params["kafka"]["topic_prefix"] = "from-params."
+    params = params_from_dict(tiny_params)
+    monkeypatch.delenv(TOPIC_PREFIX_ENV, raising=False)
+    assert environment.topics(params.kafka.topic_prefix).prices == "from-params.stock_prices"
+    monkeypatch.setenv(TOPIC_PREFIX_ENV, "ci-7.")
+    assert environment.topics(params.kafka.topic_prefix).group == "ci-7.neuropredict-serving"
+    tiny_params["kafka"]["topic_prefix"] = "no spaces"
+    with pytest.raises(ConfigError, match="'kafka.topic_prefix' is 'no spaces'"):
+        params_from_dict(tiny_params)

@@ -41,8 +41,8 @@ def test_score_rows_scores_model_and_baselines_on_the_same_rows():
 
 
 def test_a_nan_skill_never_passes_the_gate_nor_beats_production():
-    from neuropredict.config import RegisterParams
     from neuropredict.registry import decide, gate
+    from neuropredict.settings.schema import RegisterParams
 
     nan = float("nan")
     scores = {"A": {"dm_t": 0.0, "skill": nan}, "_pooled": {"mean_skill": nan, "max_dm_t": 0.0}}

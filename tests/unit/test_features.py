@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuropredict.config import FeaturizeParams
 from neuropredict.features import ReturnScaler, make_windows, split_by_date
+from neuropredict.settings.schema import FeaturizeParams
 
 
 def _series(n=300, seed=0, start="2022-01-03", freq="B"):

@@ -2,8 +2,8 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from neuropredict.config import TuneParams
 from neuropredict.hypermodel import MIN_SCALE, ForecasterHyperModel, gaussian_nll
+from neuropredict.settings.schema import TuneParams
 
 SPACE = TuneParams(units=(4, 8), layers=(1, 2), dropout=(0.0, 0.2), learning_rate=(1e-3, 1e-2))
 

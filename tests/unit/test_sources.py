@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from neuropredict import sources
-from neuropredict.config import DataParams
 from neuropredict.errors import DataSourceError
+from neuropredict.settings.schema import DataParams
 from tests.conftest import REPO
 
 SNAPSHOT = REPO / "data" / "snapshot"

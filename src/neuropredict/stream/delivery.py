@@ -23,18 +23,25 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kafka.errors import (InvalidRecordError, InvalidTimestampError, KafkaError, KafkaTimeoutError,
-                          MessageSizeTooLargeError, RecordListTooLargeError)
+from kafka.errors import (
+    InvalidRecordError,
+    InvalidTimestampError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from neuropredict import config, messages
+from neuropredict import kafka_io, messages, retry
 from neuropredict.errors import ServiceError
+from neuropredict.settings.contracts import Topics
 
 log = logging.getLogger(__name__)
-COMMITTED_TIMEOUT_MS = config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
+COMMITTED_TIMEOUT_MS = kafka_io.CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
 # A commit takes ~35 ms; a transaction coordinator moving to another broker ~10-15 s.
-TRANSACTION_CALL_TIMEOUT_S = 2 * config.KAFKA_TRANSACTION_TIMEOUT_MS / 1000
+TRANSACTION_CALL_TIMEOUT_S = 2 * kafka_io.TRANSACTION_TIMEOUT_MS / 1000
 
 # Refusals of one record for what it is: sending it again can never succeed.
 PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
@@ -44,12 +51,16 @@ PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, In
 class Delivery:
     """Sends, acknowledges, then commits or reports the failure: one batch at a time."""
 
-    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool, flush_timeout_s: float):
+    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool, flush_timeout_s: float,
+                 topics: Topics):
         self.make_producer, self.consumer, self.transactional = make_producer, consumer, transactional
+        self.topics = topics
         # a flush never waits forever (kafka-python's flush() has no bound of its own; after a
         # broker failure a batch waits on the sender, see _within for the transaction calls)
         self.flush_timeout_s = flush_timeout_s
         self.producer = make_producer()
+        for topic in (topics.predictions, topics.dead_letters):  # metadata now, not on the first send
+            self.producer.partitions_for(topic)
         self._in_transaction = False
         self._futures: list = []
         self._dead: list = []  # (future, record, reason) of each dead letter
@@ -71,7 +82,7 @@ class Delivery:
         Java client), cached per symbol: hashing in pure Python on every send costs more than
         the model call."""
         send, part = self.producer.send, self._partition
-        self._futures += [send(config.PREDICTIONS_TOPIC, key=key, value=value, partition=part(key))
+        self._futures += [send(self.topics.predictions, key=key, value=value, partition=part(key))
                           for key, value in keyed_values]
 
     def dead_letter(self, rec, reason: str) -> None:
@@ -82,7 +93,7 @@ class Delivery:
             return
         key, value, headers = messages.dead_letter(rec.key, rec.value, reason, rec.topic, rec.partition, rec.offset)
         try:
-            future = self.producer.send(config.DLQ_TOPIC, key=key, value=value, headers=headers)
+            future = self.producer.send(self.topics.dead_letters, key=key, value=value, headers=headers)
         except PERMANENT_RECORD_ERRORS as exc:
             future = self._send_trace(rec, reason, type(exc).__name__)
         self._dead.append((future, rec, reason))
@@ -94,7 +105,7 @@ class Delivery:
         if _where(rec) in self._refused:
             return self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} (the broker refused it)")
         try:
-            future = self.producer.send(config.PRICES_TOPIC, key=symbol.encode(), value=rec.value,
+            future = self.producer.send(self.topics.prices, key=symbol.encode(), value=rec.value,
                                         headers=messages.rekey_headers(rec.topic, rec.partition, rec.offset))
         except PERMANENT_RECORD_ERRORS as exc:
             return self.dead_letter(rec, f"cannot be re-keyed under {symbol!r} ({type(exc).__name__})")
@@ -177,30 +188,31 @@ class Delivery:
         `then(partitions)` (rebuild the state), retrying with backoff while the broker is away.
         An at-least-once producer keeps its connections and reconnects by itself (idempotence is
         off: a restart of the embedded broker does not poison it)."""
-        backoff = 1.0
-        while not stop_event.is_set():
-            try:
-                self.abort()
-                assigned = self.consumer.assignment()
-                for tp in assigned:
-                    self.consumer.seek(tp, self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS) or 0)
-                then(assigned)
-                return
-            except (KafkaError, ServiceError) as exc:
-                log.warning("Kafka still unavailable (%s); retrying the rewind in %.0f s", type(exc).__name__, backoff)
-                if stop_event.wait(backoff):
-                    return
-                backoff = min(backoff * 2, 30.0)
+        if stop_event.is_set():
+            return
+
+        def attempt() -> None:
+            self.abort()
+            assigned = self.consumer.assignment()
+            for tp in assigned:
+                self.consumer.seek(tp, self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS) or 0)
+            then(assigned)
+
+        try:
+            retry.retry(attempt, "Kafka still unavailable, rewinding to the last commit", retry.Backoff(1.0, 30.0),
+                        retry_on=(KafkaError, ServiceError), stop=stop_event)
+        except (KafkaError, ServiceError):  # raised only once stopped: the worker is closing anyway
+            pass
 
     def _send_trace(self, rec, reason: str, error: str):
         size = len(rec.key or b"") + len(rec.value or b"")
         key, value, headers = messages.unsendable_trace(reason, rec.topic, rec.partition, rec.offset, size, error)
-        return self.producer.send(config.DLQ_TOPIC, key=key, value=value, headers=headers)
+        return self.producer.send(self.topics.dead_letters, key=key, value=value, headers=headers)
 
     def _partition(self, key: bytes) -> int:
         part = self._partitions.get(key)
         if part is None:
-            count = len(self.producer.partitions_for(config.PREDICTIONS_TOPIC))
+            count = len(self.producer.partitions_for(self.topics.predictions))
             part = self._partitions[key] = (murmur2(key) & 0x7FFFFFFF) % count
         return part
 

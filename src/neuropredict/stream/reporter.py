@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from neuropredict import config, tracking
+from neuropredict import retry, tracking
+from neuropredict.settings import contracts, environment
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class MlflowReporter:
 
     def _loop(self) -> None:
         pending = None
-        backoff = 1.0
+        failures = retry.Backoff(1.0, 30.0)
         while True:
             try:
                 pending = self._queue.get(timeout=0.2)
@@ -60,24 +61,24 @@ class MlflowReporter:
                 continue
             try:
                 self._log(*pending)
-                pending, backoff = None, 1.0
+                pending = None
+                failures.reset()
             except Exception as exc:  # MLflow down: keep the snapshot, never stop scoring
                 log.warning("MLflow unreachable (%s: %s); live metrics buffered, retry in %.0f s",
-                            type(exc).__name__, str(exc)[:120], backoff)
-                if self._stop.wait(backoff):
+                            type(exc).__name__, str(exc)[:120], failures.delay_s)
+                if failures.wait(self._stop):
                     return
-                backoff = min(backoff * 2, 30.0)
 
     def _ensure_run(self) -> str:
         if self.run_id is None:
             from mlflow.tracking import MlflowClient
 
-            exp_id = tracking.setup(config.SERVING_EXPERIMENT_NAME)
+            exp_id = tracking.setup(contracts.SERVING_EXPERIMENT_NAME)
             run = MlflowClient().create_run(exp_id, run_name=f"serve-{socket.gethostname()}-{os.getpid()}", tags={
                 tracking.STAGE_TAG: "serve", "model_name": self.model_name, "consumer_group": self.group,
-                "kafka_bootstrap": config.kafka_bootstrap()})
+                "kafka_bootstrap": environment.kafka_bootstrap()})
             self.run_id = run.info.run_id
-            log.info("live metrics -> MLflow run %s (experiment %s)", self.run_id, config.SERVING_EXPERIMENT_NAME)
+            log.info("live metrics -> MLflow run %s (experiment %s)", self.run_id, contracts.SERVING_EXPERIMENT_NAME)
         return self.run_id
 
     def _log(self, snapshot: dict[str, float], version: str, model_id: str | None) -> None:

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from neuropredict import config, messages
+from neuropredict import kafka_io, messages
 from neuropredict.kafka_io import TopicReader
 from neuropredict.messages import Tick
 from neuropredict.stream.state import SymbolBook
@@ -28,20 +28,19 @@ def rebuild(book: SymbolBook, reader: TopicReader, consumer, partitions: Iterabl
     otherwise the forecast of the last tick is made again (it was published before the stop)."""
     partitions = list(partitions)
     gone = {tp.partition for tp in partitions}
-    kept = {s: _open(st) for s, st in book.states.items() if st.partition in gone} if keep_open else {}
+    kept = {s: st.open for s, st in book.states.items() if st.partition in gone} if keep_open else {}
     book.drop(gone)
     for tp in partitions:
-        committed = consumer.committed(tp, timeout_ms=config.KAFKA_CONSUMER_REQUEST_TIMEOUT_MS)
+        committed = consumer.committed(tp, timeout_ms=kafka_io.CONSUMER_REQUEST_TIMEOUT_MS)
         if not committed:
             continue
         history = read_back(reader, tp, committed, book.window + book.rules.level_shift_ticks, lookback_max)
         for symbol, ticks in history.items():
             book.advance(symbol, tp.partition, settled(ticks, book.rules.max_abs_log_return))
             if symbol in kept:
-                _reopen(book.states[symbol], kept[symbol])
+                book.states[symbol].keep(kept[symbol])
             elif (prices := book.full_window(symbol)) is not None:
-                price, bounds, keys = served.forecaster.forecast_row(prices, symbol)
-                book.reopen(symbol, price, bounds, keys, served.version)
+                book.states[symbol].reopen(*served.forecaster.forecast_row(prices, symbol), served.version)
         log.info("partition %d: rebuilt %d symbols from %d messages before offset %d", tp.partition,
                  len(history), sum(len(t) for t in history.values()), committed)
 
@@ -70,21 +69,3 @@ def read_back(reader: TopicReader, tp, committed: int, enough: int, lookback_max
         if lo == 0 or span >= lookback_max or all(len(t) >= enough for t in ticks.values()):
             return ticks
         span = min(span * 4, lookback_max)
-
-
-_OPEN = ("open_forecast", "open_version", "open_price", "open_bounds", "open_keys", "open_session", "open_level")
-
-
-def _open(st) -> tuple:
-    return tuple(getattr(st, name) for name in _OPEN)
-
-
-def _reopen(st, values: tuple) -> None:
-    """The forecast the previous model left open, in the rebuilt state's segment when it was made
-    at the price the state ends with (a rebuilt guard counts price levels afresh); else none."""
-    for name, value in zip(_OPEN, values):
-        setattr(st, name, value)
-    if len(st.prices) and st.open_price == st.prices[-1]:
-        st.open_session, st.open_level = st.session, st.level
-    else:
-        st.open_forecast = float("nan")

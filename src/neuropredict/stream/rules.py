@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuropredict.config import ServingParams, ValidateParams
+from neuropredict.settings.schema import ServingParams, ValidateParams
 
 NEW_LEVEL = "new level"  # the verdict of a tick accepted as a new price level
 

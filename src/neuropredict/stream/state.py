@@ -8,6 +8,8 @@ rule in `features.session_ids`) nor a new price level accepted by the rules.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,27 +21,56 @@ from neuropredict.features import session_ids
 from neuropredict.messages import Tick
 from neuropredict.stream.rules import NEW_LEVEL, Guard, TickRules
 
+log = logging.getLogger(__name__)
 NO_SEGMENT = -1
 
 
 @dataclass
+class OpenForecast:
+    """A forecast waiting for the price it forecast: the model version that made it, the price
+    it was made at (persistence's forecast), its intervals (which: intervals.live_keys of its
+    version) and its segment (it is scored only within it)."""
+
+    forecast: float = math.nan
+    version: str = ""
+    price: float = math.nan
+    bounds: np.ndarray = field(default_factory=lambda: np.empty(0))
+    keys: tuple = ()
+    session: int = NO_SEGMENT
+    level: int = NO_SEGMENT
+
+
+@dataclass
 class SymbolState:
-    """One symbol: its guard, its last W accepted prices, and its open forecast."""
+    """One symbol: its guard, its last W accepted prices, and its open forecast. The open
+    forecast is written here only: by `carry` (live), `reopen` and `keep` (restore)."""
 
     partition: int
     guard: Guard = field(default_factory=Guard)
     prices: np.ndarray = field(default_factory=lambda: np.empty(0))
-    session: int = NO_SEGMENT  # segment of the buffered prices ...
+    session: int = NO_SEGMENT  # segment of the buffered prices
     level: int = NO_SEGMENT
-    open_forecast: float = math.nan  # the forecast of the next price ...
-    open_version: str = ""           # ... the model version that made it ...
-    open_price: float = math.nan     # ... the price it was made at (persistence's forecast) ...
-    open_bounds: np.ndarray = field(default_factory=lambda: np.empty(0))  # ... its intervals ...
-    open_keys: tuple = ()            # ... (which: intervals.live_keys of its version) ...
-    open_session: int = NO_SEGMENT   # ... and its segment (scored only within it)
-    open_level: int = NO_SEGMENT
-    last_day: int = NO_SEGMENT       # exchange day of the last accepted tick (cadence check)
+    open: OpenForecast = field(default_factory=OpenForecast)
+    last_day: int = NO_SEGMENT  # exchange day of the last accepted tick (cadence check)
     cadence_warned: bool = False
+
+    def carry(self, forecast: float, bounds: np.ndarray, keys: tuple, version: str, step: Advance) -> None:
+        """After a batch: the forecast of its last accepted tick stays open."""
+        self.open = OpenForecast(float(forecast), version, float(step.prices[-1]), bounds.copy(), keys,
+                                 int(step.sessions[-1]), int(step.levels[-1]))
+
+    def reopen(self, forecast: float, bounds: np.ndarray, keys: tuple, version: str) -> None:
+        """After a rebuild: the forecast the last tick made (published before the stop) is open again."""
+        self.open = OpenForecast(forecast, version, float(self.prices[-1]), bounds, keys, self.session, self.level)
+
+    def keep(self, previous: OpenForecast) -> None:
+        """After a rebuild for a hot swap: the forecast the previous model left open, in the
+        rebuilt state's segment when it was made at the price the state ends with (a rebuilt
+        guard counts price levels afresh); else none."""
+        if len(self.prices) and previous.price == self.prices[-1]:
+            self.open = dataclasses.replace(previous, session=self.session, level=self.level)
+        else:
+            self.open = dataclasses.replace(previous, forecast=math.nan)
 
 
 @dataclass
@@ -132,12 +163,18 @@ class SymbolBook:
         st.last_day = int(days[-1])
         return repeats
 
-    def reopen(self, symbol: str, forecast: float, bounds: np.ndarray, keys: tuple, version: str) -> None:
-        """After a rebuild: the forecast the symbol's last tick made is open again."""
-        st = self.states[symbol]
-        st.open_forecast, st.open_version, st.open_price = forecast, version, float(st.prices[-1])
-        st.open_bounds, st.open_keys = bounds, keys
-        st.open_session, st.open_level = st.session, st.level
+    def warn_once(self, steps: dict[str, Advance], level_shift_ticks: int, version: str) -> None:
+        """Say what the rules did that an operator should know: a lasting new price level (each
+        time), and sub-daily ticks to a daily model (once per symbol)."""
+        for symbol, step in steps.items():
+            state = self.states[symbol]
+            if step.new_levels:
+                log.warning("%s: %d consecutive ticks at a new price level (the ones before it are dead letters): "
+                            "its window restarts there", symbol, level_shift_ticks)
+            if step.same_day and not state.cadence_warned:
+                state.cadence_warned = True
+                log.warning("%s: several ticks on one day, but model v%s forecasts daily closes; its forecasts for "
+                            "sub-daily ticks are not calibrated (train with data.interval: 1m)", symbol, version)
 
     def full_window(self, symbol: str) -> np.ndarray | None:
         st = self.states.get(symbol)

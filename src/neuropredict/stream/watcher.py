@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from neuropredict import registry
+from neuropredict import registry, retry
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ModelWatcher:
     def _loop(self) -> None:
         """Check at once (the first registry call of a process is the slow one: better before
         traffic than in the middle of a batch), then every interval_s; back off while MLflow is away."""
-        backoff = self.interval_s
+        failures = retry.Backoff(2 * self.interval_s, 60.0)
         while True:
             try:
                 version = registry.alias_version(self.name, self.alias)
@@ -49,10 +49,11 @@ class ModelWatcher:
                     with self._lock:
                         self._ready = served
                     self._seen = version
-                backoff = self.interval_s
+                failures.reset()
+                wait_s = self.interval_s
             except Exception as exc:  # registry down: keep serving the current model
                 log.warning("cannot check %s@%s (%s: %s); serving v%s, retrying", self.name, self.alias,
                             type(exc).__name__, str(exc)[:120], self._serving)
-                backoff = min(backoff * 2, 60.0)
-            if self._stop.wait(backoff):
+                wait_s = failures.next()
+            if self._stop.wait(wait_s):
                 return

@@ -1,0 +1,164 @@
+"""Everything a worker counts: inputs by what they became, live errors beside persistence (overall,
+per symbol, per model version), interval coverage and score, latency, and where the time goes."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from neuropredict import intervals
+from neuropredict.evaluation import skill
+from neuropredict.stream.rules import reason_code
+
+if TYPE_CHECKING:
+    from neuropredict.stream.batch import Batch
+
+
+@dataclass
+class ErrorSums:
+    """Running sums for MSE of the model and of persistence on the same ticks, and for each
+    interval (method, level): rows scored, rows inside, and the interval score (% of the price)."""
+
+    n: int = 0
+    model_sq: float = 0.0
+    naive_sq: float = 0.0
+    intervals: dict[tuple[str, float], list[float]] = field(default_factory=dict)
+
+    def add(self, model_err: np.ndarray, naive_err: np.ndarray, spread: dict | None = None) -> None:
+        self.n += len(model_err)
+        self.model_sq += float(np.dot(model_err, model_err))
+        self.naive_sq += float(np.dot(naive_err, naive_err))
+        for key, sums in (spread or {}).items():
+            total = self.intervals.setdefault(key, [0.0, 0.0, 0.0])
+            for i, value in enumerate(sums):
+                total[i] += value
+
+    def figures(self) -> dict[str, float]:
+        if self.n == 0:
+            return {}
+        mse, naive = self.model_sq / self.n, self.naive_sq / self.n
+        out = {"mse": mse, "naive_mse": naive, "skill": skill(mse, naive), "scored": float(self.n)}
+        for (method, level), (n, inside, score) in self.intervals.items():
+            if n:
+                out[intervals.metric_name(method, "coverage", level)] = 100 * inside / n
+                out[intervals.metric_name(method, "interval_score", level)] = score / n
+        return out
+
+
+@dataclass
+class LiveStats:
+    """Everything a worker counts. Every input is exactly one of: predicted, dead-lettered,
+    warm-up, or re-keyed (sent again under its symbol's key, and counted again when it returns)."""
+
+    consumed: int = 0
+    predicted: int = 0
+    dead_lettered: int = 0
+    warmup: int = 0
+    rekeyed: int = 0
+    batches: int = 0
+    swaps: int = 0
+    rewinds: int = 0  # batches sent again after a failure (at-least-once redelivery)
+    new_levels: int = 0  # ticks accepted as a lasting new price level (the window restarted)
+    busy_s: float = 0.0  # time spent processing batches (throughput while there was work)
+    cadence_mismatches: int = 0  # ticks closer together than the model's interval
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # by reason_code
+    overall: ErrorSums = field(default_factory=ErrorSums)
+    by_symbol: dict[str, ErrorSums] = field(default_factory=dict)
+    by_version: dict[str, ErrorSums] = field(default_factory=dict)
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50_000))
+    started: float = field(default_factory=time.monotonic)
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time goes, per step of the loop
+    first_data_at: float = 0.0  # perf_counter when the first batch arrived ...
+    last_commit_at: float = 0.0  # ... and when the latest one was committed (end-to-end throughput)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Around the processing of a batch: throughput while there was work."""
+        began = time.perf_counter()
+        self.first_data_at = self.first_data_at or began
+        try:
+            yield
+        finally:
+            self.busy_s += time.perf_counter() - began
+
+    def add_seconds(self, step: str, seconds: float) -> None:
+        self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_seconds(step, time.perf_counter() - began)
+
+    def add_batch(self, batch: Batch, dead_letter_reasons: list[str], scores: list[tuple]) -> None:
+        """Count a committed batch, and apply its score contributions."""
+        for contribution in scores:
+            self.score(*contribution)
+        for reason in dead_letter_reasons:
+            code = reason_code(reason)
+            self.dead_letter_reasons[code] = self.dead_letter_reasons.get(code, 0) + 1
+        steps = batch.steps.values()
+        predicted = sum(len(step.owners) for step in steps)
+        self.consumed += batch.consumed
+        self.predicted += predicted
+        self.dead_lettered += len(dead_letter_reasons)
+        self.warmup += sum(len(step.accepted) for step in steps) - predicted
+        self.rekeyed += len(batch.miskeyed)
+        self.new_levels += sum(step.new_levels for step in steps)
+        self.cadence_mismatches += sum(step.same_day for step in steps)
+        self.batches += 1
+        self.last_commit_at = time.perf_counter()
+        created_ms = np.fromiter((r.timestamp for r in batch.records), np.float64, len(batch.records))
+        self.latencies_ms.extend(time.time() * 1000 - created_ms)
+
+    def score(self, symbol: str, version: str, model_err: np.ndarray, naive_err: np.ndarray,
+              spread: dict | None = None) -> None:
+        if len(model_err) == 0:
+            return
+        self.overall.add(model_err, naive_err, spread)
+        self.by_symbol.setdefault(symbol, ErrorSums()).add(model_err, naive_err, spread)
+        self.by_version.setdefault(version, ErrorSums()).add(model_err, naive_err, spread)
+
+    def snapshot(self) -> dict[str, float]:
+        """Flat metrics for MLflow: live_mse beside live_naive_mse, counts, throughput, latency."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        out = {"consumed": self.consumed, "predicted": self.predicted, "dlq_count": self.dead_lettered,
+               "warmup_count": self.warmup, "rekeyed_count": self.rekeyed, "model_swaps": self.swaps,
+               "rewind_count": self.rewinds, "new_level_count": self.new_levels,
+               "cadence_mismatch_count": self.cadence_mismatches,
+               **{f"dlq_{code}_count": n for code, n in self.dead_letter_reasons.items()},
+               "throughput_ticks_per_s": self.consumed / elapsed,
+               "busy_throughput_ticks_per_s": self.consumed / self.busy_s if self.busy_s else 0.0}
+        for key, value in self.overall.figures().items():
+            out[f"live_{key}"] = value
+        for symbol, sums in self.by_symbol.items():
+            for key, value in sums.figures().items():
+                if key != "scored":
+                    out[f"live_{key}_{symbol}"] = value
+        out.update({f"seconds_{step}": value for step, value in self.seconds.items()})  # where the time goes
+        out["batches"] = self.batches
+        if self.latencies_ms:
+            lat = np.fromiter(self.latencies_ms, np.float64)
+            out.update({f"latency_ms_p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)})
+        return {k: float(v) for k, v in out.items()}
+
+
+def summary(stats: LiveStats) -> str:
+    """One line: what the inputs became, live MSE beside persistence, interval coverage."""
+    figures = stats.overall.figures()
+    live = (f", live MSE {figures['mse']:.4f} vs persistence {figures['naive_mse']:.4f} "
+            f"(skill {100 * figures['skill']:+.2f} %) on {figures['scored']:.0f} ticks") if figures else ""
+    coverage = [f"{intervals.label(level)} %: {figures[name]:.1f} %" for m, level in stats.overall.intervals
+                if m == "model" and (name := intervals.metric_name(m, "coverage", level)) in figures]
+    covered = f"; interval coverage {', '.join(coverage)}" if coverage else ""
+    rekeyed = f" + {stats.rekeyed} re-keyed" if stats.rekeyed else ""
+    return (f"{stats.consumed} consumed = {stats.predicted} predicted + {stats.dead_lettered} dead-lettered + "
+            f"{stats.warmup} warm-up{rekeyed}{live}{covered}")
