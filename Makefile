@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 
-.PHONY: help setup kafka demo cluster test test-fast bench notebooks ui clean
+.PHONY: help setup kafka demo cluster test test-fast bench docs notebooks ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test-fast: setup  ## the tests that take seconds, not minutes
 bench: setup  ## the benchmarks in bench/ (reports in bench/results/)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/pipeline.py
+
+docs: setup  ## render README.md and docs/ from docs/templates/ and the committed reports
+	$(BIN)/python docs/build.py
 
 notebooks: setup  ## re-execute the notebooks against this project's store (after make demo)
 	$(BIN)/python notebooks/execute.py
