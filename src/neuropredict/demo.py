@@ -292,6 +292,10 @@ def _interval_lines(result: dict[str, Any], worker_stats: dict[str, Any], tags: 
 def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, timings: dict[str, float],
             total_s: float, started: list[str], keep: bool) -> str:
     project = paths()
+
+    def rel(path: Path) -> Path:  # in the project: what a user can open from it, on any machine
+        return path.relative_to(project.root)
+
     pooled = result["scores"]["_pooled"]
     offline_mse = registry.version_tags(load_params().register.model_name, version).get("test_mse")
     lines = ["", "=" * 78, "KafkaNeuroPredict demo: summary", "=" * 78,
@@ -325,8 +329,9 @@ def summary(result: dict[str, Any], worker_stats: dict[str, Any], version: str, 
               f"trials; compare best-lstm with best-gru)",
               f"  live serving   {_experiment_url(ui, contracts.SERVING_EXPERIMENT_NAME)}",
               f"  registry       {ui}/#/models/{load_params().register.model_name}",
-              f"reports          {project.reports_dir / 'evaluate' / 'report.json'}, "
-              f"{project.reports_dir / 'evaluate' / 'predicted_vs_actual.png'}",
-              f"                 {project.plots_dir}/*.png (dvc plots show), {project.validation_dir / 'data_docs' / 'index.html'}",
+              f"reports          {rel(project.reports_dir / 'evaluate' / 'report.json')}, "
+              f"{rel(project.reports_dir / 'evaluate' / 'predicted_vs_actual.png')}",
+              f"                 {rel(project.plots_dir)}/*.png (dvc plots show), "
+              f"{rel(project.validation_dir / 'data_docs' / 'index.html')}",
               "=" * 78]
     return "\n".join(lines)
