@@ -81,9 +81,8 @@ class Delivery:
         """Forecasts, key = symbol. The partition is the default partitioner's (murmur2, as the
         Java client), cached per symbol: hashing in pure Python on every send costs more than
         the model call."""
-        send, part = self.producer.send, self._partition
-        self._futures += [send(self.topics.predictions, key=key, value=value, partition=part(key))
-                          for key, value in keyed_values]
+        send, part, topic = self.producer.send, self._partition, self.topics.predictions
+        self._futures += [send(topic, key=key, value=value, partition=part(key)) for key, value in keyed_values]
 
     def dead_letter(self, rec, reason: str) -> None:
         """The original bytes (the first DEAD_LETTER_MAX_BYTES of an oversized one) with the reason."""

@@ -32,7 +32,7 @@ def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Exe
         return forecasts, bounds
     with stats.timed("transform"):
         model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
-    model_s = forecaster.model_seconds
+    model_s, fields = forecaster.model_seconds, forecaster.interval_fields
     chunks = forecaster.forecast_chunks(model_input, chunk_rows(len(owners)), pool, intervals.LIVE_METHODS)
     while True:
         with stats.timed("model_wait"):
@@ -43,7 +43,7 @@ def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Exe
         forecasts[mine] = forecast.price
         bounds[mine] = forecaster.bounds_matrix(forecast)
         with stats.timed("encode"):
-            out = encode(batch, mine, forecast, forecaster.interval_fields, version, worker_id)
+            out = encode(batch, mine, forecast, fields, version, worker_id)
         with stats.timed("produce"):
             delivery.publish(out)
     stats.add_seconds("model", forecaster.model_seconds - model_s)
@@ -55,7 +55,7 @@ def encode(batch: Batch, ticks: np.ndarray, forecast, fields: tuple, version: st
     """(key, value) of the output message of each forecast tick, key = symbol."""
     published = (np.column_stack([forecast.bounds[f] for f in fields]).tolist() if fields
                  else [()] * len(ticks))
-    encode_one, records = messages.encode_prediction, batch.records
-    return [(batch.ticks[i].symbol.encode(), encode_one(batch.ticks[i], p, version, records[i].partition,
-                                                        records[i].offset, worker_id, dict(zip(fields, b))))
+    encode_one, all_ticks, records = messages.encode_prediction, batch.ticks, batch.records
+    return [(all_ticks[i].symbol.encode(), encode_one(all_ticks[i], p, version, records[i].partition,
+                                                      records[i].offset, worker_id, dict(zip(fields, b))))
             for i, p, b in zip(ticks.tolist(), forecast.price.tolist(), published)]
