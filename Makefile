@@ -35,12 +35,17 @@ demo: setup  ## the main job end to end (KEEP=1 leaves services running; INTERVA
 cluster: setup  ## serving/compose.yaml as processes: Apache Kafka, PostgreSQL, MLflow server, WORKERS workers (3); the test year through it
 	$(BIN)/neuropredict demo --workers $(or $(WORKERS),3) $(if $(KEEP),--keep)
 
+# Two test processes (TEST_PROCESSES=1: one): most tests wait on brokers, servers and subprocesses, so two
+# overlap on two cores; each test file stays in one process (its module-scoped servers are its own).
+TEST_PROCESSES ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
+
 test: setup  ## the test suite (real brokers: Tansu and Apache Kafka; MLflow, DVC, great-expectations, TensorFlow)
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(BIN)/python -m neuropredict.apache_kafka; fi
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: setup  ## the tests that take seconds, not minutes
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup  ## the benchmarks in bench/ (reports in bench/results/)
 	$(BIN)/python bench/serving.py

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import pytest
 import yaml
 
@@ -98,14 +99,25 @@ def use_project(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory) -> Path:
-    """One tiny end-to-end `dvc repro` shared by the tests that need a registered model."""
-    root = make_project(tmp_path_factory.mktemp("trained") / "project", TINY_PARAMS)
+def trained_project(tmp_path_factory, worker_id) -> Path:
+    """One tiny end-to-end `dvc repro` shared by the tests that need a registered model. With
+    several test processes (pytest-xdist) the first one trains and each works on its own copy."""
+    if worker_id == "master":
+        return _train(tmp_path_factory.mktemp("trained") / "project")
+    shared = tmp_path_factory.getbasetemp().parent / "trained" / "project"  # the run's, not the process's
+    with filelock.FileLock(f"{shared.parent}.lock"):
+        if not (shared / REPRO_LOG).is_file():
+            _train(shared)
+    return copy_project(shared, tmp_path_factory.mktemp("trained") / "project")
+
+
+def _train(root: Path) -> Path:
+    make_project(root, TINY_PARAMS)
     # each stage records the params keys and modules it reads (see test_pipeline.py)
     env = {**project_env(root), "NEUROPREDICT_TRACE_READS": str(root / READS_DIR),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(TRACE_READS), os.environ.get("PYTHONPATH")]))}
     proc = run([str(BIN / "dvc"), "repro"], root, env)
-    (root / REPRO_LOG).write_text(proc.stdout + proc.stderr)
+    (root / REPRO_LOG).write_text(proc.stdout + proc.stderr)  # last: the project is complete
     return root
 
 
