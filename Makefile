@@ -35,9 +35,9 @@ demo: setup  ## the main job end to end (KEEP=1 leaves services running; INTERVA
 cluster: setup  ## serving/compose.yaml as processes: Apache Kafka, PostgreSQL, MLflow server, WORKERS workers (3); the test year through it
 	$(BIN)/neuropredict demo --workers $(or $(WORKERS),3) $(if $(KEEP),--keep)
 
-# Two test processes (TEST_PROCESSES=1: one): most tests wait on brokers, servers and subprocesses, so two
-# overlap on two cores; each test file stays in one process (its module-scoped servers are its own).
-TEST_PROCESSES ?= 2
+# Three test processes (TEST_PROCESSES=0: one, in-process): most tests wait on brokers, servers and subprocesses,
+# so three overlap on two cores; each test file stays in one process (its module-scoped servers are its own).
+TEST_PROCESSES ?= 3
 PYTEST := $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 test: setup  ## the test suite (real brokers: Tansu and Apache Kafka; MLflow, DVC, great-expectations, TensorFlow)
