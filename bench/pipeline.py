@@ -159,7 +159,7 @@ def report(args, stage_seconds, total, noop, noop_ran, throughput, window) -> di
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "command": shlex.join([sys.executable, *sys.argv]),
-        "measured": tracking.measured(" ".join(["python", *sys.argv])),
+        "measured": tracking.measured(" ".join(["python", *sys.argv]), root=REPO),  # the code's commit, not the copy's
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
