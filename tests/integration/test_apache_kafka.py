@@ -209,6 +209,22 @@ def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path):
     assert f"failed to bind to 127.0.0.1:{controller_port}: Address already in use" in message
 
 
+def test_brokers_and_tools_map_the_class_archive_of_the_fetched_jars(tmp_path):
+    """`make kafka` (and the first fetch) leaves an archive of Kafka's classes beside the jars;
+    nodes and tools map it (-Xshare:on fails when an archive cannot be mapped)."""
+    require_apache_kafka()
+    folder = apache_kafka.libs()
+    apache_kafka.build_class_archive(folder)  # nothing to do after `make test`'s `make kafka` step
+    archive = apache_kafka.class_archive(folder)
+    assert archive.is_file() and archive.stat().st_size > 1_000_000
+    option = f"-XX:SharedArchiveFile={archive}"
+    cluster = apache_kafka.Cluster.layout(tmp_path / "kafka", [1], [2])
+    assert option in cluster.command(cluster.nodes[0]) and option in apache_kafka.tool_command("kafka-topics")
+    mapped = subprocess.run([apache_kafka.java(), "-Xshare:on", option, "-cp", apache_kafka.classpath(),
+                             apache_kafka.TOOLS["kafka-storage"], "random-uuid"], capture_output=True, text=True)
+    assert mapped.returncode == 0 and len(mapped.stdout.strip()) == 22, mapped.stdout + mapped.stderr
+
+
 @dataclass
 class CliCluster:
     root: Path
