@@ -150,7 +150,7 @@ def build_class_archive(folder: Path, timeout_s: float = 120) -> None:
     from neuropredict import procs
 
     archive = class_archive(folder)
-    if archive.is_file():
+    if archive.is_file() or environment.kafka_home() is not None:  # a user's own distribution stays as it is
         return
     with tempfile.TemporaryDirectory(prefix="kafka-classes-") as tmp:
         port, controller_port = procs.free_ports(2)
@@ -169,8 +169,9 @@ def build_class_archive(folder: Path, timeout_s: float = 120) -> None:
         check = subprocess.run([java(), *TOOL_JVM, f"-XX:SharedArchiveFile={staged}", "-cp", str(folder / "*"),
                                 TOOLS["kafka-storage"], "random-uuid"], capture_output=True, text=True, timeout=60)
         if code in (0, 143) and check.returncode == 0 and "warning" not in check.stdout + check.stderr:
-            shutil.copyfile(staged, archive.with_suffix(".partial"))
-            archive.with_suffix(".partial").rename(archive)
+            partial = archive.with_suffix(".partial")
+            shutil.copyfile(staged, partial)
+            partial.rename(archive)  # all or nothing, as the jars are
         else:
             log.warning("no class archive for Apache Kafka (brokers start a few seconds slower): the node "
                         "exited with %s, a JVM mapping the archive with %s", code, check.returncode)
@@ -314,8 +315,7 @@ def main() -> int:
 
     try:
         folder = libs()
-        if environment.kafka_home() is None:
-            build_class_archive(folder)
+        build_class_archive(folder)
         print(f"Apache Kafka {version()}: {folder}")
         return 0
     except NeuropredictError as exc:
