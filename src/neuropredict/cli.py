@@ -82,12 +82,72 @@ def _num(text: str | None, fmt: str = ".4f") -> str:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from neuropredict import registry
+    from neuropredict import promote
+
+    params = load_params()
+    name = params.register.model_name
+    if args.rollback:
+        if args.version:
+            raise NeuropredictError("--rollback returns to the previous production: give no VERSION with it")
+        move = promote.rollback(params)
+    elif not args.version:
+        raise NeuropredictError("which version? `neuropredict promote VERSION` (see `neuropredict models`), "
+                                "or `neuropredict promote --rollback`")
+    else:
+        move = promote.promote(params, paths(), _topics(params), args.version, force=args.force)
+    if move is not None:
+        print(f"{name}: production -> version {move.to_version} (was {move.from_version or 'unset'}; {move.kind}); "
+              f"running workers switch at their next alias check")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from neuropredict import promotions
 
     name = load_params().register.model_name
-    previous = registry.promote(name, args.version)
-    print(f"{name}: production -> version {args.version} (was {previous or 'unset'}); "
-          f"running workers switch at their next alias check")
+    print(f"{name}: alias moves ({environment.tracking_uri()}, experiment {contracts.PROMOTIONS_EXPERIMENT_NAME})")
+    print(promotions.format_history(promotions.history(name, args.alias)))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from neuropredict import compare, registry
+
+    params = load_params()
+    name = params.register.model_name
+    versions = args.versions or [registry.alias_version(name, contracts.PRODUCTION_ALIAS),
+                                 registry.alias_version(name, contracts.CHALLENGER_ALIAS)]
+    if len(versions) != 2 or None in versions:
+        raise NeuropredictError("compare takes two versions (default: production and challenger, which need both "
+                                "aliases set): `neuropredict compare 3 5`")
+    if versions[0] == versions[1]:
+        raise NeuropredictError(f"production and challenger are both version {versions[0]}: nothing to compare; "
+                                f"register a new version (`dvc repro`) or name two: `neuropredict compare A B`")
+    rows = compare.live_rows(params, _topics(params), since_ms=compare.since_ms(args.since))
+    result, paired = compare.compare(rows, *map(str, versions))
+    out_dir = paths().reports_dir / "compare"
+    chart = compare.report(result, paired, out_dir, log_to_mlflow=not args.no_mlflow)
+    print(compare.format_comparison(result))
+    print(f"report: {out_dir / 'compare.json'}  chart: {chart}")
+    return 0
+
+
+def _guard(args: argparse.Namespace) -> int:
+    import threading
+
+    from neuropredict import guard, tracking
+    from neuropredict.stream.worker import stop_on_signals
+
+    tracking.bound_client_retries()
+    params = load_params()
+    watcher = guard.RollbackGuard(params, _topics(params))
+    if args.once:
+        move = watcher.check()
+        print(f"rolled back: {move.from_version} -> {move.to_version}" if move else "no breach: production stays")
+        return 0
+    stop = threading.Event()
+    stop_on_signals(stop)
+    watcher.run(stop)
     return 0
 
 
@@ -284,9 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="registered versions, aliases and key test metrics")
     p.set_defaults(fn=_models)
 
-    p = sub.add_parser("promote", help="move the `production` alias to VERSION (workers hot-swap)")
-    p.add_argument("version")
+    p = sub.add_parser("promote", help="move `production` to VERSION after showing and checking the evidence "
+                                       "(offline gate, live shadow scores); workers hot-swap")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--force", action="store_true", help="promote although the evidence speaks against it (recorded "
+                                                        "as forced)")
+    p.add_argument("--rollback", action="store_true", help="return production to the version it held before")
     p.set_defaults(fn=_promote)
+
+    p = sub.add_parser("history", help="every recorded move of the aliases: when, from -> to, who, why")
+    p.add_argument("--alias", help="only this alias (production, challenger)")
+    p.set_defaults(fn=_history)
+
+    p = sub.add_parser("compare", help="two versions on the same live ticks (default: production vs challenger), "
+                                       "from the topics")
+    p.add_argument("versions", nargs="*", metavar="VERSION", help="A B (default: production challenger)")
+    p.add_argument("--since", help="only forecasts since then: 2h, 30m, 3d ago, or a time (UTC) like 2026-12-07T09:30")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the comparison to MLflow")
+    p.set_defaults(fn=_compare)
+
+    p = sub.add_parser("guard", help="the rollback guard: move production back when its live forecasts fall "
+                                     "behind persistence or its intervals lose calibration (params: guard)")
+    p.add_argument("--once", action="store_true", help="judge once and exit")
+    p.set_defaults(fn=_guard)
 
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for this project's store")
     p.add_argument("--port", type=int, help="default: $NEUROPREDICT_UI_PORT, else 5000")

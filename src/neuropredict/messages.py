@@ -76,14 +76,16 @@ def encode_tick(timestamp: str, symbol: str, price: float, **extra) -> bytes:
 
 
 def encode_prediction(tick: Tick, predicted: float, version: str, partition: int, offset: int,
-                      worker: str, bounds: dict[str, float] | None = None) -> bytes:
+                      worker: str, bounds: dict[str, float] | None = None, alias: str | None = None) -> bytes:
     """The output contract; partition/offset of the input make at-least-once duplicates visible.
-    `bounds`: the prediction intervals (lower_80, upper_80, lower_95, upper_95 by default)."""
-    return orjson.dumps({
-        "timestamp": tick.timestamp, "symbol": tick.symbol, "actual_price": tick.price,
-        "predicted_price": predicted, **(bounds or {}), "model_version": version,
-        "input_partition": partition, "input_offset": offset, "worker": worker,
-    })
+    `bounds`: the prediction intervals (lower_80, upper_80, lower_95, upper_95 by default).
+    `alias`: a shadow's (its forecasts go to the shadow topic); production's carry none."""
+    out = {"timestamp": tick.timestamp, "symbol": tick.symbol, "actual_price": tick.price,
+           "predicted_price": predicted, **(bounds or {}), "model_version": version,
+           "input_partition": partition, "input_offset": offset, "worker": worker}
+    if alias is not None:
+        out["alias"] = alias
+    return orjson.dumps(out)
 
 
 def decode(value: bytes) -> dict:

@@ -145,3 +145,19 @@ def fan_chart(rows: pd.DataFrame, levels: Sequence[float], path: Path, title: st
                 label=f"outside the {100 * widest:g} % interval")
 
     return _per_symbol(rows, panel, path, title, max_symbols)
+
+
+def loss_differential(paired: pd.DataFrame, a: str, b: str, path: Path, title: str) -> Path:
+    """Cumulative squared-error difference (B - A) over the live ticks both scored, per symbol:
+    a line that climbs means B is worse than A; flat, equal."""
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for symbol, group in paired.sort_values("time").groupby("symbol", sort=True):
+        d = (group["predicted_b"] - group["actual"]) ** 2 - (group["predicted"] - group["actual"]) ** 2
+        ax.plot(np.arange(1, len(d) + 1), np.cumsum(d.to_numpy()), label=str(symbol))
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("live ticks scored by both (per symbol, in time order)")
+    ax.set_ylabel(f"cumulative squared error\nv{b} minus v{a}  ($^2)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -13,9 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from neuropredict import intervals, tracking
+from neuropredict import intervals, promotions, tracking
 from neuropredict.errors import ConfigError, ModelNotFoundError
 from neuropredict.files import read_json, write_json
+from neuropredict.promotions import alias_version  # the registry's readers find it here too
 from neuropredict.settings import environment
 from neuropredict.settings.contracts import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from neuropredict.settings.paths import Paths
@@ -48,18 +49,6 @@ class ServedModel:
 
     version: str
     forecaster: Any  # neuropredict.forecaster.Forecaster
-
-
-def alias_version(name: str, alias: str = PRODUCTION_ALIAS) -> str | None:
-    """The version an alias points at, or None (a cheap call: polled for hot swaps)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(tracking.with_retry(lambda: _client().get_model_version_by_alias(name, alias)).version)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-            return None
-        raise
 
 
 def load(name: str, alias: str = PRODUCTION_ALIAS, version: str | None = None) -> ServedModel:
@@ -136,24 +125,16 @@ def log_and_register(forecaster_dir: Path, name: str, series: dict, tags: dict[s
     return str(mv.version)
 
 
-def set_alias(name: str, alias: str, version: str) -> None:
-    tracking.with_retry(lambda: _client().set_registered_model_alias(name, alias, str(version)))
-
-
-def promote(name: str, version: str) -> str | None:
-    """Move `production` to version; return the version it left. Unknown versions are refused."""
+def require_version(name: str, version: str) -> None:
+    """Raise ModelNotFoundError (one line, with what exists) for a version the registry lacks."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
     try:
-        client.get_model_version(name, str(version))
+        _client().get_model_version(name, str(version))
     except MlflowException:
         known = ", ".join(v["version"] for v in list_versions(name)) or "none"
         raise ModelNotFoundError(
             f"'{name}' has no version {version} (versions: {known}); see `neuropredict models`") from None
-    previous = alias_version(name, PRODUCTION_ALIAS)
-    set_alias(name, PRODUCTION_ALIAS, str(version))
-    return previous
 
 
 def list_versions(name: str) -> list[dict[str, Any]]:
@@ -222,33 +203,76 @@ def decide(challenger: dict, production: dict | None, params: RegisterParams,
     return True, f"beats production: mean skill {100 * c_skill:+.2f} % vs {100 * p_skill:+.2f} %"
 
 
-def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
-    """The register stage: new version + `challenger`; `production` moves only if earned."""
+@dataclass(frozen=True)
+class OfflineEvidence:
+    """A version's scores on the test period (point forecasts beside the baselines; its intervals)
+    and its intervals on validation, where the gate checks calibration."""
+
+    scores: dict[str, dict[str, float]]
+    spreads: dict[str, dict[str, float]] | None
+    validation: dict[str, dict[str, float]] | None
+    levels: tuple[float, ...]
+
+    def summary(self) -> dict[str, float]:
+        """The pooled figures an alias move records as its evidence."""
+        pooled = self.scores["_pooled"]
+        out = {f"test_{k}": pooled[k] for k in ("mse", "persistence_mse", "mean_skill", "max_dm_t")}
+        for p in self.levels if self.spreads else ():
+            out[f"test_coverage_{intervals.label(p)}"] = self.spreads["_pooled"][f"coverage_{intervals.label(p)}"]
+        return out
+
+
+def load_series(params: Params, project: Paths) -> dict:
     from neuropredict.features import load_price_series
-    from neuropredict.forecaster import Forecaster, forecast_period
+
+    return load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+
+
+def offline_evidence(forecaster, series: dict, params: Params) -> OfflineEvidence:
+    """Score a forecaster as `register` does: the test period, and validation for calibration."""
+    from neuropredict.forecaster import forecast_period
+
+    scores, spreads = _test_scores(forecaster, series, params)
+    calibration = forecaster.calibration
+    levels = calibration.levels if calibration else ()
+    last_validation_day = str((pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)).date())
+    validation = intervals.score(forecast_period(forecaster, series, params.featurize.validation_start,
+                                                 last_validation_day), levels) if calibration else None
+    return OfflineEvidence(scores, spreads, validation, levels)
+
+
+def gate_reasons(evidence: OfflineEvidence, params: Params) -> list[str]:
+    """Why a version fails the registration gate (empty: it passes)."""
+    calibration = ((evidence.validation, evidence.levels, params.intervals.min_coverage_p)
+                   if evidence.validation is not None else None)
+    return gate(evidence.scores, params.register, calibration)
+
+
+def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
+    """The register stage: new version + `challenger`; `production` moves only if earned.
+    Both moves are recorded in the alias history (kind `gate`)."""
+    from neuropredict.forecaster import Forecaster
 
     name = params.register.model_name
-    series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
+    series = load_series(params, project)
     forecaster = Forecaster.load(project.best_model_dir)
     if forecaster.calibration is None:
         raise ConfigError(f"{project.best_model_dir} has no interval calibration (intervals.json): "
                           f"run `dvc repro tune` to train and calibrate it again")
-    challenger, spreads = _test_scores(forecaster, series, params)
-    levels = forecaster.calibration.levels
-    last_validation_day = str((pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)).date())
-    validation = intervals.score(forecast_period(forecaster, series, params.featurize.validation_start,
-                                                 last_validation_day), levels)
+    challenger = offline_evidence(forecaster, series, params)
     previous = alias_version(name, PRODUCTION_ALIAS)
-    tags, metadata = _describe(params, project, challenger["_pooled"], spreads["_pooled"], levels)
+    tags, metadata = _describe(params, project, challenger.scores["_pooled"], challenger.spreads["_pooled"],
+                               challenger.levels)
     version = log_and_register(project.best_model_dir, name, series, tags, metadata)
-    set_alias(name, CHALLENGER_ALIAS, version)
     production = _test_scores(load(name, version=previous).forecaster, series, params)[0] if previous else None
-    promoted, reason = decide(challenger, production, params.register,
-                              (validation, levels, params.intervals.min_coverage_p))
+    promoted, reason = decide(challenger.scores, production, params.register,
+                              (challenger.validation, challenger.levels, params.intervals.min_coverage_p))
+    evidence = challenger.summary()
+    promotions.move(name, CHALLENGER_ALIAS, version, "gate", f"registered by the pipeline; {reason}", evidence)
     if promoted:
-        set_alias(name, PRODUCTION_ALIAS, version)
-    return _record(params, project, version, previous, promoted, reason, challenger, production,
-                   (spreads, validation, levels))
+        promotions.move(name, PRODUCTION_ALIAS, version, "gate", reason, evidence)
+    return _record(params, project, version, previous, promoted, reason, challenger.scores, production,
+                   (challenger.spreads, challenger.validation, challenger.levels))
 
 
 def _test_scores(forecaster, series: dict, params: Params) -> tuple[dict, dict | None]:

@@ -25,7 +25,7 @@ from neuropredict.features import session_ids
 from neuropredict.files import write_json
 from neuropredict.kafka_io import TopicReader
 from neuropredict.settings import contracts
-from neuropredict.settings.contracts import Topics
+from neuropredict.settings.contracts import PRODUCTION_ALIAS, Topics
 from neuropredict.stream.rules import Guard, TickRules
 from neuropredict.stream.state import screen
 
@@ -39,16 +39,54 @@ TICK_COLUMNS = ["partition", "offset", "symbol", "timestamp", "price"]
 
 
 def joined_rows(rules: TickRules, intraday: bool, topics: Topics, bootstrap: str | None = None,
-                since_ms: int | None = None) -> pd.DataFrame:
-    """One row per scored forecast: symbol, target time, actual, predicted, persistence, version."""
+                since_ms: int | None = None, shadow: bool = False) -> pd.DataFrame:
+    """One row per scored forecast: symbol, target time, actual, predicted, persistence, version,
+    alias. With shadow: the shadow versions' forecasts too (alias: theirs; production's: production)."""
     with TopicReader(bootstrap) as reader:
-        inputs = [r for r in reader.read_all([topics.prices]) if since_ms is None or r.timestamp >= since_ms]
-        outputs = [r for r in reader.read_all([topics.predictions]) if since_ms is None or r.timestamp >= since_ms]
+        inputs = reader.read_all([topics.prices])
+        outputs = reader.read_all(_output_topics(topics, shadow))
+    return rows_from_records(inputs, outputs, rules, intraday, topics, since_ms)
+
+
+def joined_tail(rules: TickRules, intraday: bool, topics: Topics, last: int, bootstrap: str | None = None,
+                since_ms: int | None = None, shadow: bool = False) -> pd.DataFrame:
+    """As joined_rows, for the newest `last` forecasts of each output partition only: the inputs
+    are read from a little before the first tick they forecast (room for the rules to settle)."""
+    with TopicReader(bootstrap) as reader:
+        parts = reader.partitions(_output_topics(topics, shadow))
+        ends = reader.high_watermarks(parts)
+        outputs = [r for batch in reader.read({tp: max(0, ends.get(tp, 0) - last) for tp in parts}, ends, 60.0)
+                   for r in batch]
+        first: dict[int, int] = {}
+        for pred in _predictions(outputs, topics):
+            p, o = int(pred["input_partition"]), int(pred["input_offset"])
+            first[p] = min(first.get(p, o), o)
+        margin = 4 * rules.level_shift_ticks + 64
+        starts = {tp: max(0, first[tp.partition] - margin) for tp in reader.partitions([topics.prices])
+                  if tp.partition in first}
+        inputs = [r for batch in reader.read(starts, {}, 60.0) for r in batch] if starts else []
+    return rows_from_records(inputs, outputs, rules, intraday, topics, since_ms)
+
+
+def _output_topics(topics: Topics, shadow: bool) -> list[str]:
+    return [topics.predictions, topics.shadow_predictions] if shadow else [topics.predictions]
+
+
+def rows_from_records(inputs: list, outputs: list, rules: TickRules, intraday: bool, topics: Topics,
+                      since_ms: int | None = None) -> pd.DataFrame:
+    """Input records + output records (those since since_ms) -> one row per scored forecast."""
+    if since_ms is not None:
+        inputs = [r for r in inputs if r.timestamp >= since_ms]
+        outputs = [r for r in outputs if r.timestamp >= since_ms]
     ticks = []
     for r in inputs:
         tick = messages.parse_tick(r.value)
         if not isinstance(tick, str) and r.key == tick.symbol.encode():  # what the worker scores
             ticks.append((r.partition, r.offset, tick.symbol, tick.timestamp, tick.price))
+    return join(pd.DataFrame(ticks, columns=TICK_COLUMNS), _predictions(outputs, topics), intraday, rules)
+
+
+def _predictions(outputs: list, topics: Topics) -> list[dict]:
     preds, foreign = [], 0
     for r in outputs:
         try:
@@ -61,7 +99,7 @@ def joined_rows(rules: TickRules, intraday: bool, topics: Topics, bootstrap: str
             foreign += 1
     if foreign:
         log.warning("skipped %d records of %s that are not predictions of this product", foreign, topics.predictions)
-    return join(pd.DataFrame(ticks, columns=TICK_COLUMNS), preds, intraday, rules)
+    return preds
 
 
 def screened(ticks: pd.DataFrame, intraday: bool, rules: TickRules | None) -> pd.DataFrame:
@@ -90,12 +128,13 @@ def join(ticks: pd.DataFrame, preds: list[dict], intraday: bool = False,
     A forecast meets its symbol's next accepted tick when both lie in one segment: never across
     an intraday session (as neither training nor the worker does) nor across a new price level."""
     if ticks.empty or not preds:
-        return pd.DataFrame(columns=["symbol", "time", "actual", "predicted", "persistence", "model_version"])
+        return pd.DataFrame(columns=["symbol", "time", "actual", "predicted", "persistence", "model_version", "alias",
+                                     "input_partition", "input_offset"])
     ticks = accepted = screened(ticks, intraday, rules)
     nxt = ticks.groupby(["partition", "symbol"], sort=False)[["timestamp", "price", "session", "level"]].shift(-1)
     same = (nxt["session"] == ticks["session"]) & (nxt["level"] == ticks["level"])
     ticks = ticks.assign(next_time=nxt["timestamp"], next_price=nxt["price"])[same]
-    forecasts = pd.DataFrame(preds).drop_duplicates(["input_partition", "input_offset"])
+    forecasts = _once_each(pd.DataFrame(preds))
     unmatched = forecasts.merge(accepted[["partition", "offset"]], left_on=["input_partition", "input_offset"],
                                 right_on=["partition", "offset"], how="left", indicator=True)["_merge"] == "left_only"
     if unmatched.any():  # the worker forecast at a tick the rules here reject: they disagree
@@ -110,8 +149,21 @@ def join(ticks: pd.DataFrame, preds: list[dict], intraday: bool = False,
         "predicted": rows["predicted_price"].to_numpy(float),
         "persistence": rows["actual_price"].to_numpy(float),
         "model_version": rows["model_version"].astype(str).to_numpy(),
+        "alias": rows["alias"].to_numpy(),
+        "input_partition": rows["input_partition"].to_numpy(np.int64),
+        "input_offset": rows["input_offset"].to_numpy(np.int64),
         **{c: rows[c].to_numpy(float) for c in bound_columns(rows)},
     }).sort_values(["symbol", "time"], ignore_index=True)
+
+
+def _once_each(forecasts: pd.DataFrame) -> pd.DataFrame:
+    """Each input forecast once (an at-least-once repeat is dropped): production's once per tick,
+    whichever version made it; a shadow's once per tick and version."""
+    alias = forecasts["alias"].fillna(PRODUCTION_ALIAS) if "alias" in forecasts else PRODUCTION_ALIAS
+    forecasts = forecasts.assign(alias=alias)
+    shadow_version = forecasts["model_version"].astype(str).where(forecasts["alias"] != PRODUCTION_ALIAS, "")
+    return (forecasts.assign(_shadow=shadow_version)
+            .drop_duplicates(["alias", "_shadow", "input_partition", "input_offset"]).drop(columns="_shadow"))
 
 
 def bound_columns(frame: pd.DataFrame) -> list[str]:

@@ -246,14 +246,15 @@ def signal_mid_stream(root, env: dict, stream, ticks, serving_params, sig, log_p
 def promote_mid_stream(params, stream, ticks, version: str, rate: float, after: int = 100):
     """A worker scores a live stream; `version` becomes production after its first `after`
     forecasts; returns the stopped worker once it has consumed the whole stream."""
-    from neuropredict import registry
+    from neuropredict import promotions
+    from neuropredict.settings.contracts import PRODUCTION_ALIAS
 
     w = WorkerThread(params, stream)
     wait_for(lambda: w.owned(), what="the worker to join")
     sender = Sender(ticks, stream, rate=rate, serving=params.serving)
     sender.start()
     wait_for(lambda: w.stats.predicted > after, what="the first forecasts")
-    registry.promote(params.register.model_name, version)
+    promotions.move(params.register.model_name, PRODUCTION_ALIAS, version, "force", "a test promotes mid-stream")
     sender.join()
     wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
     w.stop()

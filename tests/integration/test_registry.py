@@ -109,8 +109,12 @@ def test_a_worse_model_stays_challenger_and_promote_moves_production(trained_pro
     assert f"{new}  challenger" in models.replace("   ", "  ")
     assert any(line.split()[0] == before and "production" in line for line in models.splitlines()[3:])
 
-    promoted = _cli(root, "promote", new)
-    assert promoted.returncode == 0 and f"production -> version {new}" in promoted.stdout
+    refused = _cli(root, "promote", new)  # the evidence speaks against it: one line, nothing moved
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"refusing to promote version {new}: it fails the registration gate" in refused.stderr
+    assert "registration gate: FAILS" in refused.stdout and len(refused.stderr.strip().splitlines()) == 1
+    promoted = _cli(root, "promote", new, "--force")
+    assert promoted.returncode == 0 and f"production -> version {new} (was {before}; force)" in promoted.stdout
     missing = _cli(root, "promote", "999")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "has no version 999" in missing.stderr and "neuropredict models" in missing.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from neuropredict import intervals, messages, producer, registry, stream_report, tracking
+from neuropredict import intervals, messages, producer, promotions, registry, stream_report, tracking
 from neuropredict.evaluation import score_rows
 from neuropredict.features import load_price_series
 from neuropredict.forecaster import forecast_period
@@ -163,7 +163,7 @@ def _register_another_version(root, params) -> str:
     with mlflow.start_run(run_name="test-second-version"):
         version = registry.log_and_register(root / "models" / "tuned" / other, params.register.model_name,
                                             series, {"cell": other}, {"window": params.featurize.window})
-    registry.set_alias(params.register.model_name, contracts.CHALLENGER_ALIAS, version)
+    promotions.move(params.register.model_name, contracts.CHALLENGER_ALIAS, version, "gate", "a test registers it")
     return version
 
 

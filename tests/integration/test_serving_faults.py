@@ -15,9 +15,10 @@ import mlflow
 import pytest
 import yaml
 
-from neuropredict import registry, stream_report
+from neuropredict import promotions, registry, stream_report
 from neuropredict.features import load_price_series
 from neuropredict.settings import contracts
+from neuropredict.settings.contracts import PRODUCTION_ALIAS
 from neuropredict.settings.schema import load_params
 from tests.conftest import copy_project, project_env, write_params
 from tests.integration.kafka_helpers import (
@@ -124,7 +125,7 @@ def test_a_promotion_hot_swaps_both_workers_of_a_group(trained_project, tmp_path
     sender = Sender(ticks, stream, rate=400, serving=params.serving)
     sender.start()
     wait_for(lambda: all(w.stats.predicted > 100 for w in workers), what="both workers to score")
-    registry.promote(name, second)
+    promotions.move(name, PRODUCTION_ALIAS, second, "force", "a test promotes mid-stream")
     sender.join()
     wait_for(lambda: sum(w.stats.consumed for w in workers) >= len(ticks), what="the whole stream")
     for w in workers:

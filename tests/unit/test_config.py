@@ -89,10 +89,11 @@ def test_a_bad_port_variable_is_a_config_error(tmp_path):
 
 def test_topics_are_the_contract_names_and_a_prefix_makes_another_set():
     default = Topics()
-    assert default.all == ("stock_prices", "predicted_prices", "stock_prices_dlq")
+    assert default.all == ("stock_prices", "predicted_prices", "stock_prices_dlq", "predicted_prices_shadow")
     assert default.group == "neuropredict-serving"
     staging = Topics("staging.")
-    assert staging.all == ("staging.stock_prices", "staging.predicted_prices", "staging.stock_prices_dlq")
+    assert staging.all == ("staging.stock_prices", "staging.predicted_prices", "staging.stock_prices_dlq",
+                           "staging.predicted_prices_shadow")
     assert staging.group == "staging.neuropredict-serving"
     with pytest.raises(ConfigError, match="not usable in Kafka topic names"):
         Topics("a b")

@@ -13,6 +13,7 @@ PRODUCTION_ALIAS = "production"
 CHALLENGER_ALIAS = "challenger"
 EXPERIMENT_NAME = "neuropredict"
 SERVING_EXPERIMENT_NAME = "neuropredict-serving"
+PROMOTIONS_EXPERIMENT_NAME = "model-promotions"  # a run per alias move: MLflow keeps no alias history
 EXCHANGE_TZ = "America/New_York"  # naive timestamps are this exchange's local time
 
 TOPIC_PREFIX_ENV = "NEUROPREDICT_TOPIC_PREFIX"
@@ -39,6 +40,11 @@ class Topics:
         return f"{self.prefix}predicted_prices"
 
     @property
+    def shadow_predictions(self) -> str:
+        """Forecasts of the versions scored beside production (never mixed into predictions)."""
+        return f"{self.prefix}predicted_prices_shadow"
+
+    @property
     def dead_letters(self) -> str:
         return f"{self.prefix}stock_prices_dlq"
 
@@ -48,5 +54,5 @@ class Topics:
         return f"{self.prefix}neuropredict-serving"
 
     @property
-    def all(self) -> tuple[str, str, str]:
-        return self.prices, self.predictions, self.dead_letters
+    def all(self) -> tuple[str, ...]:
+        return self.prices, self.predictions, self.dead_letters, self.shadow_predictions

@@ -125,6 +125,24 @@ class ServingParams(_Section):
     delivery_timeout_ms: _int(1000, 3_600_000) = 30_000
     level_shift_ticks: _int(2, 10_000) = 5  # 1 would make every spike a new level
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    # versions scored beside production on the same ticks, into their own topic ([]: none)
+    shadow_aliases: Annotated[tuple[Text, ...], AfterValidator(_distinct)] = ("challenger",)
+
+
+class PromoteParams(_Section):
+    """`neuropredict promote`: refuse a candidate significantly worse than production on live ticks."""
+
+    max_dm_t: _num() = 2.0     # DM t of candidate - production squared errors on the same live ticks
+    min_ticks: _int(2) = 200   # live ticks both scored before that evidence counts
+
+
+class GuardParams(_Section):
+    """The rollback guard: production's last live forecasts against persistence and nominal coverage."""
+
+    window_ticks: _int(10) = 300      # the newest forecasts of production's version it judges
+    max_dm_t: _num() = 3.0            # breach: worse than persistence with DM t above this
+    min_coverage_p: _num(0.0, 1.0) = 0.0001  # breach: an interval's coverage binomial p below this
+    check_interval_s: _num(0.1, 3600) = 5.0
 
 
 with warnings.catch_warnings():  # sections named `validate` and `register` hide BaseModel's methods of those names
@@ -140,6 +158,8 @@ with warnings.catch_warnings():  # sections named `validate` and `register` hide
         kafka: KafkaParams
         serving: ServingParams
         intervals: IntervalParams = IntervalParams()
+        promote: PromoteParams = PromoteParams()
+        guard: GuardParams = GuardParams()
 
 
 # ---- loading ----

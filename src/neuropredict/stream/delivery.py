@@ -66,7 +66,7 @@ class Delivery:
         self._dead: list = []  # (future, record, reason) of each dead letter
         self._rekeyed: list = []  # (future, record) of each tick sent back under its symbol
         self._rekey_warned: set[str] = set()
-        self._partitions: dict[bytes, int] = {}  # symbol key -> partition of predicted_prices
+        self._partitions: dict[tuple[str, bytes], int] = {}  # (topic, symbol key) -> partition
         # Exactly-once: a record the broker refused fails its whole transaction, so the retried
         # batch must know it: (topic, partition, offset) -> why, for what replaces it then.
         self._refused: dict[tuple[str, int, int], str] = {}
@@ -77,12 +77,13 @@ class Delivery:
             self._in_transaction = True  # first: if beginning fails, the rewind's abort replaces the producer
             self.producer.begin_transaction()
 
-    def publish(self, keyed_values: list[tuple[bytes, bytes]]) -> None:
-        """Forecasts, key = symbol. The partition is the default partitioner's (murmur2, as the
-        Java client), cached per symbol: hashing in pure Python on every send costs more than
-        the model call."""
-        send, part, topic = self.producer.send, self._partition, self.topics.predictions
-        self._futures += [send(topic, key=key, value=value, partition=part(key)) for key, value in keyed_values]
+    def publish(self, keyed_values: list[tuple[bytes, bytes]], shadow: bool = False) -> None:
+        """Forecasts (a shadow's: to the shadow topic), key = symbol. The partition is the default
+        partitioner's (murmur2, as the Java client), cached per symbol: hashing in pure Python on
+        every send costs more than the model call. Both topics have the same partition count."""
+        send, part = self.producer.send, self._partition
+        topic = self.topics.shadow_predictions if shadow else self.topics.predictions
+        self._futures += [send(topic, key=key, value=value, partition=part(topic, key)) for key, value in keyed_values]
 
     def dead_letter(self, rec, reason: str) -> None:
         """The original bytes (the first DEAD_LETTER_MAX_BYTES of an oversized one) with the reason."""
@@ -208,11 +209,11 @@ class Delivery:
         key, value, headers = messages.unsendable_trace(reason, rec.topic, rec.partition, rec.offset, size, error)
         return self.producer.send(self.topics.dead_letters, key=key, value=value, headers=headers)
 
-    def _partition(self, key: bytes) -> int:
-        part = self._partitions.get(key)
+    def _partition(self, topic: str, key: bytes) -> int:
+        part = self._partitions.get((topic, key))
         if part is None:
-            count = len(self.producer.partitions_for(self.topics.predictions))
-            part = self._partitions[key] = (murmur2(key) & 0x7FFFFFFF) % count
+            count = len(self.producer.partitions_for(topic))
+            part = self._partitions[(topic, key)] = (murmur2(key) & 0x7FFFFFFF) % count
         return part
 
 

@@ -47,6 +47,8 @@ class ModelSlot:
         self.served.forecaster.warm_up()
 
     def watch(self, poll_interval_s: float) -> None:
+        """Poll the alias in the background. A slot that was never loaded (a shadow) gets its
+        first model this way, so the worker never waits for it."""
         if self.pinned_version is None:
             self.watcher = ModelWatcher(self.model_name, self.alias, self.served, poll_interval_s)
             self.watcher.start()
@@ -66,6 +68,8 @@ class ModelSlot:
 
     def restore(self, reader: TopicReader, consumer, partitions) -> None:
         """Rebuild the symbols of newly owned partitions from the topic (no warm-up)."""
+        if self.book is None:  # a shadow whose model has not arrived yet
+            return
         restore.rebuild(self.book, reader, consumer, partitions, self.served, self.restore_lookback_max)
 
     def _use(self, served: registry.ServedModel, reader: TopicReader | None, consumer) -> None:
@@ -77,3 +81,6 @@ class ModelSlot:
                 self.book.states = old.states
                 restore.rebuild(self.book, reader, consumer, consumer.assignment(), served,
                                 self.restore_lookback_max, keep_open=True)
+            elif consumer is not None:  # a first model mid-stream (a shadow): windows from the topic,
+                restore.rebuild(self.book, reader, consumer, consumer.assignment(), served,  # none open:
+                                self.restore_lookback_max, reopen=False)  # it published none

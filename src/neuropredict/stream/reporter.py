@@ -37,10 +37,11 @@ class MlflowReporter:
     def due(self) -> bool:
         return time.monotonic() - self._last_put >= self.interval_s
 
-    def report(self, snapshot: dict[str, float], version: str, model_id: str | None) -> None:
-        """Queue a snapshot (cheap: the hot path never waits for MLflow)."""
+    def report(self, snapshot: dict[str, float], version: str, model_id: str | None,
+               served: dict[str, str] | None = None) -> None:
+        """Queue a snapshot (cheap: the hot path never waits for MLflow). `served`: alias -> version."""
         self._last_put = time.monotonic()
-        self._queue.put((snapshot, version, model_id))
+        self._queue.put((snapshot, version, model_id, served or {}))
 
     def close(self, timeout_s: float = 15.0) -> None:
         self._stop.set()
@@ -81,7 +82,7 @@ class MlflowReporter:
             log.info("live metrics -> MLflow run %s (experiment %s)", self.run_id, contracts.SERVING_EXPERIMENT_NAME)
         return self.run_id
 
-    def _log(self, snapshot: dict[str, float], version: str, model_id: str | None) -> None:
+    def _log(self, snapshot: dict[str, float], version: str, model_id: str | None, served: dict[str, str]) -> None:
         from mlflow.entities import Metric, RunTag
         from mlflow.tracking import MlflowClient
 
@@ -90,7 +91,8 @@ class MlflowReporter:
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, self._step, model_id=model_id) for k, v in snapshot.items()
                    if np.isfinite(v)]
-        tags = [RunTag("model_version", version), RunTag(f"served_version_{version}", "true")]
+        tags = [RunTag("model_version", version), RunTag(f"served_version_{version}", "true"),
+                *(RunTag(f"alias_{alias}", v) for alias, v in served.items())]
         tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics, tags=tags))
         self._step += 1
 

@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def rebuild(book: SymbolBook, reader: TopicReader, consumer, partitions: Iterable, served,
-            lookback_max: int, keep_open: bool = False) -> None:
+            lookback_max: int, keep_open: bool = False, reopen: bool = True) -> None:
     """Rebuild every symbol of these partitions. keep_open (a hot swap): each symbol keeps the
     forecast the previous model published, so it is scored under that model's version;
-    otherwise the forecast of the last tick is made again (it was published before the stop)."""
+    otherwise, with reopen, the forecast of the last tick is made again (it was published before
+    the stop); without (a model's first load mid-stream), none is open."""
     partitions = list(partitions)
     gone = {tp.partition for tp in partitions}
     kept = {s: st.open for s, st in book.states.items() if st.partition in gone} if keep_open else {}
@@ -39,7 +40,7 @@ def rebuild(book: SymbolBook, reader: TopicReader, consumer, partitions: Iterabl
             book.advance(symbol, tp.partition, settled(ticks, book.rules.max_abs_log_return))
             if symbol in kept:
                 book.states[symbol].keep(kept[symbol])
-            elif (prices := book.full_window(symbol)) is not None:
+            elif reopen and (prices := book.full_window(symbol)) is not None:
                 book.states[symbol].reopen(*served.forecaster.forecast_row(prices, symbol), served.version)
         log.info("partition %d: rebuilt %d symbols from %d messages before offset %d", tp.partition,
                  len(history), sum(len(t) for t in history.values()), committed)

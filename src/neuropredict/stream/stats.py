@@ -3,6 +3,7 @@ per symbol, per model version), interval coverage and score, latency, and where 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import numpy as np
 
 from neuropredict import intervals
 from neuropredict.evaluation import skill
+from neuropredict.settings.contracts import PRODUCTION_ALIAS
 from neuropredict.stream.rules import reason_code
 
 if TYPE_CHECKING:
@@ -28,12 +30,17 @@ class ErrorSums:
     n: int = 0
     model_sq: float = 0.0
     naive_sq: float = 0.0
+    diff: float = 0.0     # sums of the loss differential d = model_err^2 - naive_err^2 ...
+    diff_sq: float = 0.0  # ... and of d^2: the Diebold-Mariano t, as evaluation.dm_test
     intervals: dict[tuple[str, float], list[float]] = field(default_factory=dict)
 
     def add(self, model_err: np.ndarray, naive_err: np.ndarray, spread: dict | None = None) -> None:
         self.n += len(model_err)
         self.model_sq += float(np.dot(model_err, model_err))
         self.naive_sq += float(np.dot(naive_err, naive_err))
+        d = model_err * model_err - naive_err * naive_err
+        self.diff += float(d.sum())
+        self.diff_sq += float(np.dot(d, d))
         for key, sums in (spread or {}).items():
             total = self.intervals.setdefault(key, [0.0, 0.0, 0.0])
             for i, value in enumerate(sums):
@@ -43,12 +50,34 @@ class ErrorSums:
         if self.n == 0:
             return {}
         mse, naive = self.model_sq / self.n, self.naive_sq / self.n
-        out = {"mse": mse, "naive_mse": naive, "skill": skill(mse, naive), "scored": float(self.n)}
+        out = {"mse": mse, "naive_mse": naive, "skill": skill(mse, naive), "dm_t": self.dm_t(), "scored": float(self.n)}
         for (method, level), (n, inside, score) in self.intervals.items():
             if n:
                 out[intervals.metric_name(method, "coverage", level)] = 100 * inside / n
                 out[intervals.metric_name(method, "interval_score", level)] = score / n
         return out
+
+    def dm_t(self) -> float:
+        """t of the mean loss differential against persistence (positive: worse), 0 when undefined."""
+        if self.n < 2:
+            return 0.0
+        mean = self.diff / self.n
+        var = (self.diff_sq - self.n * mean * mean) / (self.n - 1)
+        return float(mean / math.sqrt(var / self.n)) if var > 0 else 0.0
+
+
+@dataclass
+class Timing:
+    """Where the time goes, under a prefix (a shadow's steps beside production's)."""
+
+    stats: LiveStats
+    prefix: str
+
+    def add_seconds(self, step: str, seconds: float) -> None:
+        self.stats.add_seconds(self.prefix + step, seconds)
+
+    def timed(self, step: str):
+        return self.stats.timed(self.prefix + step)
 
 
 @dataclass
@@ -71,6 +100,8 @@ class LiveStats:
     overall: ErrorSums = field(default_factory=ErrorSums)
     by_symbol: dict[str, ErrorSums] = field(default_factory=dict)
     by_version: dict[str, ErrorSums] = field(default_factory=dict)
+    by_alias: dict[tuple[str, str], ErrorSums] = field(default_factory=dict)  # (alias, version): shadows too
+    shadow_failures: int = 0  # shadow versions left out after failing to score
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50_000))
     started: float = field(default_factory=time.monotonic)
     seconds: dict[str, float] = field(default_factory=dict)  # where the time goes, per step of the loop
@@ -98,10 +129,17 @@ class LiveStats:
         finally:
             self.add_seconds(step, time.perf_counter() - began)
 
-    def add_batch(self, batch: Batch, dead_letter_reasons: list[str], scores: list[tuple]) -> None:
-        """Count a committed batch, and apply its score contributions."""
+    def prefixed(self, prefix: str) -> Timing:
+        return Timing(self, prefix)
+
+    def add_batch(self, batch: Batch, dead_letter_reasons: list[str], scores: list[tuple],
+                  shadow_scores: list[tuple[str, tuple]] = ()) -> None:
+        """Count a committed batch, and apply its score contributions (production's, shadows')."""
         for contribution in scores:
             self.score(*contribution)
+        for alias, (_symbol, version, *errors) in shadow_scores:
+            if len(errors[0]):
+                self.by_alias.setdefault((alias, version), ErrorSums()).add(*errors)
         for reason in dead_letter_reasons:
             code = reason_code(reason)
             self.dead_letter_reasons[code] = self.dead_letter_reasons.get(code, 0) + 1
@@ -126,6 +164,7 @@ class LiveStats:
         self.overall.add(model_err, naive_err, spread)
         self.by_symbol.setdefault(symbol, ErrorSums()).add(model_err, naive_err, spread)
         self.by_version.setdefault(version, ErrorSums()).add(model_err, naive_err, spread)
+        self.by_alias.setdefault((PRODUCTION_ALIAS, version), ErrorSums()).add(model_err, naive_err, spread)
 
     def snapshot(self) -> dict[str, float]:
         """Flat metrics for MLflow: live_mse beside live_naive_mse, counts, throughput, latency."""
@@ -143,6 +182,9 @@ class LiveStats:
             for key, value in sums.figures().items():
                 if key != "scored":
                     out[f"live_{key}_{symbol}"] = value
+        for (alias, version), sums in self.by_alias.items():  # each version as what it was served
+            out.update({f"{alias}_v{version}_{key}": value for key, value in sums.figures().items()})
+        out["shadow_failures"] = self.shadow_failures
         out.update({f"seconds_{step}": value for step, value in self.seconds.items()})  # where the time goes
         out["batches"] = self.batches
         if self.latencies_ms:

@@ -37,6 +37,7 @@ from neuropredict.stream.predict import forecast_and_publish
 from neuropredict.stream.reporter import MlflowReporter
 from neuropredict.stream.rules import TickRules
 from neuropredict.stream.scoring import score_forecasts
+from neuropredict.stream.shadow import Shadows
 from neuropredict.stream.stats import LiveStats, summary
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Worker:
         self.topics = topics or environment.topics(params.kafka.topic_prefix)
         self.model = ModelSlot(params.register.model_name, alias, self.rules, self.serving.restore_lookback_max,
                                pinned_version)
+        self.shadows = Shadows(params.register.model_name, () if pinned_version else self.serving.shadow_aliases,
+                               self.rules, self.serving.restore_lookback_max, alias)
         # a stable name (NEUROPREDICT_WORKER_ID) lets a restarted worker fence its predecessor's
         # transaction at once; otherwise that one is aborted after the transaction timeout
         self.worker_id = environment.worker_id() or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
@@ -74,15 +77,6 @@ class Worker:
     def guarantee(self) -> str:
         return "exactly_once" if self.delivery and self.delivery.transactional else "at_least_once"
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT only set the stop flag: the loop finishes its batch, commits, closes."""
-        def stop(signum, _frame):
-            log.info("%s: finishing the current batch, then stopping", signal.Signals(signum).name)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-
     def start(self, wait: bool = False) -> None:
         """Load the model and connect. With wait=True (services, containers) a missing model or an
         unreachable broker/registry is retried with backoff and a log line, instead of exiting."""
@@ -92,6 +86,7 @@ class Worker:
         else:
             self._connect()
         self.model.watch(self.serving.alias_poll_interval_s)
+        self.shadows.watch(self.serving.alias_poll_interval_s)
         if self.reporter:
             self.reporter.start()
         log.info("worker: group %s, Kafka %s (%s), model %s v%s (window %d), batches of up to %d", self.topics.group,
@@ -131,9 +126,10 @@ class Worker:
                     if self.model.maybe_swap(self.reader, self.consumer):  # between two batches
                         self.stats.swaps += 1
                         self.status.set(self.status.phase, version=self.version)
+                    self.shadows.maybe_swap(self.reader, self.consumer)
                     if self._to_restore:
                         assigned, self._to_restore = set(self._to_restore), set()
-                        self.model.restore(self.reader, self.consumer, assigned)
+                        self._restore(assigned)
                         limits.had_data()  # idle counts from when input could first arrive (a slow join is not idle)
                     if polled:
                         with self.stats.busy():
@@ -142,15 +138,16 @@ class Worker:
                 except KafkaError as exc:  # broker gone or group rebalanced mid-batch: nothing was committed
                     self._rewind(f"{type(exc).__name__}: {exc}")
                 if self.reporter and self.reporter.due():
-                    self.reporter.report(self.stats.snapshot(), self.version, self.model.model_id)
+                    self._report()
         finally:
             self.close()
         return self.stats
 
     def close(self) -> None:
         self.model.stop()
+        self.shadows.stop()
         if self.reporter:
-            self.reporter.report(self.stats.snapshot(), self.version, self.model.model_id)
+            self._report()
             self.reporter.close()
             self.reporter.finish()
         kafka_io.close_quietly(self.delivery and self.delivery.producer, self.consumer, self.reader)
@@ -181,19 +178,29 @@ class Worker:
             scores = [c for symbol, step in batch.steps.items() for c in score_forecasts(
                 symbol, book.states[symbol], step, forecasts[batch.accepted(symbol)], bounds[batch.accepted(symbol)],
                 forecaster.live_keys, self.version)]
+        shadow_scores = self.shadows.forecast_and_score(batch, self.delivery, self._model_pool, self.version,
+                                                        self.worker_id, self.stats)  # after production's
         with timed("ack"):
             failure = self.delivery.acknowledge()
         if failure:
             return self._rewind(failure)
         with timed("commit"):
             self.delivery.commit()
-        self.stats.add_batch(batch, [reason for _, reason in dead], scores)
+        self.stats.add_batch(batch, [reason for _, reason in dead], scores, shadow_scores)
 
     def _rewind(self, why: str) -> None:
         """Nothing of the failed batch was committed: back to the last commit, windows rebuilt."""
         self.stats.rewinds += 1
         log.warning("%s; rewinding to the last committed offsets", why)
-        self.delivery.rewind(self.stop_event, then=lambda parts: self.model.restore(self.reader, self.consumer, parts))
+        self.delivery.rewind(self.stop_event, then=self._restore)
+
+    def _restore(self, partitions) -> None:
+        self.model.restore(self.reader, self.consumer, partitions)
+        self.shadows.restore(self.reader, self.consumer, partitions)
+
+    def _report(self) -> None:
+        served = {PRODUCTION_ALIAS: self.version, **self.shadows.served()}
+        self.reporter.report(self.stats.snapshot(), self.version, self.model.model_id, served)
 
 
 class Rebalance(ConsumerRebalanceListener):
@@ -246,10 +253,20 @@ def _transactional(guarantee: str, bootstrap: str) -> bool:
     return False
 
 
+def stop_on_signals(stop_event: threading.Event) -> None:
+    """SIGTERM/SIGINT only set the stop flag: the loop finishes its batch, commits, closes."""
+    def stop(signum, _frame):
+        log.info("%s: finishing the current batch, then stopping", signal.Signals(signum).name)
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def serve(params: Params, wait: bool = False, **run_kwargs: Any) -> LiveStats:
     """The `neuropredict serve` entry point."""
     tracking.bound_client_retries()
     worker = Worker(params)
-    worker.install_signal_handlers()
+    stop_on_signals(worker.stop_event)
     worker.start(wait=wait)
     return worker.run(**run_kwargs)
