@@ -58,6 +58,7 @@ test-fast: setup  ## the tests that take seconds, not minutes
 bench: setup  ## the benchmarks in bench/ (reports in bench/results/)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/promotion.py
 
 docs: setup  ## render README.md and docs/ from docs/templates/ and the committed reports
 	$(BIN)/python docs/build.py

@@ -62,6 +62,7 @@ TOPICS = Topics()  # a private broker per setup: the default names
 SEED_TOPIC = "bench_seed_predictions"
 WARMUP_TOPIC = "bench_warmup"
 OVERLAPPED = ("model",)
+SHADOW_ALIAS = "challenger"  # phase S: the worker also scores one version in shadow
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,11 +76,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--brokers", default="tansu,apache", help="comma-separated: tansu, apache")
     ap.add_argument("--no-intervals", action="store_true",
                     help="serve the production model without its interval calibration (what intervals cost)")
+    ap.add_argument("--shadow-rounds", type=int, default=3,
+                    help="phase S: rounds of the worker with one shadow version beside none, alternating (0: skip)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, measures nothing")
     ap.add_argument("--out", type=Path, help="report path (default bench/results/serving[-smoke].json)")
     args = ap.parse_args()
     if args.smoke:
-        args.ticks, args.copies, args.seed_ticks, args.rate_seconds = 1500, 2, 20, 2.0
+        args.ticks, args.copies, args.seed_ticks, args.rate_seconds, args.shadow_rounds = 1500, 2, 20, 2.0, 1
     args.out = args.out or HERE / "results" / ("serving-smoke.json" if args.smoke else "serving.json")
     args.brokers = [b for b in args.brokers.split(",") if b]
     return args
@@ -150,9 +153,12 @@ def warm_up_broker(params, bootstrap: str, ticks) -> None:
         reader.read_all([WARMUP_TOPIC])
 
 
-def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool) -> tuple[Worker, dict]:
-    sent = producer.publish(ticks, TOPICS.prices, bootstrap=bootstrap, serving=params.serving)
-    worker = Worker(params, bootstrap=bootstrap, topics=TOPICS, report_to_mlflow=False, pinned_version=version)
+def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool, topics: Topics = TOPICS,
+                     shadow=None) -> tuple[Worker, dict]:
+    sent = producer.publish(ticks, topics.prices, bootstrap=bootstrap, serving=params.serving)
+    worker = Worker(params, bootstrap=bootstrap, topics=topics, report_to_mlflow=False, pinned_version=version)
+    if shadow is not None:
+        worker.shadows.pin(SHADOW_ALIAS, shadow)
     worker.start()
     prof = cProfile.Profile() if profile else None
 
@@ -222,16 +228,17 @@ def phase_seed_loop(params, bootstrap: str, forecaster, n_scored: int) -> dict:
     return {"scored": scored, "seconds": elapsed, "seed_loop_ticks_per_s": scored / elapsed}
 
 
-def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, seconds: float) -> dict:
+def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, seconds: float,
+                  topics: Topics = TOPICS) -> dict:
     n = min(len(ticks), int(rate * seconds))
     since_ms = int(time.time() * 1000)
     before = worker.stats.consumed
-    sent = producer.publish(ticks[:n], TOPICS.prices, bootstrap=bootstrap, rate=rate, serving=params.serving)
+    sent = producer.publish(ticks[:n], topics.prices, bootstrap=bootstrap, rate=rate, serving=params.serving)
     retry.wait_until(lambda: worker.stats.consumed >= before + n, 60, "the latency phase's ticks", every_s=0.05)
     with kafka_io.TopicReader(bootstrap) as reader:
         created = {(r.partition, r.offset): r.timestamp
-                   for r in reader.read_all([TOPICS.prices]) if r.timestamp >= since_ms}
-        outputs = [r for r in reader.read_all([TOPICS.predictions]) if r.timestamp >= since_ms]
+                   for r in reader.read_all([topics.prices]) if r.timestamp >= since_ms}
+        outputs = [r for r in reader.read_all([topics.predictions]) if r.timestamp >= since_ms]
     lat = []
     for r in outputs:
         v = json.loads(r.value)
@@ -240,6 +247,51 @@ def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, se
             lat.append(r.timestamp - t_in)
     return {"offered_ticks_per_s": rate, "achieved_offer_ticks_per_s": sent["ticks_per_s"],
             "seconds": sent["seconds"], **percentiles(lat)}
+
+
+def phase_shadow(params, ticks, version: str, shadow, rounds: int, rate: float, seconds: float) -> dict:
+    """S. the worker with one shadow version beside none, alternating in rounds on one embedded
+    broker, each run on topics of its own: backlog throughput and latency at a fixed rate."""
+    out: dict[str, list] = {"none": [], "one": []}
+    live = make_ticks(params, 1, 10**9, suffix=".live")
+    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
+        broker = brokers.start_scratch_broker("tansu", Path(tmp), params.kafka, topics=TOPICS)
+        try:
+            warm_up_broker(params, broker.bootstrap, ticks)
+            for r in range(rounds):
+                for kind in ("none", "one"):
+                    topics = Topics(prefix=f"round{r}-{kind}.")
+                    kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics.all)
+                    worker, a = phase_throughput(params, broker.bootstrap, ticks, version, False, topics,
+                                                 shadow if kind == "one" else None)
+                    c = phase_latency(params, broker.bootstrap, worker, live, rate, seconds, topics)
+                    worker.stop_event.set()
+                    a.pop("_thread").join(30)
+                    shadowed = sum(s.n for (alias, _), s in worker.stats.by_alias.items() if alias == SHADOW_ALIAS)
+                    out[kind].append({"throughput_ticks_per_s": a["throughput_ticks_per_s"], "p99_ms": c["p99"],
+                                      "p50_ms": c["p50"], "shadow_scored": shadowed,
+                                      "shadow_seconds": {k: v for k, v in worker.stats.seconds.items()
+                                                         if k.startswith("shadow_")}})
+                    print(f"   round {r + 1} {kind:>4} shadow: {a['throughput_ticks_per_s']:,.0f} ticks/s, "
+                          f"p99 {c['p99']:.1f} ms at {rate:g}/s", flush=True)
+        finally:
+            broker.stop()
+    med = {k: {m: float(np.median([x[m] for x in v])) for m in ("throughput_ticks_per_s", "p99_ms", "p50_ms")}
+           for k, v in out.items()}
+    return {"rounds": out, "median": med, "shadow_version": shadow.version,
+            "one_of_none_throughput": med["one"]["throughput_ticks_per_s"] / med["none"]["throughput_ticks_per_s"],
+            "one_over_none_p99": med["one"]["p99_ms"] / med["none"]["p99_ms"]}
+
+
+def _shadow_model(name: str, version: str, intervals: bool):
+    """The production model loaded a second time (its own object), served in shadow under a label
+    of its own: what one shadow version costs, whatever its weights."""
+    import mlflow.pyfunc
+
+    forecaster = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().forecaster
+    if not intervals:
+        forecaster.calibration = None
+    return registry.ServedModel(version=f"{version}-shadow-copy", forecaster=forecaster)
 
 
 def _serve_point_forecasts_only() -> None:
@@ -309,10 +361,16 @@ def main() -> int:
                                                         "achieved_offer_ticks_per_s")},
                        "saturation_latency_to_commit_ms": saturation, "throughput_phase": a, "latency_phase": c}
         last_worker = worker
-    report = ratios(runs) | {
+    shadow = None
+    if args.shadow_rounds and "tansu" in args.brokers:
+        print(f"S. one shadow version beside none, {args.shadow_rounds} alternating rounds (tansu) ...", flush=True)
+        alo = params.model_copy(update={"serving": params.serving.model_copy(update={"guarantee": "at_least_once"})})
+        shadow = phase_shadow(alo, ticks, version, _shadow_model(name, version, not args.no_intervals),
+                              args.shadow_rounds, args.rate, args.rate_seconds)
+    report = ratios(runs, shadow) | {
         "model_ceiling_windows_per_s": m["model_ceiling_windows_per_s"],
         "seed_loop_ticks_per_s": seed["seed_loop_ticks_per_s"],
-        "runs": runs, "model_ceiling_phase": m, "seed_loop_phase": seed,
+        "runs": runs, "model_ceiling_phase": m, "seed_loop_phase": seed, "shadow_phase": shadow,
         "latency_offered_ticks_per_s": args.rate,
         "model": {"name": name, "version": version, "window": loaded.forecaster.window,
                   "cell": registry.version_tags(name, version).get("cell"), "intervals": not args.no_intervals},
@@ -341,17 +399,20 @@ def main() -> int:
     return 0
 
 
-def ratios(runs: dict) -> dict:
-    """The issue's targets, as ratios of one run: Apache at-least-once of the model ceiling,
-    exactly-once of at-least-once (throughput), exactly-once p99 over at-least-once p99."""
+def ratios(runs: dict, shadow: dict | None = None) -> dict:
+    """The issues' targets, as ratios of one run: Apache at-least-once of the model ceiling,
+    exactly-once of at-least-once (throughput), exactly-once p99 over at-least-once p99; one
+    shadow version beside none (throughput, p99)."""
+    out = {}
     alo, eos = runs.get("apache/at_least_once"), runs.get("apache/exactly_once")
-    if not (alo and eos):
-        return {}
-    return {"ratios": {
-        "apache_at_least_once_of_model_ceiling": alo["of_model_ceiling"],
-        "exactly_once_of_at_least_once_throughput": eos["throughput_ticks_per_s"] / alo["throughput_ticks_per_s"],
-        "exactly_once_over_at_least_once_p99": eos["latency_ms"]["p99"] / alo["latency_ms"]["p99"],
-    }}
+    if alo and eos:
+        out |= {"apache_at_least_once_of_model_ceiling": alo["of_model_ceiling"],
+                "exactly_once_of_at_least_once_throughput": eos["throughput_ticks_per_s"] / alo["throughput_ticks_per_s"],
+                "exactly_once_over_at_least_once_p99": eos["latency_ms"]["p99"] / alo["latency_ms"]["p99"]}
+    if shadow:
+        out |= {"one_shadow_of_none_throughput": shadow["one_of_none_throughput"],
+                "one_shadow_over_none_p99": shadow["one_over_none_p99"]}
+    return {"ratios": out} if out else {}
 
 
 def _apache_version(brokers: list[str]) -> str | None:

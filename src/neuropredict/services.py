@@ -65,7 +65,8 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
                      "mlflow": services["mlflow-server"].url.removeprefix("http://")}
         for svc in topology.start_workers(workers, addresses, tracking_server.compose_variables(), topics.group):
             services[svc.name] = svc
-        log.info("%d serving workers (configured from serving/compose.yaml)", workers)
+        services["guard"] = topology.start_guard(addresses, tracking_server.compose_variables())
+        log.info("%d serving workers and the rollback guard (configured from serving/compose.yaml)", workers)
         _save_state(services)
     return {"services": services, "topics": partitions, "bootstrap": environment.kafka_bootstrap(),
             "replication": replication}
@@ -124,9 +125,10 @@ def reset_stream(kafka: KafkaParams, topics: Topics, replication: int) -> bool:
 def down() -> list[str]:
     """Stop exactly the processes `up` recorded, all at once; return their names."""
     alive = running()
-    # workers first: they finish their batch, commit and log final metrics while Kafka and MLflow still run
-    for tier in ([s for n, s in alive.items() if n.startswith("worker-")],
-                 [s for n, s in alive.items() if not n.startswith("worker-")]):
+    # workers (and the guard) first: they finish their batch, commit and log final metrics while Kafka
+    # and MLflow still run
+    for tier in ([s for n, s in alive.items() if n.startswith(("worker-", "guard"))],
+                 [s for n, s in alive.items() if not n.startswith(("worker-", "guard"))]):
         procs.stop([svc.pid for svc in tier], signals={svc.pid: svc.stop_signal for svc in tier})
     paths().services_file.unlink(missing_ok=True)
     return sorted(alive)

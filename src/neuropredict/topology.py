@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from neuropredict import workers
+from neuropredict import procs, workers
 from neuropredict.errors import ConfigError
 from neuropredict.procs import Service
 from neuropredict.settings.paths import paths, project_root
@@ -69,24 +69,26 @@ def image_entrypoint(path: Path) -> list[str]:
     return yaml.safe_load(found[-1])
 
 
-def worker_environment(addresses: dict[str, str], variables: dict[str, str]) -> dict[str, str]:
-    """What compose sets in a worker container, for a process here: `addresses` maps each compose
-    service (kafka, mlflow) to its local host:port; `variables` are compose's interpolation values."""
+def worker_environment(addresses: dict[str, str], variables: dict[str, str], service: str = "worker") -> dict[str, str]:
+    """What compose sets in a worker (or the guard's) container, for a process here: `addresses`
+    maps each compose service (kafka, mlflow) to its local host:port; `variables` are compose's
+    interpolation values."""
     if not compose_file().is_file() or not dockerfile().is_file():
         raise ConfigError(f"{compose_file()} and {dockerfile().name} are needed: the workers take their "
                           f"environment and entry point from them (restore them from git)")
-    service = yaml.safe_load(compose_file().read_text())["services"]["worker"]
+    config = yaml.safe_load(compose_file().read_text())["services"][service]
     env = image_environment(dockerfile())
-    env.update({key: interpolate(str(value), variables) for key, value in service.get("environment", {}).items()})
+    env.update({key: interpolate(str(value), variables) for key, value in config.get("environment", {}).items()})
     env["NEUROPREDICT_ROOT"] = str(project_root())  # the image's /app is this project
     for name, inside in COMPOSE_SERVICE_ADDRESSES.items():
         env = {key: value.replace(inside, addresses[name]) for key, value in env.items()}
     return env
 
 
-def worker_command() -> list[str]:
-    """The image's ENTRYPOINT, its `python` being this environment's."""
-    entry = image_entrypoint(dockerfile())
+def worker_command(service: str = "worker") -> list[str]:
+    """The service's entry point (the worker's: the image's ENTRYPOINT), `python` being this environment's."""
+    entry = yaml.safe_load(compose_file().read_text())["services"][service].get("entrypoint") \
+        or image_entrypoint(dockerfile())
     return [sys.executable if entry[0].startswith("python") else entry[0], *entry[1:]]
 
 
@@ -100,6 +102,15 @@ def start_workers(count: int, addresses: dict[str, str], variables: dict[str, st
                for i in range(1, count + 1)]
     workers.wait_ready(started, (status.SERVING, status.WAITING))
     return started
+
+
+def start_guard(addresses: dict[str, str], variables: dict[str, str]) -> Service:
+    """compose's `guard` service as a process: one rollback guard for the whole stream."""
+    env = {**_host_basics(), **worker_environment(addresses, variables, "guard")}
+    log_path = paths().state_dir / "guard.log"
+    log_path.unlink(missing_ok=True)
+    proc = procs.spawn(worker_command("guard"), log_path, env=env, cwd=project_root())
+    return procs.service("guard", proc, "rollback guard", log_path)
 
 
 def _host_basics() -> dict[str, str]:

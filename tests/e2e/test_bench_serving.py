@@ -26,7 +26,10 @@ def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path
         "tansu/at_least_once": "at_least_once", "apache/at_least_once": "at_least_once",
         "apache/exactly_once": "exactly_once"}
     assert set(report["ratios"]) == {"apache_at_least_once_of_model_ceiling", "exactly_once_of_at_least_once_throughput",
-                                     "exactly_once_over_at_least_once_p99"}
+                                     "exactly_once_over_at_least_once_p99", "one_shadow_of_none_throughput",
+                                     "one_shadow_over_none_p99"}
+    shadow = report["shadow_phase"]["rounds"]  # the shadow scored the same backlog; none without one
+    assert shadow["one"][0]["shadow_scored"] > 0 and shadow["none"][0]["shadow_scored"] == 0
     latency = report["latency_ms"]
     assert latency["offered_ticks_per_s"] > 0 and latency["n"] > 0
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"]

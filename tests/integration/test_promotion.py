@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from neuropredict import compare, promote, promotions, registry, tracking
+from neuropredict import compare, messages, promote, promotions, registry, tracking
 from neuropredict.errors import NeuropredictError
 from neuropredict.features import load_price_series
 from neuropredict.forecaster import Forecaster, forecast_period
@@ -156,8 +156,9 @@ def test_a_bad_version_is_shown_worse_refused_forced_and_rolled_back_by_the_guar
 
 
 def test_a_good_challenger_compare_equals_the_workers_figures_and_promote_accepts_it(
-        trained_project, tmp_path, use_project, stream):
-    root, params = _project(trained_project, tmp_path, use_project)
+        trained_project, tmp_path, use_project, stream, caplog):
+    """Beside it, a shadow whose version cannot load: production's forecasts stay unchanged and complete."""
+    root, params = _project(trained_project, tmp_path, use_project, shadow_aliases=[CHALLENGER_ALIAS, "broken"])
     name = params.register.model_name
     good = registry.alias_version(name)
     ticks = replay(root, params, start="2022-06-01")
@@ -166,12 +167,21 @@ def test_a_good_challenger_compare_equals_the_workers_figures_and_promote_accept
     rows = forecast_period(registry.load(name).forecaster, series, "2022-06-01", params.data.end)
     candidate = _register_shifted(root, 0.05 * np.sign(np.mean(rows["actual"] - rows["predicted"])))
     assert registry.alias_version(name, CHALLENGER_ALIAS) == candidate
+    broken = _register_broken(root, params, series)
+    caplog.set_level(logging.ERROR, logger="neuropredict.stream.watcher")
 
     w = WorkerThread(params, stream)
     wait_for(lambda: w.owned() and _shadow_loaded([w], candidate), what="the worker, with the challenger in shadow")
     publish(stream, ticks, serving=params.serving)
     wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
     w.stop()
+
+    outs, got = predictions(stream), inputs(stream)  # production: complete, and what it forecasts alone
+    assert len(outs) == len(got) - len(warmup_positions(got, params.featurize.window)) == w.stats.predicted
+    assert_forecasts_match(outs, expected_forecasts(got, registry.load(name, version=good).forecaster))
+    assert any(f"broken: version {broken} cannot be loaded" in r.getMessage() for r in caplog.records)
+    assert {messages.decode(r.value)["alias"] for r in read_topic(stream, stream.topics.shadow_predictions)} == {
+        CHALLENGER_ALIAS}
 
     result, _ = compare.compare(compare.live_rows(params, stream.topics, stream.bootstrap), good, candidate)
     assert result["paired"]["_pooled"]["n"] == w.stats.by_alias[(CHALLENGER_ALIAS, candidate)].n
@@ -201,27 +211,14 @@ def test_a_good_challenger_compare_equals_the_workers_figures_and_promote_accept
     assert (back.kind, back.from_version, back.to_version) == ("rollback", candidate, good)
 
 
-def test_a_shadow_that_cannot_load_leaves_production_unchanged_and_complete(
-        trained_project, tmp_path, use_project, stream, caplog):
-    root, params = _project(trained_project, tmp_path, use_project)
+def _register_broken(root: Path, params, series) -> str:
+    """A real version whose files then vanish from the artifact store, behind the alias `broken`."""
     name = params.register.model_name
-    broken = _register_shifted(root, 0.0)
-    client = tracking.client()
-    model_id = registry.model_id(name, broken)
-    location = Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
-    shutil.rmtree(location)  # its files are gone from the artifact store
-    ticks = replay(root, params, start="2024-01-01")
-    caplog.set_level(logging.ERROR, logger="neuropredict.stream.watcher")
-
-    w = WorkerThread(params, stream)
-    wait_for(lambda: w.owned(), what="the worker to join")
-    publish(stream, ticks, serving=params.serving)
-    wait_for(lambda: w.stats.consumed >= len(ticks), what="the whole stream")
-    w.stop()
-
-    outs = predictions(stream)
-    got = inputs(stream)
-    assert len(outs) == len(got) - len(warmup_positions(got, params.featurize.window)) == w.stats.predicted
-    assert_forecasts_match(outs, expected_forecasts(got, registry.load(name).forecaster))
-    assert read_topic(stream, stream.topics.shadow_predictions) == []
-    assert any(f"version {broken} cannot be loaded" in r.getMessage() for r in caplog.records)
+    tracking.setup()
+    with mlflow.start_run(run_name="test-broken-version"):
+        version = registry.log_and_register(root / "models" / "tuned" / "best", name, series, {"cell": "lstm"},
+                                            {"window": params.featurize.window})
+    location = Path(urlparse(tracking.client().get_logged_model(registry.model_id(name, version)).artifact_location).path)
+    shutil.rmtree(location)
+    tracking.client().set_registered_model_alias(name, "broken", version)
+    return version

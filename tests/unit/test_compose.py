@@ -196,7 +196,8 @@ def test_the_three_broker_variant_replicates_every_topic_and_serves_all_brokers(
     assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
     assert env(services_["kafka-init"]) == {"REPLICATION_FACTOR": "3", "MIN_INSYNC_REPLICAS": "2"}
     assert "$$REPLICATION_FACTOR" in command_text(services_["kafka-init"])
-    assert env(services_["worker"])["KAFKA_BOOTSTRAP_SERVERS"].split(",") == ["kafka:9092", "kafka-2:9092", "kafka-3:9092"]
+    for reader in ("worker", "guard"):
+        assert env(services_[reader])["KAFKA_BOOTSTRAP_SERVERS"].split(",") == ["kafka:9092", "kafka-2:9092", "kafka-3:9092"]
     for name in ("kafka-2", "kafka-3"):
         assert all(str(p).startswith("127.0.0.1:") for p in services_[name]["ports"])
 
@@ -295,3 +296,13 @@ def test_a_local_cluster_never_shares_a_port_between_nodes_and_controllers(monke
         ports = [n.port for n in cluster.nodes] + [n.controller_port for n in cluster.nodes]
         assert len(set(ports)) == 6 and ports[:3] == [first, first + 1, first + 2]
     assert len(set(procs.free_ports(50))) == 50
+
+
+def test_one_rollback_guard_runs_beside_the_workers_with_their_environment(services: dict) -> None:
+    guard = services["guard"]
+    assert guard["entrypoint"] == ["python", "-m", "neuropredict.cli", "guard"]
+    assert "deploy" not in guard  # one guard decides for the whole stream
+    assert env(guard) == env(services["worker"]) and guard["depends_on"] == services["worker"]["depends_on"]
+    from neuropredict import topology
+
+    assert topology.worker_command("guard")[1:] == ["-m", "neuropredict.cli", "guard"]

@@ -43,7 +43,11 @@ class ModelSlot:
 
     def load(self) -> None:
         """The first model, warmed up (a missing one raises ModelNotFoundError)."""
-        self._use(registry.load(self.model_name, self.alias, version=self.pinned_version), None, None)
+        self.adopt(registry.load(self.model_name, self.alias, version=self.pinned_version))
+
+    def adopt(self, served: registry.ServedModel) -> None:
+        """Serve this model from the start, warmed up."""
+        self._use(served, None, None)
         self.served.forecaster.warm_up()
 
     def watch(self, poll_interval_s: float) -> None:
@@ -62,7 +66,10 @@ class ModelSlot:
         new = self.watcher.take() if self.watcher else None
         if new is None:
             return False
-        log.info("hot swap: %s v%s -> v%s (alias %s moved)", self.model_name, self.version, new.version, self.alias)
+        if self.loaded:
+            log.info("hot swap: %s v%s -> v%s (alias %s moved)", self.model_name, self.version, new.version, self.alias)
+        else:
+            log.info("%s@%s: v%s loaded", self.model_name, self.alias, new.version)
         self._use(new, reader, consumer)
         return True
 

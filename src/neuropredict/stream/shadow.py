@@ -31,9 +31,16 @@ class Shadows:
 
     def __init__(self, model_name: str, aliases: tuple[str, ...], rules: TickRules, restore_lookback_max: int,
                  production_alias: str):
+        self.model_name, self.rules, self.restore_lookback_max = model_name, rules, restore_lookback_max
         self.slots = [ModelSlot(model_name, alias, rules, restore_lookback_max)
                       for alias in aliases if alias != production_alias]
         self._broken: dict[str, str] = {}  # alias -> the version that failed to score
+
+    def pin(self, alias: str, served) -> None:
+        """A shadow serving one fixed model, no alias watch (the benchmark's)."""
+        slot = ModelSlot(self.model_name, alias, self.rules, self.restore_lookback_max, pinned_version=served.version)
+        slot.adopt(served)
+        self.slots.append(slot)
 
     def watch(self, poll_interval_s: float) -> None:
         for slot in self.slots:

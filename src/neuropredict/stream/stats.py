@@ -202,5 +202,9 @@ def summary(stats: LiveStats) -> str:
                 if m == "model" and (name := intervals.metric_name(m, "coverage", level)) in figures]
     covered = f"; interval coverage {', '.join(coverage)}" if coverage else ""
     rekeyed = f" + {stats.rekeyed} re-keyed" if stats.rekeyed else ""
+    shadows = "".join(f"; in shadow, {alias} v{version}: MSE {f['mse']:.4f} (skill {100 * f['skill']:+.2f} %, DM t "
+                      f"{f['dm_t']:+.2f} against persistence) on {f['scored']:.0f} ticks"
+                      for (alias, version), sums in stats.by_alias.items()
+                      if alias != PRODUCTION_ALIAS and (f := sums.figures()))
     return (f"{stats.consumed} consumed = {stats.predicted} predicted + {stats.dead_lettered} dead-lettered + "
-            f"{stats.warmup} warm-up{rekeyed}{live}{covered}")
+            f"{stats.warmup} warm-up{rekeyed}{live}{covered}{shadows}")
