@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neuropredict import brokers, kafka_io, messages, producer, registry, retry, scratch, tracking, workers
+from neuropredict import brokers, kafka_io, messages, producer, promotions, registry, retry, scratch, tracking, workers
 from neuropredict.console import configure_logging
-from neuropredict.settings.contracts import Topics
+from neuropredict.settings.contracts import PRODUCTION_ALIAS, Topics
 from neuropredict.settings.paths import Paths
 from neuropredict.settings.schema import load_params
 
@@ -142,14 +142,19 @@ def scenario(args, root: Path, env: dict, bootstrap: str, topics: Topics, params
     sender.start()
     retry.wait_until(lambda: registry.alias_version(params.register.model_name) == good, 300, "the guard's rollback",
                      every_s=0.2)
-    rolled_back_s = time.monotonic() - forced_at
+    command_to_rollback_s = time.monotonic() - forced_at
+    moves = promotions.history(params.register.model_name, PRODUCTION_ALIAS)
+    forced_move, guard_move = moves[-2], moves[-1]  # the alias moves as recorded: the force, then the guard's
     sender.join()
     retry.wait_until(lambda: sum(count_predictions(bootstrap, topics.predictions).values())
                      >= len(ticks) - params.featurize.window * len(params.data.symbols), 300, "the whole replay")
     published = count_predictions(bootstrap, topics.predictions)
     return {"good_version": good, "bad_version": bad, "ticks": len(ticks), "replay_start": args.start,
             "promoted_after_ticks": split, "rate_after_promotion": args.rate,
-            "rollback_seconds_after_force": rolled_back_s, "forecasts_by_bad_version": published.get(bad, 0),
+            "rollback_seconds_after_force": (guard_move.at_ms - forced_move.at_ms) / 1000,
+            "rollback_seconds_after_force_command_started": command_to_rollback_s,
+            "moves": [(m.kind, m.from_version, m.to_version) for m in (forced_move, guard_move)],
+            "forecasts_by_bad_version": published.get(bad, 0),
             "forecasts_by_version": published, "guard": params.guard.model_dump(),
             "alias_poll_interval_s": params.serving.alias_poll_interval_s,
             "commands": {"compare": compared, "promote_refused": refused, "promote_forced": forced,

@@ -171,8 +171,8 @@ def gate(scores: dict[str, dict[str, float]], params: RegisterParams,
         validation, levels, min_p = calibration
         off = intervals.miscalibrated(validation, levels, min_p)
         if off:
-            reasons.append(f"intervals miscalibrated on validation (binomial p < {min_p:g}): "
-                           + "; ".join(off))
+            shown = off if len(off) <= 4 else [*off[:3], f"{len(off) - 3} more"]
+            reasons.append(f"intervals miscalibrated on validation (binomial p < {min_p:g}): " + "; ".join(shown))
     pooled = scores["_pooled"]
     worse = [s for s, m in scores.items() if not s.startswith("_") and m["dm_t"] >= params.max_dm_t]
     if worse:
