@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 TICK = ["input_partition", "input_offset"]
 
 
-def live_rows(params: Params, topics: Topics, bootstrap: str | None = None, since_ms: int | None = None) -> pd.DataFrame:
+def live_rows(params: Params, topics: Topics, bootstrap: str | None = None,
+              since_ms: int | None = None) -> pd.DataFrame:
     """Every scored live forecast, production's and the shadows'."""
     rules = TickRules.from_params(params.validate, params.serving)
     return stream_report.joined_rows(rules, params.data.intraday, topics, bootstrap, since_ms, shadow=True)
@@ -61,7 +62,8 @@ def compare(rows: pd.DataFrame, a: str, b: str) -> tuple[dict[str, Any], pd.Data
     paired = ra.merge(rb[TICK + ["predicted", *stream_report.bound_columns(rb)]], on=TICK, suffixes=("", "_b"))
     levels = stream_report.interval_levels(rows)
     by_symbol = {str(s): _pair_figures(g, levels) for s, g in paired.groupby("symbol", sort=True)}
-    return {"a": str(a), "b": str(b), "levels": list(levels), "paired": {**by_symbol, "_pooled": _pair_figures(paired, levels)},
+    by_symbol["_pooled"] = _pair_figures(paired, levels)
+    return {"a": str(a), "b": str(b), "levels": list(levels), "paired": by_symbol,
             "versions": {str(a): version_figures(ra)["_pooled"], str(b): version_figures(rb)["_pooled"]},
             "first_target": str(paired["time"].min()) if len(paired) else "",
             "last_target": str(paired["time"].max()) if len(paired) else ""}, paired
@@ -106,13 +108,15 @@ def since_ms(text: str | None) -> int | None:
 
 def format_comparison(result: dict[str, Any]) -> str:
     a, b, levels = result["a"], result["b"], result["levels"]
-    head = f"{'symbol':<8}{'n':>6}{'MSE v' + a:>13}{'MSE v' + b:>13}{'persist.':>12}{'skill A %':>10}{'skill B %':>10}{'DM t B-A':>10}"
+    head = (f"{'symbol':<8}{'n':>6}{'MSE v' + a:>13}{'MSE v' + b:>13}{'persist.':>12}{'skill A %':>10}"
+            f"{'skill B %':>10}{'DM t B-A':>10}")
     cov = "".join(f"{f'cov{intervals.label(p)} A/B':>16}{f'IS{intervals.label(p)} A/B':>16}" for p in levels)
     lines = [f"v{a} (A) against v{b} (B) on the same live ticks ({result['first_target'][:16]} .. "
              f"{result['last_target'][:16]}); DM t > 0: B is worse", head + cov, "-" * len(head + cov)]
     for key, m in result["paired"].items():
         line = (f"{'ALL' if key == '_pooled' else key:<8}{int(m['n']):>6}{m['mse_a']:>13.4f}{m['mse_b']:>13.4f}"
-                f"{m['persistence_mse']:>12.4f}{100 * m['skill_a']:>+10.2f}{100 * m['skill_b']:>+10.2f}{m['dm_t']:>+10.2f}")
+                f"{m['persistence_mse']:>12.4f}{100 * m['skill_a']:>+10.2f}{100 * m['skill_b']:>+10.2f}"
+                f"{m['dm_t']:>+10.2f}")
         for p in levels:
             t = intervals.label(p)
             line += "".join(f"{_pair(m, what, t):>16}" for what, _ in (("coverage", 1), ("interval_score", 3)))
@@ -142,21 +146,6 @@ def report(result: dict[str, Any], paired: pd.DataFrame, out_dir: Path, log_to_m
 
 
 def _log(result: dict[str, Any], out_dir: Path) -> None:
-    from mlflow.entities import Metric
-
-    from neuropredict import tracking
-    from neuropredict.settings import contracts
-
-    try:
-        exp_id = tracking.setup(contracts.SERVING_EXPERIMENT_NAME)
-        client = tracking.client()
-        run_id = tracking.with_retry(lambda: client.create_run(exp_id, run_name=f"compare v{result['a']} v{result['b']}", tags={
-            tracking.STAGE_TAG: "compare", "version_a": result["a"], "version_b": result["b"]})).info.run_id
-        now = int(time.time() * 1000)
-        metrics = [Metric(k if key == "_pooled" else f"{key}_{k}", float(v), now, 0)
-                   for key, m in result["paired"].items() for k, v in m.items() if v == v]
-        tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics))
-        client.log_artifacts(run_id, str(out_dir), "compare")
-        tracking.with_retry(lambda: client.set_terminated(run_id))
-    except Exception as exc:  # the report files exist either way
-        log.warning("could not log the comparison to MLflow: %s", exc)
+    metrics = {k if key == "_pooled" else f"{key}_{k}": v for key, m in result["paired"].items() for k, v in m.items()}
+    stream_report.log_report_run("compare", f"compare v{result['a']} v{result['b']}",
+                                 {"version_a": result["a"], "version_b": result["b"]}, metrics, out_dir)

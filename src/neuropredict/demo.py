@@ -204,10 +204,10 @@ def run_topology(count: int, keep: bool = False) -> int:
         steps.next("train: dvc repro, registering into the MLflow server")
         train()
         version = registry.alias_version(params.register.model_name)
-        steps.next(f"serve: {count} workers, their environment from serving/compose.yaml")
+        steps.next(f"serve: {count} workers and the rollback guard, configured from serving/compose.yaml")
         result = services.up(params.kafka, topics, broker="apache", tracking="server", workers=count)
         for name, svc in result["services"].items():
-            if name.startswith("worker-"):
+            if name.startswith(("worker-", "guard")):
                 print(f"  {name:<13} pid {svc.pid}, log {svc.log}")
         scored = replay_and_evaluate(params, topics, version, steps)
         steps.next("summary")

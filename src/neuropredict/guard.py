@@ -118,7 +118,8 @@ def verdict(version: str, rows: pd.DataFrame, params: Params) -> Verdict:
         breaches.append(f"worse than persistence (DM t {dm_t:+.2f} > {rule.max_dm_t:g})")
     for level in stream_report.interval_levels(rows):
         tag = intervals.label(level)
-        lower, upper = (rows[intervals.column("model", side, level)].to_numpy(np.float64) for side in ("lower", "upper"))
+        lower, upper = (rows[intervals.column("model", side, level)].to_numpy(np.float64)
+                        for side in ("lower", "upper"))
         carried = ~np.isnan(lower)
         hits = int(np.count_nonzero((actual >= lower) & (actual <= upper) & carried))
         n = int(carried.sum())
@@ -127,5 +128,6 @@ def verdict(version: str, rows: pd.DataFrame, params: Params) -> Verdict:
         p = intervals.binomial_p(hits, n, level)
         evidence.update({f"live_coverage_{tag}": 100 * hits / n, f"live_coverage_p_{tag}": p})
         if p < rule.min_coverage_p:
-            breaches.append(f"{tag} % intervals cover {100 * hits / n:.1f} % (binomial p {p:.2g} < {rule.min_coverage_p:g})")
+            breaches.append(f"{tag} % intervals cover {100 * hits / n:.1f} % "
+                            f"(binomial p {p:.2g} < {rule.min_coverage_p:g})")
     return Verdict(version, len(rows), breaches, evidence)

@@ -50,7 +50,8 @@ def promote(params: Params, project: Paths, topics: Topics, candidate: str, forc
         raise NeuropredictError(f"refusing to promote version {candidate}: {'; '.join(evidence.refusals)}. "
                                 f"`neuropredict promote {candidate} --force` promotes it anyway (recorded as forced)")
     if force:
-        why = "forced" + (f" past: {'; '.join(evidence.refusals)}" if evidence.refusals else " (the evidence allowed it)")
+        why = "forced" + (f" past: {'; '.join(evidence.refusals)}" if evidence.refusals
+                          else " (the evidence allowed it)")
         return promotions.move(name, PRODUCTION_ALIAS, str(candidate), "force", why, evidence.figures)
     return promotions.move(name, PRODUCTION_ALIAS, str(candidate), "promote",
                            "the evidence allows it: " + "; ".join(_verdicts(evidence)), evidence.figures)
@@ -89,7 +90,8 @@ def _offline(params: Params, project: Paths, candidate: str, production: str | N
         evidence.refusals.append("the registration gate cannot be checked without the test data (run `dvc repro`)")
         return
     evidence.lines.append(f"offline, test period {period} (the same rows for both):")
-    evidence.lines.append(f"  {'version':<20}{'MSE':>10}{'persist.':>10}{'mean skill':>12}{'worst DM t':>11}  coverage %")
+    evidence.lines.append(f"  {'version':<20}{'MSE':>10}{'persist.':>10}{'mean skill':>12}{'worst DM t':>11}"
+                          f"  coverage %")
     for role, version in (("production", production), ("candidate", candidate)):
         if version is None:
             continue

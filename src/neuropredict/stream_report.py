@@ -220,7 +220,13 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
 
 
 def _log(result: dict[str, Any], out_dir: Path) -> None:
-    """An `evaluate` run in the serving experiment; each write retried while SQLite is locked."""
+    flat = {**flat_metrics(result["scores"], "stream"), **flat_metrics(result["intervals"] or {}, "stream")}
+    log_report_run("evaluate", "evaluate", {}, flat, out_dir)
+
+
+def log_report_run(stage: str, run_name: str, tags: dict[str, str], metrics: dict[str, float], out_dir: Path) -> None:
+    """A run of the serving experiment with a report's figures and files (`evaluate`, `compare`);
+    each write retried while SQLite is locked. The report files exist either way."""
     from mlflow.entities import Metric
 
     from neuropredict import tracking
@@ -229,15 +235,14 @@ def _log(result: dict[str, Any], out_dir: Path) -> None:
         exp_id = tracking.setup(contracts.SERVING_EXPERIMENT_NAME)
         client = tracking.client()
         run_id = tracking.with_retry(lambda: client.create_run(
-            exp_id, run_name="evaluate", tags={tracking.STAGE_TAG: "evaluate"})).info.run_id
+            exp_id, run_name=run_name, tags={tracking.STAGE_TAG: stage, **tags})).info.run_id
         now = int(time.time() * 1000)
-        flat = {**flat_metrics(result["scores"], "stream"), **flat_metrics(result["intervals"] or {}, "stream")}
-        metrics = [Metric(k, v, now, 0) for k, v in flat.items()]
-        tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics))
-        client.log_artifacts(run_id, str(out_dir), "evaluate")
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v]  # NaN: no figure
+        tracking.with_retry(lambda: client.log_batch(run_id, metrics=batch))
+        client.log_artifacts(run_id, str(out_dir), stage)
         tracking.with_retry(lambda: client.set_terminated(run_id))
-    except Exception as exc:  # the report files exist either way
-        log.warning("could not log the evaluation to MLflow: %s", exc)
+    except Exception as exc:
+        log.warning("could not log the %s report to MLflow: %s", stage, exc)
 
 
 def format_report(result: dict[str, Any]) -> str:

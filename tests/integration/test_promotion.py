@@ -23,7 +23,7 @@ from neuropredict.guard import RollbackGuard
 from neuropredict.settings.contracts import CHALLENGER_ALIAS, PRODUCTION_ALIAS, TOPIC_PREFIX_ENV
 from neuropredict.settings.paths import Paths
 from neuropredict.settings.schema import load_params
-from tests.conftest import copy_project, load_json, project_env, run, write_params
+from tests.conftest import copy_project, project_env, write_params
 from tests.integration.kafka_helpers import (
     Sender,
     WorkerThread,
@@ -56,15 +56,16 @@ def _project(trained_project, tmp_path, use_project, **serving):
 
 def _register_shifted(root: Path, shift: float) -> str:
     """The tuned model with its output shifted by `shift` (in its scaled next-return units),
-    registered as a real version by the register stage itself."""
+    registered as a real version by the register stage's own function, in this process."""
     best = root / "models" / "tuned" / "best"
     f = Forecaster.load(best)
     dense = f.model.get_layer("next_return")
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel, bias + np.float32(shift)])
     f.save(best)
-    run([sys.executable, str(root / "pipelines" / "register.py")], root, project_env(root))
-    return load_json(root / "metrics/register.json")["version"]
+    params = load_params(root / "params.yaml")
+    with tracking.stage_run("register", params.register, root=root):  # what pipelines/register.py runs
+        return registry.register_tuned(params, Paths(root))["version"]
 
 
 def _cli(root, stream, *args):
@@ -114,7 +115,8 @@ def test_a_bad_version_is_shown_worse_refused_forced_and_rolled_back_by_the_guar
     wait_for(lambda: all(w.worker.version == bad for w in workers), what="both workers to swap to the bad version")
 
     stop = threading.Event()
-    guard = threading.Thread(target=RollbackGuard(params, stream.topics, stream.bootstrap).run, args=(stop,), daemon=True)
+    guard = threading.Thread(target=RollbackGuard(params, stream.topics, stream.bootstrap).run, args=(stop,),
+                             daemon=True)
     guard.start()
     sender = Sender(ticks[half:], stream, rate=100, serving=params.serving)
     sender.start()
@@ -200,7 +202,8 @@ def test_a_good_challenger_compare_equals_the_workers_figures_and_promote_accept
     assert shown.returncode == 0, shown.stderr
     assert f"v{good} (A) against v{candidate} (B)" in shown.stdout and "ALL" in shown.stdout
     assert (root / "reports/compare/compare.png").stat().st_size > 10_000
-    runs = mlflow.search_runs(experiment_names=["neuropredict-serving"], filter_string="tags.`neuropredict.stage` = 'compare'")
+    runs = mlflow.search_runs(experiment_names=["neuropredict-serving"],
+                              filter_string="tags.`neuropredict.stage` = 'compare'")
     assert len(runs) == 1
 
     lines = []
@@ -218,7 +221,8 @@ def _register_broken(root: Path, params, series) -> str:
     with mlflow.start_run(run_name="test-broken-version"):
         version = registry.log_and_register(root / "models" / "tuned" / "best", name, series, {"cell": "lstm"},
                                             {"window": params.featurize.window})
-    location = Path(urlparse(tracking.client().get_logged_model(registry.model_id(name, version)).artifact_location).path)
+    logged = tracking.client().get_logged_model(registry.model_id(name, version))
+    location = Path(urlparse(logged.artifact_location).path)
     shutil.rmtree(location)
     tracking.client().set_registered_model_alias(name, "broken", version)
     return version

@@ -3,7 +3,8 @@ encoded and handed to delivery while the model thread computes the next."""
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -23,24 +24,51 @@ def chunk_rows(n: int) -> int:
 
 
 def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Executor, version: str,
-                         worker_id: str, stats: LiveStats | Timing, alias: str | None = None
+                         worker_id: str, stats: LiveStats | Timing, then: Callable[[], None] | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Forecast every tick that ends a full window and publish it (a shadow's, with its alias, to
-    the shadow topic). Returns the forecast of each tick (NaN: none, warm-up) and its live
-    interval bounds (forecaster.bounds_matrix)."""
-    forecasts, owners = np.full(len(batch.ticks), np.nan), batch.owners()
-    bounds = np.full((len(batch.ticks), 2 * len(forecaster.live_keys)), np.nan)
+    """Forecast every tick that ends a full window and publish it. Returns the forecast of each
+    tick (NaN: none, warm-up) and its live interval bounds (forecaster.bounds_matrix). `then()`
+    runs once the model has made the batch's last chunk, before it is published: the model
+    thread is free from there (the shadows' model calls start on it)."""
+    owners = batch.owners()
     if not len(owners):
-        return forecasts, bounds
+        if then:
+            then()
+        return _none(batch, forecaster)
     with stats.timed("transform"):
         model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
-    model_s, fields = forecaster.model_seconds, forecaster.interval_fields
+    model_s = forecaster.model_seconds
     chunks = forecaster.forecast_chunks(model_input, chunk_rows(len(owners)), pool, intervals.LIVE_METHODS)
+    out = publish(forecaster, batch, owners, chunks, delivery, version, worker_id, stats, then=then)
+    stats.add_seconds("model", forecaster.model_seconds - model_s)
+    return out
+
+
+def start_forecast(forecaster, batch: Batch, pool: Executor) -> tuple[np.ndarray, Future | None]:
+    """The model call of the batch's full windows, all of it on the pool from now: the owner
+    tick of each window, and the future of its (rows, forecast) chunks."""
+    owners = batch.owners()
+    if not len(owners):
+        return owners, None
+    model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
+    return owners, pool.submit(lambda: list(forecaster.forecast_chunks(model_input, len(owners), None,
+                                                                      intervals.LIVE_METHODS)))
+
+
+def publish(forecaster, batch: Batch, owners: np.ndarray, chunks: Iterator, delivery: Delivery, version: str,
+            worker_id: str, stats: LiveStats | Timing, alias: str | None = None,
+            then: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode and send each chunk's forecasts as the model delivers them (a shadow's: with its
+    alias, to the shadow topic); the forecast and bounds of each tick of the batch."""
+    forecasts, bounds = _none(batch, forecaster)
+    fields = forecaster.interval_fields
     while True:
         with stats.timed("model_wait"):
             rows, forecast = next(chunks, (None, None))
         if rows is None:
             break
+        if then and rows.stop == len(owners):
+            then()
         mine = owners[rows]
         forecasts[mine] = forecast.price
         bounds[mine] = forecaster.bounds_matrix(forecast)
@@ -48,8 +76,11 @@ def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Exe
             out = encode(batch, mine, forecast, fields, version, worker_id, alias)
         with stats.timed("produce"):
             delivery.publish(out, shadow=alias is not None)
-    stats.add_seconds("model", forecaster.model_seconds - model_s)
     return forecasts, bounds
+
+
+def _none(batch: Batch, forecaster) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(len(batch.ticks), np.nan), np.full((len(batch.ticks), 2 * len(forecaster.live_keys)), np.nan)
 
 
 def encode(batch: Batch, ticks: np.ndarray, forecast, fields: tuple, version: str,

@@ -1,8 +1,9 @@
 """Shadow scoring: the versions behind `challenger` (and any alias in serving.shadow_aliases)
 forecast the same ticks as production, in the same micro-batch and through the same forecast
-path, after production's forecasts are handed to delivery. Their forecasts go to their own topic
-(inside the batch's transaction under exactly-once, so a comparison can be recomputed from the
-topics) and are scored live per version.
+path. A shadow's model call starts on the model thread once production's is done (so it runs
+while production's forecasts are published), and its forecasts are published after
+production's, to their own topic (inside the batch's transaction under exactly-once, so a
+comparison can be recomputed from the topics); they are scored live per version.
 
 Production never waits for a shadow nor fails with it: a shadow's model arrives through its alias
 watch in the background; one that fails to score is reported once and left out until its alias
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import numpy as np
 
 from neuropredict.stream.batch import Batch
 from neuropredict.stream.delivery import Delivery
 from neuropredict.stream.model_slot import ModelSlot
-from neuropredict.stream.predict import forecast_and_publish
+from neuropredict.stream.predict import publish, start_forecast
 from neuropredict.stream.rules import TickRules
 from neuropredict.stream.scoring import score_forecasts
 from neuropredict.stream.stats import LiveStats
@@ -66,36 +70,61 @@ class Shadows:
         for slot in self.slots:
             slot.restore(reader, consumer, partitions)
 
-    def forecast_and_score(self, batch: Batch, delivery: Delivery, pool: Executor, production_version: str,
-                           worker_id: str, stats: LiveStats) -> list[tuple[str, tuple]]:
-        """Each active shadow's forecasts of the batch, published to the shadow topic; returns
-        (alias, score contribution) to apply once the batch is committed."""
-        out = []
+    def start(self, batch: Batch, pool: Executor, production_version: str, stats: LiveStats) -> list[ShadowRun]:
+        """Each active shadow's windows of the batch's ticks (its own book, the same rules) and its
+        model call, queued on the model thread (called once production's model call is done)."""
+        runs = []
         for slot in self.slots:
             if not slot.loaded or slot.version == production_version or self._broken.get(slot.alias) == slot.version:
                 continue
+            timing = stats.prefixed("shadow_")
             try:
-                out += [(slot.alias, c) for c in _score(slot, batch, delivery, pool, worker_id, stats)]
+                with timing.timed("feature"):
+                    steps = {symbol: slot.book.advance(symbol, batch.records[idx[0]].partition,
+                                                       [batch.ticks[i] for i in idx])
+                             for symbol, idx in batch.by_symbol.items()}
+                view = dataclasses.replace(batch, steps=steps)
+                with timing.timed("transform"):
+                    runs.append(ShadowRun(slot, view, *start_forecast(slot.forecaster, view, pool)))
             except Exception as exc:  # a shadow never fails production
-                self._broken[slot.alias] = slot.version
-                stats.shadow_failures += 1
-                log.error("shadow %s v%s failed to score (%s: %s): left out until its alias moves; production's "
-                          "forecasts are unaffected", slot.alias, slot.version, type(exc).__name__, str(exc)[:200])
+                self._fail(slot, exc, stats)
+        return runs
+
+    def finish(self, runs: list[ShadowRun], delivery: Delivery, worker_id: str,
+               stats: LiveStats) -> list[tuple[str, tuple]]:
+        """Publish each shadow's forecasts to the shadow topic and score them: (alias, score
+        contribution) to apply once the batch is committed."""
+        out = []
+        for run in runs:
+            try:
+                out += [(run.slot.alias, c) for c in run.publish_and_score(delivery, worker_id, stats)]
+            except Exception as exc:
+                self._fail(run.slot, exc, stats)
         return out
 
+    def _fail(self, slot: ModelSlot, exc: Exception, stats: LiveStats) -> None:
+        self._broken[slot.alias] = slot.version
+        stats.shadow_failures += 1
+        log.error("shadow %s v%s failed to score (%s: %s): left out until its alias moves; production's forecasts "
+                  "are unaffected", slot.alias, slot.version, type(exc).__name__, str(exc)[:200])
 
-def _score(slot: ModelSlot, batch: Batch, delivery: Delivery, pool: Executor, worker_id: str,
-           stats: LiveStats) -> list[tuple]:
-    """The shadow's own windows of the batch's ticks (the same rules), its forecasts, their scores."""
-    book, forecaster = slot.book, slot.forecaster
-    timing = stats.prefixed("shadow_")
-    with timing.timed("feature"):
-        steps = {symbol: book.advance(symbol, batch.records[idx[0]].partition, [batch.ticks[i] for i in idx])
-                 for symbol, idx in batch.by_symbol.items()}
-    view = dataclasses.replace(batch, steps=steps)
-    forecasts, bounds = forecast_and_publish(forecaster, view, delivery, pool, slot.version, worker_id, timing,
-                                             alias=slot.alias)
-    with timing.timed("score"):
-        return [c for symbol, step in steps.items() for c in score_forecasts(
-            symbol, book.states[symbol], step, forecasts[view.accepted(symbol)], bounds[view.accepted(symbol)],
-            forecaster.live_keys, slot.version)]
+
+@dataclass
+class ShadowRun:
+    """One shadow's part of a batch: its view of the batch (its own windows) and its model call."""
+
+    slot: ModelSlot
+    batch: Batch
+    owners: np.ndarray
+    model_call: Future | None
+
+    def publish_and_score(self, delivery: Delivery, worker_id: str, stats: LiveStats) -> list[tuple]:
+        slot, batch, timing = self.slot, self.batch, stats.prefixed("shadow_")
+        with timing.timed("model_wait"):
+            chunks = iter(self.model_call.result() if self.model_call else ())
+        forecasts, bounds = publish(slot.forecaster, batch, self.owners, chunks, delivery, slot.version, worker_id,
+                                    timing, alias=slot.alias)
+        with timing.timed("score"):
+            return [c for symbol, step in batch.steps.items() for c in score_forecasts(
+                symbol, slot.book.states[symbol], step, forecasts[batch.accepted(symbol)],
+                bounds[batch.accepted(symbol)], slot.forecaster.live_keys, slot.version)]

@@ -172,14 +172,16 @@ class Worker:
                 self.delivery.dead_letter(rec, reason)
             for rec, symbol in batch.to_rekey():
                 self.delivery.rekey(rec, symbol)
+        shadows = []  # their model calls start once production's is done, their forecasts go after production's
         forecasts, bounds = forecast_and_publish(forecaster, batch, self.delivery, self._model_pool, self.version,
-                                                 self.worker_id, self.stats)
+                                                 self.worker_id, self.stats, then=lambda: shadows.extend(
+                                                     self.shadows.start(batch, self._model_pool, self.version,
+                                                                        self.stats)))
         with timed("score"):
             scores = [c for symbol, step in batch.steps.items() for c in score_forecasts(
                 symbol, book.states[symbol], step, forecasts[batch.accepted(symbol)], bounds[batch.accepted(symbol)],
                 forecaster.live_keys, self.version)]
-        shadow_scores = self.shadows.forecast_and_score(batch, self.delivery, self._model_pool, self.version,
-                                                        self.worker_id, self.stats)  # after production's
+        shadow_scores = self.shadows.finish(shadows, self.delivery, self.worker_id, self.stats)
         with timed("ack"):
             failure = self.delivery.acknowledge()
         if failure:
