@@ -9,7 +9,8 @@ private embedded broker:
      a replay of real daily closes from --start; the workers score v2 in shadow;
   3. `neuropredict compare`, then `promote 2` (refused), `promote 2 --force`, while the rest of the
      replay streams at --rate ticks/s; the guard rolls back; `neuropredict history`.
-Figures and every command's output go to bench/results/promotion.json (the docs quote them).
+Figures and every command's output go to bench/results/promotion.json (the docs quote them), the
+chart `compare` drew to bench/results/promotion-compare.png.
 
     python bench/promotion.py            # uses models/tuned and data/raw: run `dvc repro` first
 """
@@ -134,6 +135,8 @@ def scenario(args, root: Path, env: dict, bootstrap: str, topics: Topics, params
     retry.wait_until(lambda: sum(count_predictions(bootstrap, topics.shadow_predictions).values()) >= expected - 20,
                      300, "the shadow forecasts of the first part", every_s=1.0)
     compared = cli(root, env, "compare", "--no-mlflow")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / "reports" / "compare" / "compare.png", args.out.with_name("promotion-compare.png"))
     refused = cli(root, env, "promote", bad)
     forced_at = time.monotonic()
     forced = cli(root, env, "promote", bad, "--force")

@@ -174,7 +174,7 @@ def _up(args: argparse.Namespace) -> int:
     broker = "apache" if args.brokers > 1 else args.broker  # only Apache Kafka runs as a cluster here
     params = load_params()
     result = services.up(params.kafka, _topics(params), ui=not args.no_ui, broker=broker, nodes=args.brokers,
-                         tracking=args.tracking, auth=not args.no_auth, workers=args.workers)
+                         tracking=args.tracking, auth=not args.no_auth, workers=args.workers, guard=args.guard)
     for name, svc in result["services"].items():
         print(f"{name:<13} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
     print("topics        " + ", ".join(f"{t} ({n} partitions)" for t, n in result["topics"].items()))
@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_amount, default=0,
                    help="with --tracking server: start this many serving workers as serving/compose.yaml "
                         "configures them (its worker environment, the image's entry point)")
+    p.add_argument("--guard", action="store_true",
+                   help="also start the rollback guard (`neuropredict guard`), for workers you run yourself "
+                        "(--workers starts one anyway)")
     p.set_defaults(fn=_up)
 
     p = sub.add_parser("env", help="shell exports for the tracking server `up` started: eval \"$(neuropredict env)\"")

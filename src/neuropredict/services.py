@@ -11,6 +11,7 @@ offsets survive `down` and `up`; Tansu keeps everything in memory.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from neuropredict import apache_kafka, brokers, kafka_io, procs, retry, topology, tracking_server
@@ -18,7 +19,7 @@ from neuropredict.errors import ServiceError
 from neuropredict.procs import Service
 from neuropredict.settings import environment
 from neuropredict.settings.contracts import Topics
-from neuropredict.settings.paths import paths
+from neuropredict.settings.paths import paths, project_root
 from neuropredict.settings.schema import KafkaParams
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _save_state(services: dict[str, Service]) -> None:
 
 
 def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu", nodes: int = 1,
-       tracking: str = "local", auth: bool = True, workers: int = 0) -> dict[str, Any]:
+       tracking: str = "local", auth: bool = True, workers: int = 0, guard: bool = False) -> dict[str, Any]:
     """Start a local broker (unless a real cluster is configured) and the MLflow UI on the project's
     store, or (tracking="server") PostgreSQL and an MLflow server on it; create the topics; start
     `workers` serving workers configured as serving/compose.yaml configures its own. Services
@@ -68,8 +69,18 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
         services["guard"] = topology.start_guard(addresses, tracking_server.compose_variables())
         log.info("%d serving workers and the rollback guard (configured from serving/compose.yaml)", workers)
         _save_state(services)
+    elif guard and "guard" not in services:
+        services["guard"] = _start_guard()
+        _save_state(services)
     return {"services": services, "topics": partitions, "bootstrap": environment.kafka_bootstrap(),
             "replication": replication}
+
+
+def _start_guard() -> Service:
+    """`neuropredict guard` beside a worker run by hand, on this shell's Kafka and MLflow store."""
+    log_path = paths().state_dir / "guard.log"
+    proc = procs.spawn([sys.executable, "-m", "neuropredict.cli", "guard"], log_path, cwd=project_root())
+    return procs.service("guard", proc, "rollback guard", log_path)
 
 
 def _start_broker(services: dict[str, Service], kafka: KafkaParams, broker: str, nodes: int) -> int:

@@ -26,9 +26,9 @@ def project(tmp_path):
 def test_up_status_down_manage_exactly_the_embedded_broker(project):
     root, env = project
     port = env["NEUROPREDICT_KAFKA_PORT"]
-    up = _cli(root, env, "up", "--no-ui")
+    up = _cli(root, env, "up", "--no-ui", "--guard")
     assert up.returncode == 0, up.stderr
-    assert f"127.0.0.1:{port}" in up.stdout
+    assert f"127.0.0.1:{port}" in up.stdout and "guard " in up.stdout
     assert "stock_prices (4 partitions)" in up.stdout and "stock_prices_dlq (4 partitions)" in up.stdout
     status = _cli(root, env, "status")
     assert "reachable" in status.stdout and "NOT reachable" not in status.stdout
@@ -37,7 +37,7 @@ def test_up_status_down_manage_exactly_the_embedded_broker(project):
     again = _cli(root, env, "up", "--no-ui")  # idempotent: the running broker is reused
     assert again.returncode == 0 and again.stdout.count("pid") == up.stdout.count("pid")
     down = _cli(root, env, "down")
-    assert "stopped: kafka" in down.stdout
+    assert "stopped: guard, kafka" in down.stdout
     assert not procs.port_open("127.0.0.1", int(port))
     assert "NOT reachable" in _cli(root, env, "status").stdout
 

@@ -4,7 +4,7 @@ encoded and handed to delivery while the model thread computes the next."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -44,15 +44,32 @@ def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Exe
     return out
 
 
-def start_forecast(forecaster, batch: Batch, pool: Executor) -> tuple[np.ndarray, Future | None]:
-    """The model call of the batch's full windows, all of it on the pool from now: the owner
-    tick of each window, and the future of its (rows, forecast) chunks."""
+def start_forecast(forecaster, batch: Batch, pool: Executor) -> tuple[np.ndarray, Iterator]:
+    """The model call of the batch's full windows, its first chunk on the pool from now (chunk
+    k+1 is computed while the caller publishes chunk k, as forecast_chunks does): the owner tick
+    of each window, and the (rows, forecast) chunks."""
     owners = batch.owners()
     if not len(owners):
-        return owners, None
-    model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
-    return owners, pool.submit(lambda: list(forecaster.forecast_chunks(model_input, len(owners), None,
-                                                                      intervals.LIVE_METHODS)))
+        return owners, iter(())
+    windows, symbols = batch.windows(), np.array([batch.ticks[i].symbol for i in owners], dtype=object)
+
+    def forecast(rows: slice):
+        model_input = forecaster.prepare(windows[rows], list(symbols[rows]))
+        return next(forecaster.forecast_chunks(model_input, rows.stop - rows.start, None, intervals.LIVE_METHODS))[1]
+
+    size = chunk_rows(len(owners))
+    chunks = [slice(lo, min(lo + size, len(owners))) for lo in range(0, len(owners), size)]
+    first = pool.submit(forecast, chunks[0])
+
+    def in_turn() -> Iterator:
+        pending = first
+        for k, rows in enumerate(chunks):
+            done = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(forecast, chunks[k + 1])
+            yield rows, done
+
+    return owners, in_turn()
 
 
 def publish(forecaster, batch: Batch, owners: np.ndarray, chunks: Iterator, delivery: Delivery, version: str,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import Executor, Future
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,14 +117,12 @@ class ShadowRun:
     slot: ModelSlot
     batch: Batch
     owners: np.ndarray
-    model_call: Future | None
+    chunks: Iterator  # (rows, forecast), the first one already on the model thread
 
     def publish_and_score(self, delivery: Delivery, worker_id: str, stats: LiveStats) -> list[tuple]:
         slot, batch, timing = self.slot, self.batch, stats.prefixed("shadow_")
-        with timing.timed("model_wait"):
-            chunks = iter(self.model_call.result() if self.model_call else ())
-        forecasts, bounds = publish(slot.forecaster, batch, self.owners, chunks, delivery, slot.version, worker_id,
-                                    timing, alias=slot.alias)
+        forecasts, bounds = publish(slot.forecaster, batch, self.owners, self.chunks, delivery, slot.version,
+                                    worker_id, timing, alias=slot.alias)
         with timing.timed("score"):
             return [c for symbol, step in batch.steps.items() for c in score_forecasts(
                 symbol, slot.book.states[symbol], step, forecasts[batch.accepted(symbol)],
