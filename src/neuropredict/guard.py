@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,6 +69,8 @@ class RollbackGuard:
     def check(self) -> promotions.Move | None:
         """Judge production once; roll it back on a breach. Returns the move, if one was made."""
         name = self.params.register.model_name
+        if not _store_exists():  # nothing registered yet; creating the store here would race `dvc repro`'s
+            return None
         production = registry.alias_version(name, PRODUCTION_ALIAS)
         if production is None:
             return None
@@ -103,6 +106,11 @@ class RollbackGuard:
             self._said.add((version, what))
             log.error(message)
         return None
+
+
+def _store_exists() -> bool:
+    uri = environment.tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def verdict(version: str, rows: pd.DataFrame, params: Params) -> Verdict:

@@ -271,7 +271,8 @@ def test_up_brokers_3_starts_a_replicated_cluster_that_status_describes(cli_clus
     status = cli_cluster.cli("status")
     assert "brokers    1, 2, 3" in status
     rows = re.findall(r"\[(\d)\] leader (\d)  replicas \[([\d, ]+)\]", status)
-    assert len(rows) == 12 and all(len(replicas.split(",")) == 3 for _, _, replicas in rows)
+    assert len(rows) == 4 * len(Topics().all)  # every partition of every topic: 3 replicas
+    assert all(len(replicas.split(",")) == 3 for _, _, replicas in rows)
     assert len({leader for _, leader, _ in rows}) > 1  # leadership is spread over the nodes
     assert procs.load_table(cli_cluster.root / ".neuropredict" / "services.json").keys() == {
         "kafka-1", "kafka-2", "kafka-3"}

@@ -33,7 +33,7 @@ def test_up_status_down_manage_exactly_the_embedded_broker(project):
     status = _cli(root, env, "status")
     assert "reachable" in status.stdout and "NOT reachable" not in status.stdout
     assert "topic      predicted_prices (4 partitions" in status.stdout
-    assert "none (run dvc repro)" in status.stdout
+    assert "none (run dvc repro)" in status.stdout, status.stderr
     again = _cli(root, env, "up", "--no-ui")  # idempotent: the running broker is reused
     assert again.returncode == 0 and again.stdout.count("pid") == up.stdout.count("pid")
     down = _cli(root, env, "down")
