@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from neuropredict import console, retry
+from neuropredict import console, procs, retry
 from neuropredict.errors import ServiceError
 from neuropredict.settings import environment
 from neuropredict.settings.schema import KafkaParams, ServingParams
@@ -235,7 +235,11 @@ def partition_counts(client, topics) -> dict[str, int]:
 
 
 def answers(bootstrap: str) -> bool:
-    """Whether the broker answers a Kafka-level request (list topics) now."""
+    """Whether the broker answers a Kafka-level request (list topics) now. Nothing listening on any
+    address is known at once (the client itself would try for ~10 s)."""
+    addresses = [a.strip().rsplit(":", 1) for a in bootstrap.split(",") if ":" in a]
+    if addresses and not any(procs.port_open(host, int(port)) for host, port in addresses if port.isdigit()):
+        return False
     try:
         client = admin(bootstrap)
     except ServiceError:

@@ -114,6 +114,9 @@ def test_status_into_a_pipe_closed_early_ends_quietly(tmp_path):
     (["demo", "--workers", "3", "--interval", "1m"], "demo --workers runs compose's topology"),
     (["demo", "--workers", "3", "--broker", "tansu"], "demo --workers runs compose's topology"),
     (["up", "--workers", "2"], "--workers starts compose's workers, which log to the tracking server: add --tracking server"),
+    (["promote", "3", "--rollback"], "--rollback returns to the previous production: give no VERSION with it"),
+    (["promote"], "which version? `neuropredict promote VERSION`"),
+    (["compare", "4"], "compare takes two versions"),
 ])
 def test_options_that_cannot_go_together_are_one_line(tmp_path, args, message):
     env = _project_with_snapshot(tmp_path)
