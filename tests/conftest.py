@@ -127,6 +127,16 @@ def copy_project(src: Path, dest: Path) -> Path:
     return dest
 
 
+def copy_with_params(src: Path, dest: Path, changes: dict):
+    """A copy of a trained project with its params changed section by section (scratch.overlay),
+    and the params it then has."""
+    from neuropredict.settings.schema import load_params
+
+    root = copy_project(src, dest)
+    write_params(root, scratch.overlay(yaml.safe_load((root / "params.yaml").read_text()), changes))
+    return root, load_params(root / "params.yaml")
+
+
 def load_json(path: Path):
     import json
 

@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 from neuropredict import compare, messages, promote, promotions, registry, tracking
 from neuropredict.errors import NeuropredictError
@@ -23,7 +22,7 @@ from neuropredict.guard import RollbackGuard
 from neuropredict.settings.contracts import CHALLENGER_ALIAS, PRODUCTION_ALIAS, TOPIC_PREFIX_ENV
 from neuropredict.settings.paths import Paths
 from neuropredict.settings.schema import load_params
-from tests.conftest import copy_project, project_env, write_params
+from tests.conftest import copy_with_params, project_env
 from tests.integration.kafka_helpers import (
     Sender,
     WorkerThread,
@@ -44,14 +43,11 @@ pytestmark = pytest.mark.slow
 
 
 def _project(trained_project, tmp_path, use_project, **serving):
-    root = copy_project(trained_project, tmp_path / "copy")
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["serving"].update(serving)
-    raw["promote"] = {"max_dm_t": 2.0, "min_ticks": 100}
-    raw["guard"] = {"window_ticks": 60, "max_dm_t": 3.0, "min_coverage_p": 0.0001, "check_interval_s": 0.5}
-    write_params(root, raw)
+    root, params = copy_with_params(trained_project, tmp_path / "copy", {
+        "serving": serving, "promote": {"max_dm_t": 2.0, "min_ticks": 100},
+        "guard": {"window_ticks": 60, "max_dm_t": 3.0, "min_coverage_p": 0.0001, "check_interval_s": 0.5}})
     use_project(root)
-    return root, load_params(root / "params.yaml")
+    return root, params
 
 
 def _register_shifted(root: Path, shift: float) -> str:

@@ -13,14 +13,12 @@ import threading
 
 import mlflow
 import pytest
-import yaml
 
 from neuropredict import promotions, registry, stream_report
 from neuropredict.features import load_price_series
 from neuropredict.settings import contracts
 from neuropredict.settings.contracts import PRODUCTION_ALIAS
-from neuropredict.settings.schema import load_params
-from tests.conftest import copy_project, project_env, write_params
+from tests.conftest import copy_with_params, project_env
 from tests.integration.kafka_helpers import (
     Sender,
     WorkerThread,
@@ -46,11 +44,7 @@ EVERY_SYMBOL = ("AAPL", "AMZN", "GOOGL", "META", "MSFT", "NVDA", "TSLA")  # spre
 
 def _project(trained_project, tmp_path, **serving):
     """A copy of the trained project with serving overrides; its params."""
-    root = copy_project(trained_project, tmp_path / "copy")
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["serving"].update(serving)
-    write_params(root, raw)
-    return root, load_params(root / "params.yaml")
+    return copy_with_params(trained_project, tmp_path / "copy", {"serving": serving})
 
 
 def _production(params):

@@ -7,14 +7,12 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from neuropredict import brokers, kafka_io, messages, registry, stream_report
 from neuropredict.evaluation import score_rows
 from neuropredict.messages import Tick
 from neuropredict.settings.contracts import Topics
-from neuropredict.settings.schema import load_params
-from tests.conftest import Stream, copy_project, write_params
+from tests.conftest import Stream, copy_with_params
 from tests.integration.kafka_helpers import (
     WorkerThread,
     assert_forecasts_match,
@@ -34,12 +32,9 @@ pytestmark = pytest.mark.slow
 
 
 def _project(trained_project, tmp_path, use_project, **serving):
-    root = copy_project(trained_project, tmp_path / "copy")
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["serving"].update(serving)
-    write_params(root, raw)
+    root, params = copy_with_params(trained_project, tmp_path / "copy", {"serving": serving})
     use_project(root)
-    return root, load_params(root / "params.yaml")
+    return root, params
 
 
 def _forecaster(params):
