@@ -39,7 +39,8 @@ from neuropredict.scratch import copy_project, scratch_env
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench" / "results"
-STAGES = ("download", "validate", "featurize", "tune", "register")
+STAGES = ("download", "validate", "featurize", "tune", "registry", "register")
+ALWAYS_RUNS = "registry"  # it asks the tracking server which registry it is, on every `dvc repro`
 NOOP_SAMPLES = 3
 SYMBOL = "AAPL"
 
@@ -91,7 +92,7 @@ def time_noop(root: Path) -> tuple[list[float], bool]:
     for _ in range(NOOP_SAMPLES):
         elapsed, proc = timed_dvc(root, "repro")
         samples.append(elapsed)
-        ran |= "Running stage" in proc.stdout
+        ran |= proc.stdout.replace(f"Running stage '{ALWAYS_RUNS}'", "").count("Running stage") > 0
     return samples, ran
 
 

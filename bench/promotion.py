@@ -128,7 +128,7 @@ def main() -> int:
 
 
 def scenario(args, root: Path, env: dict, bootstrap: str, topics: Topics, params, good: str, bad: str) -> dict:
-    ticks, _ = producer.replay_period(params, Paths(root), params.featurize.window, args.start, params.data.end)
+    ticks, _ = producer.replay_period(params, Paths(root), params.featurize.window, args.start)
     split = int(len(ticks) * args.before)
     producer.publish(ticks[:split], topics.prices, bootstrap=bootstrap, serving=params.serving)
     expected = split - params.featurize.window * len(params.data.symbols)

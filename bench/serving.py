@@ -98,7 +98,7 @@ def setups(brokers: list[str]) -> list[tuple[str, str]]:
 
 def make_ticks(params, copies: int, limit: int, suffix: str = "") -> list[tuple[str, str, float]]:
     """Replayed real daily closes of every configured symbol, `copies` times under other names."""
-    real, _ = producer.replay_period(params, paths(), 0, params.data.start, params.data.end)
+    real, _ = producer.replay_period(params, paths(), 0, params.data.start)
     ticks = []
     for t in real:
         for c in range(copies):
@@ -261,7 +261,7 @@ def phase_shadow(params, ticks, version: str, shadow, rounds: int, rate: float, 
             for r in range(rounds):
                 for kind in ("none", "one"):
                     topics = Topics(prefix=f"round{r}-{kind}.")
-                    kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics.all)
+                    kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics)
                     worker, a = phase_throughput(params, broker.bootstrap, ticks, version, False, topics,
                                                  shadow if kind == "one" else None)
                     c = phase_latency(params, broker.bootstrap, worker, live, rate, seconds, topics)

@@ -11,8 +11,10 @@ from neuropredict.settings.schema import load_params
 def main() -> None:
     params, project = load_params(), paths()
     with tracking.stage_run("download", params.data):
-        raw = sources.download(params.data, project.snapshot_dir)
+        raw, streamed = sources.with_stream(sources.download(params.data, project.snapshot_dir),
+                                            project.stream_dir, params.data)
         manifest = sources.write_raw(raw, project.raw_dir, params.data)
+        mlflow.log_metrics({f"stream_rows_{s}": n for s, n in streamed.items()})
         mlflow.set_tag("data_source", raw.source)
         mlflow.log_param("source_reason", raw.reason[:500])
         mlflow.log_metrics({f"rows_{s}": v["rows"] for s, v in manifest["symbols"].items()})

@@ -165,6 +165,18 @@ def _repro(args: argparse.Namespace) -> int:
     return subprocess.call([tool("dvc"), "repro", *args.targets], cwd=project_root(), env=tools_env())
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    from neuropredict import kafka_io, training
+
+    params = load_params()
+    bootstrap = environment.kafka_bootstrap()
+    if not kafka_io.answers(bootstrap):
+        raise NeuropredictError(f"no Kafka answers at {bootstrap}, so the stream's ticks cannot be read: start it "
+                                f"(`neuropredict up`) or set KAFKA_BOOTSTRAP_SERVERS; `dvc repro` retrains without them")
+    training.retrain(params, paths(), _topics(params), bootstrap, collect_only=args.collect_only)
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from neuropredict import services
 
@@ -252,13 +264,11 @@ def _produce(args: argparse.Namespace) -> int:
     if args.source == "live":
         ticks = producer.live_ticks(symbols, args.poll_s, params.data.download_timeout_s, stop)
     else:
-        start = args.start or params.featurize.test_start
-        end = args.end or params.data.end
         lead = args.lead if args.lead is not None else _model_window(params)
-        ticks, origin = producer.replay_period(params, paths(), lead, start, end, symbols, args.interval)
+        ticks, origin = producer.replay_period(params, paths(), lead, args.start, args.end, symbols, args.interval)
         if args.limit:
             ticks = ticks[: args.limit]
-        print(f"replaying {len(ticks)} real ticks of {', '.join(symbols)} from {origin} ({start}..{end}, {lead} "
+        print(f"replaying {len(ticks)} real ticks of {', '.join(symbols)} from {origin} ({lead} "
               f"lead-in ticks per symbol) at {'full speed' if not args.rate else f'{args.rate:g} ticks/s'}")
     topic = _topics(params).prices
     try:
@@ -376,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*")
     p.set_defaults(fn=_repro)
 
+    p = sub.add_parser("retrain", help="the ticks the stream carried into data/stream, then `dvc repro`: the splits "
+                                       "move to the newest sessions and a gated new version is registered")
+    p.add_argument("--collect-only", action="store_true", help="only bring the stream's ticks into data/stream")
+    p.set_defaults(fn=_retrain)
+
     p = sub.add_parser("up", help="start a local Kafka broker and the MLflow UI (or the tracking server, and "
                                   "compose's workers); create the topics")
     p.add_argument("--no-ui", action="store_true", help="do not start the MLflow UI")
@@ -411,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or live yfinance")
     p.add_argument("--source", choices=["replay", "live"], default="replay")
     p.add_argument("--symbols", help="comma-separated (default: data.symbols)")
-    p.add_argument("--start", type=_date, help="first forecast target (default: featurize.test_start)")
-    p.add_argument("--end", type=_date, help="last date (default: data.end)")
+    p.add_argument("--start", type=_date, help="first forecast target (default: the test period's first session)")
+    p.add_argument("--end", type=_date, help="last date (default: the data's last session)")
     p.add_argument("--interval", choices=["1d", "1m"], help="daily closes or 1-minute bars (default: data.interval)")
     p.add_argument("--lead", type=_amount, help="ticks per symbol before --start (default: the model's window)")
     p.add_argument("--rate", type=_rate, default=0.0, help="ticks per second (0: as fast as possible)")

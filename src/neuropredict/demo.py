@@ -24,10 +24,12 @@ from neuropredict import (
     services,
     stream_report,
     tracking,
+    training,
     workers,
 )
 from neuropredict.console import tool, tools_env
-from neuropredict.errors import NeuropredictError, ServiceError
+from neuropredict.errors import ServiceError
+from neuropredict.features import series_splits
 from neuropredict.files import read_json, write_json
 from neuropredict.procs import Service
 from neuropredict.settings import contracts, environment
@@ -65,17 +67,9 @@ class Steps:
 
 
 def train() -> None:
-    """dvc repro; when the registry lost its production model (e.g. mlruns/ was wiped), register again."""
-    _dvc("repro")
-    if registry.alias_version(load_params().register.model_name) is None:
-        print("the registry has no production model: registering the tuned model again")
-        _dvc("repro", "--force", "--single-item", "register")
-
-
-def _dvc(*args: str) -> None:
-    if subprocess.run([tool("dvc"), *args], cwd=project_root(), env=tools_env()).returncode != 0:
-        raise NeuropredictError(f"`dvc {' '.join(args)}` failed (its messages are above); fix that and run "
-                                f"`make demo` again")
+    """dvc repro: stages whose inputs did not change are skipped, and `register` runs whenever the
+    registry lacks this pipeline's model (the `registry` stage asks it)."""
+    training.repro(paths(project_root()))
 
 
 def start_services(params, topics: Topics, broker: str = "tansu") -> list[str]:
@@ -248,8 +242,9 @@ def replay_and_evaluate(params, topics: Topics, version: str, steps: Steps, on_s
         on_scored()
     steps.next("evaluate: join each forecast with the next actual price")
     rules = TickRules.from_params(params.validate, params.serving)
+    periods = series_splits(registry.load_series(params, project), params.featurize)
     rows = stream_report.in_period(stream_report.joined_rows(rules, params.data.intraday, topics, since_ms=since_ms),
-                                   params.featurize.test_start, params.data.end)
+                                   periods.test_start, periods.end)
     result = stream_report.report(rows, project.reports_dir / "evaluate")
     print(f"  {len(rows)} forecasts scored; report {project.reports_dir / 'evaluate' / 'report.json'}")
     return result

@@ -12,7 +12,7 @@ over 1,000 % (see the README).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,10 +196,51 @@ def make_windows(series: dict[str, pd.Series], window: int, session_reset: bool 
                        for f in ("symbols", "windows", "targets", "target_times")))
 
 
-def split_by_date(rows: WindowSet, params: FeaturizeParams) -> dict[str, WindowSet]:
+@dataclass(frozen=True)
+class Splits:
+    """The three periods, by the day of the target: train < validation_start <= validation <
+    test_start <= test <= end. Counted back from the data's last session (`resolve_splits`), so
+    new data moves all three and a retrained model is tested on the newest sessions."""
+
+    validation_start: str  # YYYY-MM-DD: the first session of each period
+    test_start: str
+    end: str               # the data's last session
+
+    @property
+    def last_validation_day(self) -> str:
+        return str((pd.Timestamp(self.test_start) - pd.Timedelta(days=1)).date())
+
+    @property
+    def validation_period(self) -> str:
+        return f"{self.validation_start}..{self.last_validation_day}"
+
+    @property
+    def test_period(self) -> str:
+        return f"{self.test_start}..{self.end}"
+
+
+def resolve_splits(params: FeaturizeParams, times: Iterable) -> Splits:
+    """The last `test_sessions` sessions (exchange days) of the data are the test period, the
+    `validation_sessions` before them validation, and everything earlier training."""
+    sessions = pd.DatetimeIndex(pd.to_datetime(pd.Index(times))).normalize().unique().sort_values()
+    held_out = params.validation_sessions + params.test_sessions
+    if len(sessions) <= held_out:
+        span = f" ({sessions[0].date()}..{sessions[-1].date()})" if len(sessions) else ""
+        raise ConfigError(f"the data has {len(sessions)} sessions{span}, and featurize.validation_sessions + "
+                          f"test_sessions = {held_out} leave none to train on: lower them or start data.start earlier")
+    day = lambda i: str(sessions[i].date())  # noqa: E731
+    return Splits(day(-held_out), day(-params.test_sessions), day(-1))
+
+
+def series_splits(series: dict[str, pd.Series], params: FeaturizeParams) -> Splits:
+    """resolve_splits on the sessions of every symbol's series."""
+    return resolve_splits(params, np.concatenate([s.index.to_numpy() for s in series.values()]))
+
+
+def split_by_date(rows: WindowSet, splits: Splits) -> dict[str, WindowSet]:
     """Split by the time of the target: train < validation_start <= validation < test_start <= test."""
     t = rows.target_times
-    v, s = np.datetime64(pd.Timestamp(params.validation_start)), np.datetime64(pd.Timestamp(params.test_start))
+    v, s = np.datetime64(pd.Timestamp(splits.validation_start)), np.datetime64(pd.Timestamp(splits.test_start))
     masks = {"train": t < v, "validation": (t >= v) & (t < s), "test": t >= s}
     return {name: rows.select(mask) for name, mask in masks.items()}
 
@@ -209,16 +250,19 @@ def build(params: FeaturizeParams, raw_dir: Path, out_dir: Path, symbols: Sequen
     """The featurize stage: windows, date splits, train-only scaler; returns a summary to log."""
     session_reset = interval != "1d"
     series = load_price_series(raw_dir, symbols, interval, params.price_column)
-    scaler = ReturnScaler.fit(series, params.window, params.validation_start, session_reset)
-    splits = split_by_date(make_windows(series, params.window, session_reset), params)
+    periods = series_splits(series, params)
+    scaler = ReturnScaler.fit(series, params.window, periods.validation_start, session_reset)
+    splits = split_by_date(make_windows(series, params.window, session_reset), periods)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"window": params.window, "symbols": list(symbols), "interval": interval}
+    summary: dict = {"window": params.window, "symbols": list(symbols), "interval": interval,
+                     "periods": asdict(periods)}
     for name in SPLITS:
         part = splits[name]
         if len(part) == 0:
-            raise ConfigError(f"the {name} split is empty: check featurize.validation_start/test_start "
-                             f"against data.start/data.end")
+            fix = "start data.start earlier" if name == "train" else f"raise featurize.{name}_sessions"
+            raise ConfigError(f"the {name} split has no window of {params.window} prices: lower featurize.window "
+                             f"or {fix}")
         part.save(out_dir / f"{name}.npz")
         summary[name] = {"rows": len(part), "first_target": str(part.target_times.min())[:19],
                          "last_target": str(part.target_times.max())[:19],

@@ -18,7 +18,7 @@ import numpy as np
 
 from neuropredict import brokers, producer, registry, retry, stream_report
 from neuropredict.errors import NeuropredictError
-from neuropredict.features import load_price_series
+from neuropredict.features import load_price_series, series_splits
 from neuropredict.forecaster import forecast_period
 from neuropredict.settings.contracts import Topics
 from neuropredict.settings.paths import Paths
@@ -39,7 +39,8 @@ def check(params: Params, project: Paths, version: str | None = None, broker: st
         raise NeuropredictError(f"no {name}@production to check: run `dvc repro` first")
     loaded = registry.load(name, version=version)
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    start, end = params.featurize.test_start, params.data.end
+    periods = series_splits(series, params.featurize)
+    start, end = periods.test_start, periods.end
     offline = forecast_period(loaded.forecaster, series, start, end)
     online = stream_report.in_period(_stream(params, project, version, loaded.forecaster, broker), start, end)
     if params.data.interval == "1d":  # a replayed daily close is stamped 16:00; offline rows are dates

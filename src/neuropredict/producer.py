@@ -13,7 +13,7 @@ import pandas as pd
 
 from neuropredict import kafka_io, messages
 from neuropredict.errors import ConfigError, DataSourceError
-from neuropredict.features import session_ids
+from neuropredict.features import resolve_splits, session_ids
 from neuropredict.messages import Tick
 from neuropredict.settings.paths import Paths
 from neuropredict.settings.schema import DataParams, Params, ServingParams
@@ -45,9 +45,12 @@ def replay_period(params: Params, project: Paths, lead: int, start: str | None =
     and where they came from. The one assembly behind produce, the demo, parity and the bench."""
     interval = interval or params.data.interval
     frames, origin = replay_frames(symbols or params.data.symbols, interval, project.raw_dir, project.snapshot_dir)
-    ticks = replay_ticks(frames, interval, start or params.featurize.test_start, end or params.data.end, lead,
-                         params.featurize.price_column)
-    return ticks, origin
+    if start is None or end is None:
+        periods = resolve_splits(params.featurize, pd.concat([f[time_column(interval)].astype(str).str.slice(0, 10)
+                                                              for f in frames.values()]))
+        start, end = start or periods.test_start, end or periods.end
+    ticks = replay_ticks(frames, interval, start, end, lead, params.featurize.price_column)
+    return ticks, f"{origin}, {start}..{end}"
 
 
 def replay_ticks(frames: dict[str, pd.DataFrame], interval: str, start: str, end: str, lead: int = 0,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from neuropredict import compare, intervals, kafka_io, promotions, registry
 from neuropredict.errors import NeuropredictError
+from neuropredict.features import series_splits
 from neuropredict.settings import environment
 from neuropredict.settings.contracts import PRODUCTION_ALIAS, Topics
 from neuropredict.settings.paths import Paths
@@ -82,9 +83,9 @@ def gather(params: Params, project: Paths, topics: Topics, candidate: str, produ
 def _offline(params: Params, project: Paths, candidate: str, production: str | None, evidence: Evidence) -> None:
     """Both versions on the test period, the candidate through the registration gate."""
     name = params.register.model_name
-    period = f"{params.featurize.test_start}..{params.data.end}"
     try:
         series = registry.load_series(params, project)
+        period = series_splits(series, params.featurize).test_period
     except (OSError, NeuropredictError) as exc:
         evidence.lines.append(f"offline: the test data is not here ({exc}); the registration gate cannot be checked")
         evidence.refusals.append("the registration gate cannot be checked without the test data (run `dvc repro`)")

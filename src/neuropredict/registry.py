@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 
 from neuropredict import intervals, promotions, tracking
-from neuropredict.errors import ConfigError, ModelNotFoundError
+from neuropredict.errors import ConfigError, ModelNotFoundError, NeuropredictError
+from neuropredict.features import series_splits
 from neuropredict.files import read_json, write_json
 from neuropredict.promotions import alias_version  # the registry's readers find it here too
 from neuropredict.settings import environment
@@ -125,6 +125,25 @@ def log_and_register(forecaster_dir: Path, name: str, series: dict, tags: dict[s
     return str(mv.version)
 
 
+def identity(name: str) -> dict[str, Any]:
+    """What tells DVC which registry `register` writes to: the registered model's name and creation
+    time (created here when the registry lacks it). Another registry, or a wiped one, changes it,
+    so `register` runs there; the same registry keeps it, so nothing reruns."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        model = tracking.with_retry(lambda: client.get_registered_model(name))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            model = client.create_registered_model(name)
+        except MlflowException:  # another process created it first
+            model = client.get_registered_model(name)
+    return {"model": name, "created_ms": int(model.creation_timestamp)}
+
+
 def require_version(name: str, version: str) -> None:
     """Raise ModelNotFoundError (one line, with what exists) for a version the registry lacks."""
     from mlflow.exceptions import MlflowException
@@ -185,10 +204,17 @@ def gate(scores: dict[str, dict[str, float]], params: RegisterParams,
 
 
 def decide(challenger: dict, production: dict | None, params: RegisterParams,
-           calibration: tuple[dict, tuple[float, ...], float] | None = None) -> tuple[bool, str]:
-    """Promote when the gate passes and the challenger beats production on the same test rows."""
+           calibration: tuple[dict, tuple[float, ...], float] | None = None,
+           incomparable: str | None = None) -> tuple[bool, str]:
+    """Promote when the gate passes and the challenger beats production on the same test rows.
+    When production cannot score them (`incomparable` says why), the gate against persistence
+    decides alone."""
     failed = gate(challenger, params, calibration)
     c_skill = challenger["_pooled"]["mean_skill"]
+    if incomparable:
+        if failed:
+            return False, f"{incomparable}; fails the gate: " + "; ".join(failed)
+        return True, f"{incomparable}; passes the gate against persistence (mean skill {100 * c_skill:+.2f} %)"
     if production is None:
         if failed:
             log.warning("first model becomes production although it fails the gate: %s", "; ".join(failed))
@@ -229,16 +255,32 @@ def load_series(params: Params, project: Paths) -> dict:
 
 
 def offline_evidence(forecaster, series: dict, params: Params) -> OfflineEvidence:
-    """Score a forecaster as `register` does: the test period, and validation for calibration."""
+    """Score a forecaster as `register` does: the test period, and validation for calibration.
+    Raises Incomparable when it cannot forecast this pipeline's test rows."""
     from neuropredict.forecaster import forecast_period
 
     scores, spreads = _test_scores(forecaster, series, params)
     calibration = forecaster.calibration
     levels = calibration.levels if calibration else ()
-    last_validation_day = str((pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)).date())
-    validation = intervals.score(forecast_period(forecaster, series, params.featurize.validation_start,
-                                                 last_validation_day), levels) if calibration else None
+    periods = series_splits(series, params.featurize)
+    validation = intervals.score(forecast_period(forecaster, series, periods.validation_start,
+                                                 periods.last_validation_day), levels) if calibration else None
     return OfflineEvidence(scores, spreads, validation, levels)
+
+
+class Incomparable(NeuropredictError):
+    """A version cannot forecast this pipeline's test rows: another interval, other symbols, or a
+    window longer than the data."""
+
+
+def comparable(forecaster, params: Params) -> None:
+    """Raise Incomparable, naming why, when `forecaster` was trained for other data than params'."""
+    if forecaster.intraday != params.data.intraday:
+        kind = "an intraday (1-minute)" if forecaster.intraday else "a daily"
+        raise Incomparable(f"it is {kind} model and this pipeline trains on {params.data.interval} bars")
+    unseen = [s for s in params.data.symbols if s not in forecaster.scaler.mean]
+    if unseen:
+        raise Incomparable(f"it was not trained on {', '.join(unseen)}")
 
 
 def gate_reasons(evidence: OfflineEvidence, params: Params) -> list[str]:
@@ -261,18 +303,26 @@ def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
                           f"run `dvc repro tune` to train and calibrate it again")
     challenger = offline_evidence(forecaster, series, params)
     previous = alias_version(name, PRODUCTION_ALIAS)
+    period = series_splits(series, params.featurize).test_period
     tags, metadata = _describe(params, project, challenger.scores["_pooled"], challenger.spreads["_pooled"],
-                               challenger.levels)
+                               challenger.levels, period)
     version = log_and_register(project.best_model_dir, name, series, tags, metadata)
-    production = _test_scores(load(name, version=previous).forecaster, series, params)[0] if previous else None
+    production, incomparable = None, None
+    if previous:
+        try:
+            production = _test_scores(load(name, version=previous).forecaster, series, params)[0]
+        except Incomparable as exc:
+            incomparable = f"production v{previous} cannot score this test period: {exc}"
+            print(f"register: {incomparable}; deciding against persistence alone")
     promoted, reason = decide(challenger.scores, production, params.register,
-                              (challenger.validation, challenger.levels, params.intervals.min_coverage_p))
+                              (challenger.validation, challenger.levels, params.intervals.min_coverage_p),
+                              incomparable)
     evidence = challenger.summary()
     promotions.move(name, CHALLENGER_ALIAS, version, "gate", f"registered by the pipeline; {reason}", evidence)
     if promoted:
         promotions.move(name, PRODUCTION_ALIAS, version, "gate", reason, evidence)
     return _record(params, project, version, previous, promoted, reason, challenger.scores, production,
-                   (challenger.spreads, challenger.validation, challenger.levels))
+                   (challenger.spreads, challenger.validation, challenger.levels), period)
 
 
 def _test_scores(forecaster, series: dict, params: Params) -> tuple[dict, dict | None]:
@@ -281,18 +331,22 @@ def _test_scores(forecaster, series: dict, params: Params) -> tuple[dict, dict |
     from neuropredict.evaluation import score_rows
     from neuropredict.forecaster import forecast_period
 
-    rows = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
+    comparable(forecaster, params)
+    periods = series_splits(series, params.featurize)
+    rows = forecast_period(forecaster, series, periods.test_start, periods.end)
+    if rows.empty:
+        raise Incomparable(f"its window of {forecaster.window} prices leaves no forecast in the test period "
+                           f"{periods.test_period}")
     calibration = forecaster.calibration
     return score_rows(rows), intervals.score(rows, calibration.levels) if calibration else None
 
 
 def _describe(params: Params, project: Paths, pooled: dict[str, float], spread: dict[str, float],
-              levels: tuple[float, ...]) -> tuple[dict[str, str], dict[str, Any]]:
+              levels: tuple[float, ...], period: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Version tags (searchable in the registry) and model metadata (travels with the model)."""
     from neuropredict.sources import read_manifest
 
     selection = read_json(project.selection_file)
-    period = f"{params.featurize.test_start}..{params.data.end}"
     tags = {"cell": selection["cell"], "window": str(selection["window"]), "interval": params.data.interval,
             "data_source": str(read_manifest(project.raw_dir)["source"]), "git_commit": tracking.git_commit(project.root),
             "test_period": period, "val_loss": repr(selection["val_loss"]),
@@ -306,7 +360,8 @@ def _describe(params: Params, project: Paths, pooled: dict[str, float], spread: 
 
 
 def _record(params: Params, project: Paths, version: str, previous: str | None, promoted: bool, reason: str,
-            challenger: dict, production: dict | None, spreads: tuple[dict, dict, tuple[float, ...]]) -> dict[str, Any]:
+            challenger: dict, production: dict | None, spreads: tuple[dict, dict, tuple[float, ...]],
+            period: str) -> dict[str, Any]:
     """metrics/register.json for DVC, and the same figures in the stage's MLflow run."""
     import mlflow
 
@@ -315,7 +370,7 @@ def _record(params: Params, project: Paths, version: str, previous: str | None, 
     pooled = challenger["_pooled"]
     decision = {"version": version, "previous_production": previous, "promoted": promoted,
                 "verdict": "production" if promoted else f"challenger (production stays {previous})",
-                "reason": reason, "test_mean_skill": pooled["mean_skill"], "test_mse": pooled["mse"],
+                "reason": reason, "test_period": period, "test_mean_skill": pooled["mean_skill"], "test_mse": pooled["mse"],
                 "test_persistence_mse": pooled["persistence_mse"], "test_max_dm_t": pooled["max_dm_t"],
                 "production_test_mean_skill": production["_pooled"]["mean_skill"] if production else None}
     test, validation, levels = spreads
@@ -328,7 +383,7 @@ def _record(params: Params, project: Paths, version: str, previous: str | None, 
     mlflow.log_metrics({**flat_metrics(challenger, "test"), **flat_metrics(test, "test"),
                         **flat_metrics(validation, "validation"), "promoted": float(promoted)})
     mlflow.set_tags({"model_version": version, "promoted": str(promoted)})
-    title = f"{params.register.model_name} v{version} on {params.featurize.test_start}..{params.data.end}"
+    title = f"{params.register.model_name} v{version} on {period}"
     mlflow.log_text(format_table(challenger, title), "test_scores.txt")
     mlflow.log_text(intervals.format_table(test, levels, title + " (intervals)"), "test_intervals.txt")
     return decision

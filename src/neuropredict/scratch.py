@@ -16,7 +16,7 @@ import yaml
 from neuropredict.console import tool, tools_env
 from neuropredict.settings.environment import quiet_environment, sqlite_uri
 
-PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", ".dvcignore", "notebooks",
+PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", "data/stream", ".dvcignore", "notebooks",
                  "serving/compose.yaml", "serving/Dockerfile", "serving/worker.py")  # the last: `up --workers`
 
 

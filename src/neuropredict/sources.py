@@ -22,6 +22,7 @@ RAW_COLUMNS = {
 }
 SNAPSHOT_SUBDIR = {"1d": "daily", "1m": "intraday"}
 MANIFEST = "SOURCE.json"
+STREAM_COLUMNS = ("timestamp", "price")  # data/stream/<interval>/<SYMBOL>.csv: exchange-local stamps
 
 
 def time_column(interval: str) -> str:
@@ -56,7 +57,8 @@ def fetch_yfinance(params: DataParams) -> dict[str, pd.DataFrame]:
     """yf.download under a hard deadline: its own timeouts do not bound the whole call."""
     import yfinance as yf
 
-    end = (pd.Timestamp(params.end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")  # end is exclusive
+    last = pd.Timestamp.now(EXCHANGE_TZ).normalize().tz_localize(None) if params.latest else pd.Timestamp(params.end)
+    end = (last + pd.Timedelta(days=1)).strftime("%Y-%m-%d")  # end is exclusive
     box: dict[str, object] = {}
 
     def call() -> None:
@@ -141,13 +143,56 @@ def read_raw(raw_dir: Path, symbols) -> dict[str, pd.DataFrame]:
 def _clip(frame: pd.DataFrame, params: DataParams, path: Path) -> pd.DataFrame:
     tcol = frame.columns[0]
     day = pd.to_datetime(frame[tcol].str.slice(0, 10))
-    keep = (day >= pd.Timestamp(params.start)) & (day <= pd.Timestamp(params.end))
+    keep = day >= pd.Timestamp(params.start)
+    if not params.latest:
+        keep &= day <= pd.Timestamp(params.end)
     if not keep.any():
         raise DataSourceError(
             f"{path.name} has no rows in {params.start}..{params.end}; it covers "
             f"{frame[tcol].iloc[0][:10]}..{frame[tcol].iloc[-1][:10]} (adjust data.start/data.end)"
         )
     return frame.loc[keep].reset_index(drop=True)
+
+
+def stream_file(stream_dir: Path, interval: str, symbol: str) -> Path:
+    return Path(stream_dir) / interval / f"{symbol}.csv"
+
+
+def with_stream(raw: RawPrices, stream_dir: Path, params: DataParams) -> tuple[RawPrices, dict[str, int]]:
+    """The source's bars, then the ticks the stream carried after each symbol's last bar (the
+    source wins where both have a time: its bars are the reference). A tick becomes a bar whose
+    open, high, low and close are its price and whose volume is unknown (0). Returns the rows
+    taken from the stream per symbol."""
+    frames, taken = {}, {}
+    for symbol, frame in raw.frames.items():
+        path = stream_file(stream_dir, params.interval, symbol)
+        ticks = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(STREAM_COLUMNS))
+        bars = _ticks_as_bars(ticks, params)
+        tcol = frame.columns[0]
+        later = bars[bars[tcol] > frame[tcol].iloc[-1]] if len(frame) else bars
+        frames[symbol] = pd.concat([frame, later], ignore_index=True) if len(later) else frame
+        taken[symbol] = len(later)
+    if not any(taken.values()):
+        return raw, taken
+    reason = f"{raw.reason}; then {sum(taken.values())} ticks the stream carried (data/stream)"
+    return RawPrices(raw.source, reason, frames), taken
+
+
+def _ticks_as_bars(ticks: pd.DataFrame, params: DataParams) -> pd.DataFrame:
+    columns = RAW_COLUMNS[params.interval]
+    stamps = pd.to_datetime(ticks["timestamp"].astype(str).str.slice(0, 19))
+    keep = stamps >= pd.Timestamp(params.start)
+    if not params.latest:
+        keep &= stamps < pd.Timestamp(params.end) + pd.Timedelta(days=1)
+    stamps, price = stamps[keep], ticks.loc[keep, "price"].astype(float)
+    if params.interval == "1d":
+        times = stamps.dt.strftime("%Y-%m-%d")
+    else:
+        times = stamps.dt.tz_localize(EXCHANGE_TZ).astype(str)
+    bars = pd.DataFrame({columns[0]: times.to_numpy()})
+    for column in columns[1:]:
+        bars[column] = 0 if column == "Volume" else price.to_numpy()
+    return bars
 
 
 def write_raw(raw: RawPrices, raw_dir: Path, params: DataParams) -> dict[str, object]:

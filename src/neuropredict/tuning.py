@@ -20,7 +20,7 @@ import pandas as pd
 
 from neuropredict import intervals, plots, tracking
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
-from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, load_price_series
+from neuropredict.features import SCALER_FILE, ReturnScaler, Splits, WindowSet, load_price_series, series_splits
 from neuropredict.files import write_json
 from neuropredict.forecaster import Forecaster, calibrate, calibration_curve, forecast_period
 from neuropredict.hypermodel import ForecasterHyperModel, seed_everything
@@ -199,7 +199,8 @@ def run(params: Params, project: Paths) -> dict[str, Any]:
     results = search(params.tune, params.seed, train, validation, scaler, project.tuner_dir)
     winner = pick_winner(results, params.tune.parsimony_tolerance)
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-    test_rows = _save_and_score(results, scaler, validation, series, params, project)
+    periods = series_splits(series, params.featurize)
+    test_rows = _save_and_score(results, scaler, validation, series, params, project, periods)
     scores = {cell: score_rows(rows) for cell, rows in test_rows.items()}
     spreads = {cell: intervals.score(rows, params.intervals.levels) for cell, rows in test_rows.items()}
     for r in results:
@@ -219,18 +220,13 @@ def run(params: Params, project: Paths) -> dict[str, Any]:
     test = WindowSet.load(project.features_dir / "test.npz")
     _write_plots(project, results, scores, test_rows[winner.cell], winner.cell, report["null_val_loss"])
     _write_interval_plots(project, params, calibration_curve(best, validation, test), test_rows[winner.cell],
-                          winner.cell)
+                          winner.cell, periods)
     _publish(project, report, scores[winner.cell], spreads[winner.cell], winner.cell, params.intervals.levels)
     return report
 
 
-def validation_period(params: Params) -> str:
-    last = pd.Timestamp(params.featurize.test_start) - pd.Timedelta(days=1)
-    return f"{params.featurize.validation_start}..{last.date()}"
-
-
 def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation: WindowSet, series: dict,
-                    params: Params, project: Paths) -> dict[str, Any]:
+                    params: Params, project: Paths, periods: Splits) -> dict[str, Any]:
     """Calibrate each cell's best forecaster on the validation period, save it, and forecast the
     test period with the saved copy."""
     shutil.rmtree(project.model_dir, ignore_errors=True)
@@ -240,10 +236,10 @@ def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation:
         Forecaster(r.model, scaler).save(folder)
         forecaster = Forecaster.load(folder)  # calibrate and score exactly what register will ship
         forecaster.calibration = calibrate(forecaster, validation, params.intervals.levels,
-                                           params.intervals.ewma_lambda, validation_period(params),
+                                           params.intervals.ewma_lambda, periods.validation_period,
                                            params.intervals.min_coverage_p)
         forecaster.calibration.save(folder)
-        rows[r.cell] = forecast_period(forecaster, series, params.featurize.test_start, params.data.end)
+        rows[r.cell] = forecast_period(forecaster, series, periods.test_start, periods.end)
     return rows
 
 
@@ -330,12 +326,13 @@ def comparison_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_interval_plots(project: Paths, params: Params, curve, winner_rows, winner_cell: str) -> None:
+def _write_interval_plots(project: Paths, params: Params, curve, winner_rows, winner_cell: str,
+                          periods: Splits) -> None:
     levels = params.intervals.levels
     curve.to_csv(project.plots_dir / "calibration.csv", index=False)
     plots.calibration(curve, levels, len(winner_rows), project.plots_dir / "calibration.png",
                       f"Test period: coverage against nominal, {winner_cell.upper()} beside the baselines\n"
-                      f"(each calibrated on {validation_period(params)})")
+                      f"(each calibrated on {periods.validation_period})")
     plots.fan_chart(winner_rows, levels, project.plots_dir / "test_intervals.png",
                     f"Test period: {winner_cell.upper()} prediction intervals and the actual close")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("download", "validate", "featurize", "tune", "register")
+STAGES = ("download", "validate", "featurize", "tune", "registry", "register")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_notebook_executes_without_error(trained_project, tmp_path, use_project):
     use_project(trained_project)
-    from neuropredict.features import load_price_series
+    from neuropredict.features import load_price_series, series_splits
     from neuropredict.forecaster import Forecaster, forecast_period
     from neuropredict.settings.paths import paths
     from neuropredict.settings.schema import load_params
@@ -22,7 +22,7 @@ def test_every_notebook_executes_without_error(trained_project, tmp_path, use_pr
     params = load_params(trained_project / "params.yaml")
     p = paths(trained_project)
     series = load_price_series(p.raw_dir, params.data.symbols, "1d", "Close")
-    rows = forecast_period(Forecaster.load(p.model_dir / "best"), series, params.featurize.test_start)
+    rows = forecast_period(Forecaster.load(p.model_dir / "best"), series, series_splits(series, params.featurize).test_start)
     stream_report.report(rows.assign(model_version="1"), p.reports_dir / "evaluate", log_to_mlflow=False)
 
     proc = subprocess.run([sys.executable, str(REPO / "notebooks" / "execute.py"), "--out", str(tmp_path)],

@@ -19,10 +19,10 @@ def read_topic(stream, topic: str) -> list:
         return reader.read_all([topic])
 
 
-def replay(root, params, start="2024-07-01", symbols=None, interval="1d") -> list:
-    """Real ticks of the project's data (the snapshot for symbols it lacks), with a window of lead-in."""
-    ticks, _ = producer.replay_period(params, Paths(root), params.featurize.window, start, params.data.end,
-                                      symbols, interval)
+def replay(root, params, start="2024-07-01", symbols=None, interval="1d", end=None) -> list:
+    """Real ticks of the project's data (the snapshot for symbols it lacks), with a window of lead-in,
+    from start to end (default: the data's last session)."""
+    ticks, _ = producer.replay_period(params, Paths(root), params.featurize.window, start, end, symbols, interval)
     return ticks
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from neuropredict import parity, registry
-from neuropredict.features import ReturnScaler, load_price_series
+from neuropredict.features import ReturnScaler, load_price_series, series_splits
 from neuropredict.forecaster import Forecaster, forecast_period
 from neuropredict.settings.paths import paths
 from neuropredict.settings.schema import load_params
@@ -35,7 +35,8 @@ def _served_by(trained_project, change):
     p = paths(trained_project)
     series = load_price_series(p.raw_dir, params.data.symbols, "1d", "Close")
     production = registry.load(params.register.model_name)
-    start, end = params.featurize.test_start, params.data.end
+    splits = series_splits(series, params.featurize)
+    start, end = splits.test_start, splits.end
     offline = forecast_period(production.forecaster, series, start, end)
     online = forecast_period(change(production.forecaster, series), series, start, end)
     return parity.compare(offline, online, production.version)
@@ -74,6 +75,6 @@ def test_parity_fails_when_the_stream_misses_a_forecast(trained_project, use_pro
     params = load_params(trained_project / "params.yaml")
     series = load_price_series(paths(trained_project).raw_dir, params.data.symbols, "1d", "Close")
     offline = forecast_period(registry.load(params.register.model_name).forecaster, series,
-                              params.featurize.test_start, params.data.end)
+                              series_splits(series, params.featurize).test_start)
     result = parity.compare(offline, offline.iloc[1:], "1")
     assert not result["passed"] and result["matched_rows"] == result["offline_rows"] - 1

@@ -22,12 +22,13 @@ from neuropredict import registry
 from neuropredict.settings.schema import load_params
 from neuropredict.settings.paths import paths
 from neuropredict.evaluation import score_rows
-from neuropredict.features import load_price_series
+from neuropredict.features import load_price_series, series_splits
 from neuropredict.forecaster import forecast_period
 params, p = load_params(), paths()
 loaded = registry.load(params.register.model_name)
 series = load_price_series(p.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
-scores = score_rows(forecast_period(loaded.forecaster, series, params.featurize.test_start, params.data.end))
+splits = series_splits(series, params.featurize)
+scores = score_rows(forecast_period(loaded.forecaster, series, splits.test_start, splits.end))
 print(json.dumps({"version": loaded.version, "mse": scores["_pooled"]["mse"]}))
 """
 
@@ -125,3 +126,32 @@ def test_a_worse_model_stays_challenger_and_promote_moves_production(trained_pro
     missing = _cli(root, "promote", "999")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "has no version 999" in missing.stderr and "neuropredict models" in missing.stderr
+
+
+def test_production_of_another_kind_is_named_and_the_gate_decides_alone(trained_project, tmp_path, use_project):
+    """A 1-minute model in production, then the daily pipeline registers: production cannot score
+    the daily test rows, so register says why in one line and decides against persistence alone."""
+    import dataclasses
+
+    from neuropredict import promotions, tracking
+    from neuropredict.forecaster import Forecaster
+
+    root = use_project(copy_project(trained_project, tmp_path / "copy"))
+    best = Forecaster.load(root / "models" / "tuned" / "best")
+    intraday = tmp_path / "intraday"
+    Forecaster(best.model, dataclasses.replace(best.scaler, session_reset=True), best.calibration).save(intraday)
+    (intraday / "selection.json").write_text((root / "models/tuned/best/selection.json").read_text())
+    tracking.setup()
+    name = "stock-price-forecaster"
+    params = load_params(root / "params.yaml")
+    series = registry.load_series(params, Paths(root))
+    other = registry.log_and_register(intraday, name, series, {"interval": "1m"}, {"interval": "1m"})
+    promotions.move(name, "production", other, "force", "a 1-minute model in production")
+    proc = run([sys.executable, str(root / "pipelines" / "register.py")], root, project_env(root))
+    decision = load_json(root / "metrics/register.json")
+    why = f"production v{other} cannot score this test period: it is an intraday (1-minute) model"
+    assert why in proc.stdout and "Traceback" not in proc.stderr
+    assert decision["promoted"] is True and why in decision["reason"]
+    assert "passes the gate against persistence" in decision["reason"]
+    assert decision["production_test_mean_skill"] is None and decision["previous_production"] == other
+    assert registry.alias_version(name) == decision["version"] != other

@@ -32,10 +32,13 @@ from neuropredict.settings.contracts import Topics
 from neuropredict.settings.schema import load_params
 from neuropredict.stream import status
 from tests.conftest import (
+    BIN,
     REPO,
     TINY_PARAMS,
     Stream,
+    copy_project,
     distinct_ports,
+    load_json,
     make_project,
     project_env,
     require_apache_kafka,
@@ -187,7 +190,7 @@ def test_a_promotion_through_the_server_hot_swaps_all_three_workers(team, as_tea
     params = load_params(team.root / "params.yaml")
     version = _register_another_version(team.root, params)
     assert version == "2"  # docs/operations.md promotes version 2
-    ticks = replay(team.root, params, start=params.featurize.test_start, symbols=("GOOGL", "AMZN"))
+    ticks = replay(team.root, params, start=None, symbols=("GOOGL", "AMZN"))
     half = len(ticks) // 2  # the first half scored by v1, the second by v2
     Sender(ticks[:half], team.stream, rate=0, serving=params.serving).run()
     team.sh(f"neuropredict promote {version}")
@@ -218,7 +221,7 @@ def test_a_promotion_through_the_server_hot_swaps_all_three_workers(team, as_tea
 def test_the_server_killed_mid_stream_scoring_goes_on_and_the_buffered_metrics_arrive(team, as_team):
     params = load_params(team.root / "params.yaml")
     os.killpg(team.state()["mlflow-server"]["pid"], signal.SIGKILL)
-    ticks = replay(team.root, params, start=params.featurize.test_start, symbols=("META", "NVDA"))
+    ticks = replay(team.root, params, start=None, symbols=("META", "NVDA"))
     Sender(ticks, team.stream, rate=0, serving=params.serving).run()
     wait_for(lambda: sum(o["symbol"] in ("META", "NVDA") for o in predictions(team.stream))
              >= producer.expected_forecasts(ticks, params.featurize.window, False), what="scoring during the outage")
@@ -254,6 +257,26 @@ def test_three_workers_logged_every_metric_point_and_no_secret_is_anywhere(team,
         assert "database is locked" not in log and "MLflow store busy" not in log
     team.figures["metric_snapshots_written_received_repeated"] = [written, received, repeated]
     _assert_no_secret_anywhere(team, as_team)
+
+
+def test_a_project_trained_elsewhere_registers_into_the_server_without_retraining(team, as_team, trained_project,
+                                                                                 tmp_path):
+    """A project trained into its own SQLite store, pointed at the team server: `dvc repro` (no -f)
+    registers its model there, from DVC's cache, and a second repro has nothing to do."""
+    root = copy_project(trained_project, tmp_path / "elsewhere")
+    env = {**project_env(root), "MLFLOW_TRACKING_URI": team.server, "MLFLOW_TRACKING_USERNAME": "admin",
+           "MLFLOW_TRACKING_PASSWORD": team.password}
+    name = "stock-price-forecaster"
+    before = {v.version for v in as_team.search_model_versions(f"name='{name}'")}
+    first = run([str(BIN / "dvc"), "repro"], root, env)
+    assert "Stage 'tune' didn't change, skipping" in first.stdout and "Running stage 'register'" in first.stdout
+    decision = load_json(root / "metrics/register.json")
+    after = {v.version for v in as_team.search_model_versions(f"name='{name}'")}
+    assert after - before == {decision["version"]}
+    assert as_team.get_model_version_by_alias(name, "challenger").version == decision["version"]
+    again = run([str(BIN / "dvc"), "repro"], root, env)
+    assert "Stage 'register' didn't change, skipping" in again.stdout
+    assert {v.version for v in as_team.search_model_versions(f"name='{name}'")} == after
 
 
 def test_the_documented_team_commands_are_the_ones_run_here(team):

@@ -29,10 +29,10 @@ def test_repo_params_load_into_typed_frozen_object():
         (lambda p: p["data"].update(interval="5m"), "'data.interval' is '5m'; allowed: 1d, 1m"),
         (lambda p: p["tune"].update(dropout=[0.5, 0.1]), "'tune.dropout' must be [min, max] with min <= max"),
         (lambda p: p["tune"].update(cells=["lstm", "rnn"]), "'tune.cells[1]' is 'rnn'; allowed: lstm, gru"),
-        (lambda p: p["featurize"].pop("test_start"), "missing key 'featurize.test_start'"),
-        (lambda p: p["featurize"].update(test_start="2023-01-01"),
-         "'featurize.validation_start' (2023-07-01) must be before 'featurize.test_start'"),
-        (lambda p: p["data"].update(end="not a date"), "'data.end' is 'not a date'; expected a date"),
+        (lambda p: p["featurize"].pop("test_sessions"), "missing key 'featurize.test_sessions'"),
+        (lambda p: p["featurize"].update(test_sessions=0), "'featurize.test_sessions' is 0; allowed range: 1 .."),
+        (lambda p: p["data"].update(end="2021-06-01"), "'data.start' (2022-01-01) must be before 'data.end'"),
+        (lambda p: p["data"].update(end="not a date"), "'data.end' is 'not a date'; expected a date like 2024-01-01 or 'latest'"),
         (lambda p: p["serving"].update(max_poll_records=True), "'serving.max_poll_records' must be an integer"),
     ],
 )
@@ -89,11 +89,12 @@ def test_a_bad_port_variable_is_a_config_error(tmp_path):
 
 def test_topics_are_the_contract_names_and_a_prefix_makes_another_set():
     default = Topics()
-    assert default.all == ("stock_prices", "predicted_prices", "stock_prices_dlq", "predicted_prices_shadow")
+    assert default.all == ("stock_prices", "predicted_prices", "stock_prices_dlq", "predicted_prices_shadow",
+                           "serving_state")
     assert default.group == "neuropredict-serving"
     staging = Topics("staging.")
     assert staging.all == ("staging.stock_prices", "staging.predicted_prices", "staging.stock_prices_dlq",
-                           "staging.predicted_prices_shadow")
+                           "staging.predicted_prices_shadow", "staging.serving_state")
     assert staging.group == "staging.neuropredict-serving"
     with pytest.raises(ConfigError, match="not usable in Kafka topic names"):
         Topics("a b")

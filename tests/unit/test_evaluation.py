@@ -50,3 +50,24 @@ def test_a_nan_skill_never_passes_the_gate_nor_beats_production():
     assert gate(scores, RegisterParams())
     assert decide(scores, good, RegisterParams())[0] is False
     assert decide(good, scores, RegisterParams())[0] is False  # nothing beats a NaN incumbent by accident
+
+
+def test_production_that_cannot_score_the_rows_leaves_the_gate_to_decide_alone():
+    from types import SimpleNamespace
+
+    from neuropredict.features import ReturnScaler
+    from neuropredict.registry import Incomparable, comparable, decide
+    from neuropredict.settings.schema import RegisterParams, params_from_dict
+    from tests.conftest import TINY_PARAMS
+
+    params = params_from_dict(TINY_PARAMS)  # daily AAPL and MSFT
+    scaler = ReturnScaler(window=10, mean={"AAPL": 0.0}, std={"AAPL": 0.01}, pooled_mean=0.0, pooled_std=0.01)
+    with pytest.raises(Incomparable, match="it was not trained on MSFT"):
+        comparable(SimpleNamespace(intraday=False, scaler=scaler), params)
+    with pytest.raises(Incomparable, match="it is an intraday \\(1-minute\\) model and this pipeline trains on 1d"):
+        comparable(SimpleNamespace(intraday=True, scaler=scaler), params)
+    good = {"A": {"dm_t": 0.0, "skill": 0.01}, "_pooled": {"mean_skill": 0.01, "max_dm_t": 0.0}}
+    bad = {"A": {"dm_t": 5.0, "skill": -0.2}, "_pooled": {"mean_skill": -0.2, "max_dm_t": 5.0}}
+    assert decide(good, None, RegisterParams(), incomparable="production v3 cannot score")[0] is True
+    promoted, reason = decide(bad, None, RegisterParams(), incomparable="production v3 cannot score")
+    assert promoted is False and reason.startswith("production v3 cannot score; fails the gate")

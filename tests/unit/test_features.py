@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuropredict.features import ReturnScaler, make_windows, split_by_date
+from neuropredict.errors import ConfigError
+from neuropredict.features import ReturnScaler, Splits, make_windows, resolve_splits, series_splits, split_by_date
 from neuropredict.settings.schema import FeaturizeParams
 
 
@@ -12,7 +13,7 @@ def _series(n=300, seed=0, start="2022-01-03", freq="B"):
     return pd.Series(100 * np.exp(np.cumsum(rng.normal(0, 0.02, n))), index=idx)
 
 
-PARAMS = FeaturizeParams(window=5, validation_start="2022-09-01", test_start="2022-11-01")
+PARAMS = Splits(validation_start="2022-09-01", test_start="2022-11-01", end="2023-02-24")
 
 
 def test_scaler_statistics_come_from_the_training_period_alone():
@@ -80,3 +81,37 @@ def test_scaler_survives_json(tmp_path):
     scaler = ReturnScaler.fit({"A": _series()}, 5, PARAMS.validation_start)
     scaler.save(tmp_path / "s.json")
     assert ReturnScaler.load(tmp_path / "s.json") == scaler
+
+
+def test_splits_are_counted_back_from_the_last_session_and_move_with_new_data():
+    s = {"A": _series(n=300), "B": _series(n=290, seed=4)}  # B ends 10 sessions earlier
+    params = FeaturizeParams(window=5, validation_sessions=40, test_sessions=30)
+    days = s["A"].index
+    splits = series_splits(s, params)
+    assert splits == Splits(str(days[-70].date()), str(days[-30].date()), str(days[-1].date()))
+    parts = split_by_date(make_windows(s, 5), splits)
+    assert len(np.unique(pd.DatetimeIndex(parts["test"].target_times).normalize())) == 30
+    assert len(np.unique(pd.DatetimeIndex(parts["validation"].target_times).normalize())) == 40
+    # ten new sessions move all three periods by ten sessions
+    longer = {"A": _series(n=310), "B": _series(n=300, seed=4)}
+    moved = series_splits(longer, params)
+    later = longer["A"].index
+    assert moved.test_start == str(later[-30].date()) == str(days[-20].date())
+    assert moved.validation_start == str(days[-60].date()) and moved.end == str(later[-1].date())
+    assert moved.test_period == f"{moved.test_start}..{moved.end}"
+
+
+def test_bundled_defaults_reproduce_the_2023_and_2024_split():
+    from neuropredict.settings.schema import load_params
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "params.yaml")
+    frame = pd.read_csv(REPO / "data/snapshot/daily/AAPL.csv")
+    splits = resolve_splits(params.featurize, frame["Date"])
+    assert (splits.validation_start, splits.test_start, splits.end) == ("2023-01-03", "2024-01-02", "2024-12-31")
+
+
+def test_too_few_sessions_is_one_line_naming_the_keys():
+    with pytest.raises(ConfigError, match="featurize.validation_sessions \\+ test_sessions = 70 leave none"):
+        resolve_splits(FeaturizeParams(window=5, validation_sessions=40, test_sessions=30),
+                       pd.bdate_range("2024-01-01", periods=70))

@@ -4,6 +4,7 @@ name, where Apache Kafka comes from; and the quiet, offline-safe defaults for th
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from neuropredict.errors import ConfigError
@@ -45,6 +46,11 @@ def sqlite_uri(root: Path) -> str:
 def tracking_uri(root: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else the embedded sqlite store under mlruns/ (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(paths(root).root)
+
+
+def redacted(uri: str) -> str:
+    """A URI fit to print: any user:password@ left out."""
+    return re.sub(r"//[^@/]*@", "//", uri)
 
 
 def artifact_root(root: Path | None = None) -> str:

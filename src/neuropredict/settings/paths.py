@@ -48,6 +48,11 @@ class Paths:
         return self.root / "data" / "raw"
 
     @property
+    def stream_dir(self) -> Path:
+        """Ticks the stream carried (`neuropredict retrain` writes them): a dependency of download."""
+        return self.root / "data" / "stream"
+
+    @property
     def features_dir(self) -> Path:
         return self.root / "data" / "features"
 

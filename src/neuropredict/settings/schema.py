@@ -53,10 +53,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+LATEST = "latest"  # data.end: up to the newest data the source has
+
+
 class DataParams(_Section):
     symbols: _list(Text)
     start: Date
-    end: Date
+    end: Date  # a date, or LATEST
     interval: Literal["1d", "1m"] = "1d"
     source: Literal["auto", "yfinance", "snapshot"] = "auto"
     download_timeout_s: _num(0.1, 600) = 20.0
@@ -64,6 +67,10 @@ class DataParams(_Section):
     @property
     def intraday(self) -> bool:
         return self.interval != "1d"
+
+    @property
+    def latest(self) -> bool:
+        return self.end == LATEST
 
 
 class ValidateParams(_Section):
@@ -73,8 +80,9 @@ class ValidateParams(_Section):
 
 class FeaturizeParams(_Section):
     window: _int(3, 2000)
-    validation_start: Date
-    test_start: Date
+    # the periods are counted back from the data's last session, so new data moves all three splits
+    validation_sessions: _int(1)
+    test_sessions: _int(1)
     price_column: Literal["Close", "Open", "High", "Low"] = "Close"
 
 
@@ -272,22 +280,18 @@ def _check_consistency(params: Params) -> None:
     """Cross-key rules that no single field can check."""
     import pandas as pd
 
-    dates = {
-        "data.start": params.data.start,
-        "data.end": params.data.end,
-        "featurize.validation_start": params.featurize.validation_start,
-        "featurize.test_start": params.featurize.test_start,
-    }
+    dates = {"data.start": params.data.start}
+    if params.data.end != LATEST:
+        dates["data.end"] = params.data.end
     parsed = {}
     for key, text in dates.items():
         try:
             parsed[key] = pd.Timestamp(text)
         except (ValueError, TypeError):
-            raise ConfigError(f"'{key}' is {text!r}; expected a date like 2024-01-01") from None
-    order = ["data.start", "featurize.validation_start", "featurize.test_start", "data.end"]
-    for a, b in zip(order, order[1:]):
-        if not parsed[a] < parsed[b]:
-            raise ConfigError(f"'{a}' ({dates[a]}) must be before '{b}' ({dates[b]})")
+            hint = " or 'latest'" if key == "data.end" else ""
+            raise ConfigError(f"'{key}' is {text!r}; expected a date like 2024-01-01{hint}") from None
+    if "data.end" in parsed and not parsed["data.start"] < parsed["data.end"]:
+        raise ConfigError(f"'data.start' ({dates['data.start']}) must be before 'data.end' ({dates['data.end']})")
     if any(not s or s != s.strip() for s in params.data.symbols):
         raise ConfigError("'data.symbols' must list ticker symbols such as AAPL")
     levels = params.intervals.levels
