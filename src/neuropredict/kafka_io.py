@@ -12,6 +12,7 @@ from typing import Any
 from neuropredict import console, procs, retry
 from neuropredict.errors import ServiceError
 from neuropredict.settings import environment
+from neuropredict.settings.contracts import Topics
 from neuropredict.settings.schema import KafkaParams, ServingParams
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ MAX_POLL_INTERVAL_MS = 300_000  # a batch (model call included) must finish well
 BOOTSTRAP_TIMEOUT_MS = 10_000   # how long a client waits for the first broker answer
 CONSUMER_REQUEST_TIMEOUT_MS = 30_000
 PRODUCER_REQUEST_TIMEOUT_MS = 10_000  # capped by serving.delivery_timeout_ms
+# A transactional producer waits this long for its transaction coordinator before it looks the
+# coordinator up again: kafka-python keeps waiting on a dead one, so with 10 s a worker stalled
+# ~30 s after a broker kill (bench/failover.py); a commit itself takes ~35 ms.
+TRANSACTIONAL_REQUEST_TIMEOUT_MS = 3_000
 # A worker that dies mid-transaction leaves it open; the broker aborts it after this. Until then
 # read_committed readers of its partitions wait, and so does the worker taking them over (unless
 # it has the same NEUROPREDICT_WORKER_ID, which aborts it at once). A batch must fit well within.
@@ -89,6 +94,7 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
     if transactional_id:
         settings.update(enable_idempotence=True, transactional_id=transactional_id,
                         transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                        request_timeout_ms=min(settings["request_timeout_ms"], TRANSACTIONAL_REQUEST_TIMEOUT_MS),
                         # begin/commit/abort/init wait at most this long (default 60 s)
                         max_block_ms=s.delivery_timeout_ms)
     settings.update(overrides)
@@ -139,26 +145,61 @@ def admin(bootstrap: str | None = None):
         raise _unreachable(bootstrap, exc) from None
 
 
-def ensure_topics(params: KafkaParams, bootstrap: str | None, topics: Iterable[str],
+# The input's retention bounds replays only (a worker restores from the state topic): 30 days keep a
+# month of ticks for `retrain`, `evaluate` and `compare`, where Kafka's default keeps 7.
+INPUT_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
+    """Configurations beyond the broker's defaults, per topic. The state topic is compacted (the
+    newest record per symbol stays), with 10-minute segments and a low dirty ratio so the log a
+    restore reads stays near one record per symbol (the active segment is never compacted)."""
+    return {topics.prices: {"retention.ms": str(INPUT_RETENTION_MS)},
+            topics.serving_state: {"cleanup.policy": "compact", "segment.ms": "600000",
+                                   "min.cleanable.dirty.ratio": "0.1"}}
+
+
+def ensure_topics(params: KafkaParams, bootstrap: str | None, topics: Topics | Iterable[str],
                   replication: int | None = None) -> dict[str, int]:
-    """Create topics with explicit partition counts (never rely on auto-creation);
-    return each topic's partition count. With 3 replicas or more, acks=all waits for 2 of them:
-    a write then survives the loss of any one broker."""
-    topics, replication = list(topics), replication or params.replication_factor
-    options: dict[str, Any] = {"num_partitions": params.partitions, "replication_factor": replication}
-    if replication >= 3:
-        options["configs"] = {"min.insync.replicas": "2"}
+    """Create the product's topics (a Topics value, with their configurations) or other named
+    ones, with explicit partition counts (never rely on auto-creation); return each topic's
+    partition count. With 3 replicas or more, acks=all waits for 2 of them: a write then
+    survives the loss of any one broker."""
+    replication = replication or params.replication_factor
+    base = {"min.insync.replicas": "2"} if replication >= 3 else {}
+    configs = topic_configs(topics) if isinstance(topics, Topics) else {}
+    names = topics.all if isinstance(topics, Topics) else tuple(topics)
     client = admin(bootstrap)
     try:
         existing = set(client.list_topics())
-        missing = {t: options for t in topics if t not in existing}
+        missing = {t: {"num_partitions": params.partitions, "replication_factor": replication,
+                       "configs": {**base, **configs.get(t, {})}} for t in names if t not in existing}
         if missing:
             client.create_topics(missing, raise_errors=False, wait_for_metadata=True, timeout_ms=10000)
             log.info("created topics %s with %d partitions, %d replicas", ", ".join(missing), params.partitions,
                      replication)
-        return partition_counts(client, topics)
+        return partition_counts(client, names)
     finally:
         client.close()
+
+
+def require_state_topic(bootstrap: str, topics: Topics) -> None:
+    """The state topic exists with the input's partition count (a symbol's state goes to its input
+    partition's number); else a ServiceError saying how to create it."""
+    client = admin(bootstrap)
+    try:
+        existing = set(client.list_topics())
+        missing = [t for t in (topics.prices, topics.serving_state) if t not in existing]
+        if missing:
+            raise ServiceError(f"topic {missing[0]} does not exist on {bootstrap}: create the topics with "
+                               f"`neuropredict up` (compose: the kafka-init service)")
+        counts = partition_counts(client, [topics.prices, topics.serving_state])
+    finally:
+        client.close()
+    if counts[topics.prices] != counts[topics.serving_state]:
+        raise ServiceError(f"{topics.serving_state} has {counts[topics.serving_state]} partitions and {topics.prices} "
+                           f"{counts[topics.prices]}: they must match; delete {topics.serving_state} and create it "
+                           f"again with {counts[topics.prices]} (compacted: kafka_io.topic_configs)")
 
 
 def cluster_size(bootstrap: str) -> int:
@@ -208,14 +249,20 @@ def supports_transactions(bootstrap: str) -> bool:
     """Whether the broker isolates transactions (and keeps producer state). The embedded broker
     accepts the transactional calls but delivers aborted records to read_committed readers; it
     also lacks the transaction admin APIs (ListTransactions), which is what this checks."""
-    from kafka.errors import IncompatibleBrokerVersion
+    from kafka.errors import IncompatibleBrokerVersion, KafkaError
 
     client = admin(bootstrap)
-    try:
-        client.list_transactions()
-        return True
-    except IncompatibleBrokerVersion:
-        return False
+    try:  # one broker that answers is enough: with a node of a cluster down, asking all would fail
+        nodes = [b["broker_id"] for b in client.describe_cluster()["brokers"] if not b.get("is_fenced")]
+        for node in nodes:
+            try:
+                client.list_transactions(broker_ids=[node])
+                return True
+            except IncompatibleBrokerVersion:
+                return False
+            except KafkaError as exc:
+                log.debug("broker %s did not answer ListTransactions: %s", node, exc)
+        raise ServiceError(f"no broker of {bootstrap} answered (of {len(nodes)} it lists): see `neuropredict status`")
     finally:
         client.close()
 
@@ -277,9 +324,15 @@ class TopicReader:
 
         return [TopicPartition(t, p) for t in topics for p in sorted(self.consumer.partitions_for_topic(t) or [])]
 
+    def _assign(self, partitions) -> None:
+        """Assign afresh: kafka-python keeps a partition's state (its last high watermark too)
+        across assign() calls that both hold it, and a restore then read a stale end."""
+        self.consumer.unsubscribe()
+        self.consumer.assign(list(partitions))
+
     def high_watermarks(self, partitions: list, timeout_s: float = 10.0) -> dict:
         c = self.consumer
-        c.assign(list(partitions))
+        self._assign(partitions)
         c.resume(*partitions)
         c.seek_to_end(*partitions)  # a fetch from near the end answers with the high watermark
         # not retry.wait_until: each turn is a fetch that may bring the answer (no sleep between)
@@ -302,10 +355,9 @@ class TopicReader:
     def read(self, starts: dict, stops: dict, timeout_s: float) -> Iterator[list]:
         """Batches of records from each partition's start to its stop (missing or None: its end
         when first seen by this call, so a busy topic is not chased). Gaps in the offsets
-        (transaction markers) are stepped over. A second read of the same partitions on one
-        reader should give its stops: the high watermark seen before may be stale."""
+        (transaction markers) are stepped over."""
         c = self.consumer
-        c.assign(list(starts))
+        self._assign(starts)
         c.resume(*starts)
         for tp, lo in starts.items():
             c.seek(tp, lo)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from neuropredict import kafka_io
 from neuropredict.settings.contracts import Topics
 from neuropredict.settings.schema import load_params
 
@@ -75,6 +76,9 @@ def test_topics_are_created_explicitly(services: dict) -> None:
     assert sorted(created) == sorted(Topics().all)
     for line in create_lines:
         assert "--if-not-exists" in line and "--replication-factor $$REPLICATION_FACTOR" in line
+    for topic, configs in kafka_io.topic_configs(Topics()).items():  # the same configurations as `up`'s
+        (line,) = [line for line in create_lines if f"--topic {topic} " in line]
+        assert all(f"--config {key}={value}" in line for key, value in configs.items()), topic
     assert env(services["kafka-init"])["REPLICATION_FACTOR"] == "1"  # one broker here (3: the override file)
 
 

@@ -49,10 +49,16 @@ class Topics:
         return f"{self.prefix}stock_prices_dlq"
 
     @property
+    def serving_state(self) -> str:
+        """Each symbol's recent ticks and open forecast, keyed by symbol, compacted: what a worker
+        restores from, whatever the input topic's retention (stream/changelog.py)."""
+        return f"{self.prefix}serving_state"
+
+    @property
     def group(self) -> str:
         """The serving workers' consumer group."""
         return f"{self.prefix}neuropredict-serving"
 
     @property
     def all(self) -> tuple[str, ...]:
-        return self.prices, self.predictions, self.dead_letters, self.shadow_predictions
+        return self.prices, self.predictions, self.dead_letters, self.shadow_predictions, self.serving_state

@@ -40,8 +40,14 @@ from neuropredict.settings.contracts import Topics
 
 log = logging.getLogger(__name__)
 COMMITTED_TIMEOUT_MS = kafka_io.CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
-# A commit takes ~35 ms; a transaction coordinator moving to another broker ~10-15 s.
-TRANSACTION_CALL_TIMEOUT_S = 2 * kafka_io.TRANSACTION_TIMEOUT_MS / 1000
+# A commit takes ~35 ms. One that waits on a dead transaction coordinator is given up after this
+# and the batch rewound: a new producer finds the new coordinator once KRaft fenced the dead broker
+# (~9 s), where kafka-python's own retries kept the old one waiting 20 s and more (bench/failover.py).
+TRANSACTION_CALL_TIMEOUT_S = 6.0
+# An abort that does not answer at once is given up: kafka-python keeps asking a dead coordinator,
+# while a new producer with the same transactional id finds the new one and aborts what was open
+# (a broker killed under load: 20.4 s without forecasts waiting on the abort, bench/failover.py).
+ABORT_CALL_TIMEOUT_S = 3.0
 
 # Refusals of one record for what it is: sending it again can never succeed.
 PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
@@ -84,6 +90,12 @@ class Delivery:
         send, part = self.producer.send, self._partition
         topic = self.topics.shadow_predictions if shadow else self.topics.predictions
         self._futures += [send(topic, key=key, value=value, partition=part(topic, key)) for key, value in keyed_values]
+
+    def save_state(self, records: list[tuple[int, bytes, bytes]]) -> None:
+        """The state topic's records of the batch's symbols (partition, key, value): in the batch's
+        transaction, so the state and the offsets commit together."""
+        send, topic = self.producer.send, self.topics.serving_state
+        self._futures += [send(topic, key=key, value=value, partition=p) for p, key, value in records]
 
     def dead_letter(self, rec, reason: str) -> None:
         """The original bytes (the first DEAD_LETTER_MAX_BYTES of an oversized one) with the reason."""
@@ -172,7 +184,7 @@ class Delivery:
         if not self._in_transaction:
             return
         try:
-            _within(TRANSACTION_CALL_TIMEOUT_S, "aborting the transaction", self.producer.abort_transaction)
+            _within(ABORT_CALL_TIMEOUT_S, "aborting the transaction", self.producer.abort_transaction)
         except KafkaError as exc:
             log.warning("the transaction could not be aborted (%s); starting a new transactional producer",
                         type(exc).__name__)

@@ -9,6 +9,7 @@ import logging
 from neuropredict import registry
 from neuropredict.kafka_io import TopicReader
 from neuropredict.stream import restore
+from neuropredict.stream.changelog import Changelog
 from neuropredict.stream.rules import TickRules
 from neuropredict.stream.state import SymbolBook
 from neuropredict.stream.watcher import ModelWatcher
@@ -20,9 +21,11 @@ class ModelSlot:
     """The served model, its symbols' book, and the watcher that brings the next model."""
 
     def __init__(self, model_name: str, alias: str, rules: TickRules, restore_lookback_max: int,
-                 pinned_version: str | None = None):
+                 pinned_version: str | None = None, changelog: Changelog | None = None, stored_open: bool = False):
         self.model_name, self.alias, self.rules = model_name, alias, rules
         self.restore_lookback_max = restore_lookback_max
+        self.changelog = changelog  # where restores read the recent ticks first (else the input)
+        self.stored_open = stored_open  # the state topic's open forecasts are this slot's (production's)
         self.pinned_version = pinned_version  # serve exactly this version; no hot swap
         self.served: registry.ServedModel | None = None
         self.book: SymbolBook | None = None
@@ -77,7 +80,8 @@ class ModelSlot:
         """Rebuild the symbols of newly owned partitions from the topic (no warm-up)."""
         if self.book is None:  # a shadow whose model has not arrived yet
             return
-        restore.rebuild(self.book, reader, consumer, partitions, self.served, self.restore_lookback_max)
+        restore.rebuild(self.book, reader, consumer, partitions, self.served, self.restore_lookback_max,
+                        self.changelog, stored_open=self.stored_open)
 
     def _use(self, served: registry.ServedModel, reader: TopicReader | None, consumer) -> None:
         f = served.forecaster
@@ -87,7 +91,7 @@ class ModelSlot:
             if old is not None:  # another window: read the history back, keep the open forecasts
                 self.book.states = old.states
                 restore.rebuild(self.book, reader, consumer, consumer.assignment(), served,
-                                self.restore_lookback_max, keep_open=True)
+                                self.restore_lookback_max, self.changelog, keep_open=True)
             elif consumer is not None:  # a first model mid-stream (a shadow): windows from the topic,
                 restore.rebuild(self.book, reader, consumer, consumer.assignment(), served,  # none open:
-                                self.restore_lookback_max, reopen=False)  # it published none
+                                self.restore_lookback_max, self.changelog, reopen=False)  # it published none

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from neuropredict.stream.batch import Batch
+from neuropredict.stream.changelog import Changelog
 from neuropredict.stream.delivery import Delivery
 from neuropredict.stream.model_slot import ModelSlot
 from neuropredict.stream.predict import publish, start_forecast
@@ -35,15 +36,17 @@ class Shadows:
     """The shadow slots of one worker: each an alias with its own model, windows and open forecasts."""
 
     def __init__(self, model_name: str, aliases: tuple[str, ...], rules: TickRules, restore_lookback_max: int,
-                 production_alias: str):
+                 production_alias: str, changelog: Changelog | None = None):
         self.model_name, self.rules, self.restore_lookback_max = model_name, rules, restore_lookback_max
-        self.slots = [ModelSlot(model_name, alias, rules, restore_lookback_max)
+        self.changelog = changelog
+        self.slots = [ModelSlot(model_name, alias, rules, restore_lookback_max, changelog=changelog)
                       for alias in aliases if alias != production_alias]
         self._broken: dict[str, str] = {}  # alias -> the version that failed to score
 
     def pin(self, alias: str, served) -> None:
         """A shadow serving one fixed model, no alias watch (the benchmark's)."""
-        slot = ModelSlot(self.model_name, alias, self.rules, self.restore_lookback_max, pinned_version=served.version)
+        slot = ModelSlot(self.model_name, alias, self.rules, self.restore_lookback_max, pinned_version=served.version,
+                         changelog=self.changelog)
         slot.adopt(served)
         self.slots.append(slot)
 
@@ -66,6 +69,10 @@ class Shadows:
                 del self._broken[slot.alias]
                 slot.book = None  # its state stopped mid-batch: rebuilt from the topic with the new model
             slot.maybe_swap(reader, consumer)
+
+    def windows(self) -> list[int]:
+        """The windows of the shadows with a model."""
+        return [slot.book.window for slot in self.slots if slot.book is not None]
 
     def restore(self, reader, consumer, partitions) -> None:
         for slot in self.slots:

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from neuropredict.settings.contracts import PRODUCTION_ALIAS, Topics
 from neuropredict.settings.schema import Params
 from neuropredict.stream import status
 from neuropredict.stream.batch import Batch
+from neuropredict.stream.changelog import Changelog
 from neuropredict.stream.delivery import Delivery
 from neuropredict.stream.model_slot import ModelSlot
 from neuropredict.stream.predict import forecast_and_publish
@@ -53,10 +55,12 @@ class Worker:
         self.rules = TickRules.from_params(params.validate, params.serving)
         self.bootstrap = bootstrap or environment.kafka_bootstrap()
         self.topics = topics or environment.topics(params.kafka.topic_prefix)
+        self.changelog = Changelog(self.topics.serving_state, lambda: [self.model.book.window, *self.shadows.windows()],
+                                   self.rules.level_shift_ticks)
         self.model = ModelSlot(params.register.model_name, alias, self.rules, self.serving.restore_lookback_max,
-                               pinned_version)
+                               pinned_version, self.changelog, stored_open=True)
         self.shadows = Shadows(params.register.model_name, () if pinned_version else self.serving.shadow_aliases,
-                               self.rules, self.serving.restore_lookback_max, alias)
+                               self.rules, self.serving.restore_lookback_max, alias, self.changelog)
         # a stable name (NEUROPREDICT_WORKER_ID) lets a restarted worker fence its predecessor's
         # transaction at once; otherwise that one is aborted after the transaction timeout
         self.worker_id = environment.worker_id() or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
@@ -92,10 +96,7 @@ class Worker:
         log.info("worker: group %s, Kafka %s (%s), model %s v%s (window %d), batches of up to %d", self.topics.group,
                  self.bootstrap, self.guarantee.replace("_", "-"), self.model.model_name, self.version,
                  self.model.book.window, self.serving.max_poll_records)
-        # TensorFlow, MLflow and pandas leave ~10^6 long-lived objects: a full garbage collection
-        # walks them all (measured: ~0.3 s stalls inside a batch). Freeze them out of the GC.
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived_objects()
 
     def _connect(self) -> None:
         if not self.model.loaded:
@@ -103,10 +104,9 @@ class Worker:
             self.model.load()
         self.consumer = kafka_io.consumer(self.topics.group, self.bootstrap, self.serving.max_poll_records,
                                           fetch_max_wait_ms=self.serving.fetch_max_wait_ms)
-        transactional = _transactional(self.serving.guarantee, self.bootstrap)
-        tid = f"{self.topics.group}-{self.worker_id}" if transactional else None
-        self.delivery = Delivery(lambda: kafka_io.producer(self.bootstrap, self.serving, transactional_id=tid),
-                                 self.consumer, transactional, 2 * self.serving.delivery_timeout_ms / 1000, self.topics)
+        make_producer, transactional = _producers(self.serving, self.bootstrap, self.topics, self.worker_id)
+        self.delivery = Delivery(make_producer, self.consumer, transactional, 2 * self.serving.delivery_timeout_ms / 1000,
+                                 self.topics)
         self.consumer.subscribe([self.topics.prices], listener=Rebalance(self))
         self.reader = kafka_io.TopicReader(self.bootstrap)
 
@@ -162,6 +162,7 @@ class Worker:
         self.delivery.begin()
         with timed("decode"):
             batch = Batch.parse(polled)
+            self.changelog.add(batch)
         with timed("feature"):
             batch.steps = {symbol: book.advance(symbol, batch.records[idx[0]].partition, [batch.ticks[i] for i in idx])
                            for symbol, idx in batch.by_symbol.items()}
@@ -182,6 +183,7 @@ class Worker:
                 symbol, book.states[symbol], step, forecasts[batch.accepted(symbol)], bounds[batch.accepted(symbol)],
                 forecaster.live_keys, self.version)]
         shadow_scores = self.shadows.finish(shadows, self.delivery, self.worker_id, self.stats)
+        self.delivery.save_state(self.changelog.records(batch.by_symbol, book.states))
         with timed("ack"):
             failure = self.delivery.acknowledge()
         if failure:
@@ -197,6 +199,7 @@ class Worker:
         self.delivery.rewind(self.stop_event, then=self._restore)
 
     def _restore(self, partitions) -> None:
+        self.changelog.new_restore()
         self.model.restore(self.reader, self.consumer, partitions)
         self.shadows.restore(self.reader, self.consumer, partitions)
 
@@ -216,6 +219,7 @@ class Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked) -> None:
         self.worker._to_restore.difference_update(revoked)
         self.worker.model.book.drop(tp.partition for tp in revoked)
+        self.worker.changelog.drop(tp.partition for tp in revoked)
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
@@ -243,6 +247,22 @@ class Limits:
         return ((self.max_messages is not None and consumed >= self.max_messages)
                 or (self.timeout_s is not None and now - self.started > self.timeout_s)
                 or (self.idle_timeout_s is not None and now - self.last_data > self.idle_timeout_s))
+
+
+def freeze_long_lived_objects() -> None:
+    """TensorFlow, MLflow and pandas leave ~10^6 long-lived objects: a full garbage collection
+    walks them all (measured: ~0.3 s stalls inside a batch). Freeze them out of the GC."""
+    gc.collect()
+    gc.freeze()
+
+
+def _producers(serving, bootstrap: str, topics: Topics, worker_id: str) -> tuple[Callable[[], Any], bool]:
+    """How the batch's producer is made (transactional under exactly-once where the broker
+    isolates transactions), once the state topic is known to be there; and whether transactional."""
+    kafka_io.require_state_topic(bootstrap, topics)
+    transactional = _transactional(serving.guarantee, bootstrap)
+    tid = f"{topics.group}-{worker_id}" if transactional else None
+    return (lambda: kafka_io.producer(bootstrap, serving, transactional_id=tid)), transactional
 
 
 def _transactional(guarantee: str, bootstrap: str) -> bool:
