@@ -36,6 +36,7 @@ TOOLS = {
     "kafka-console-producer": "org.apache.kafka.tools.ConsoleProducer",
     "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
     "kafka-transactions": "org.apache.kafka.tools.TransactionsCommand",
+    "kafka-delete-records": "org.apache.kafka.tools.DeleteRecordsCommand",
 }
 # A laptop-sized JVM: the scripts' 1 GiB broker heap and a thread pool per core would crowd the
 # worker on 2 cores. Serial GC: a small heap needs no concurrent collector threads.

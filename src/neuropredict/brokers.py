@@ -46,7 +46,23 @@ def start_apache_kafka(cluster: apache_kafka.Cluster) -> list[Service]:
     for node in cluster.nodes:
         procs.require_free(node.port, "NEUROPREDICT_KAFKA_PORT (nodes use it and the next ones)")
     cluster.prepare()
-    started = [(node, procs.spawn(cluster.command(node), node.log_file)) for node in cluster.nodes]
+    return _start_nodes(cluster, cluster.nodes)
+
+
+def restart_apache_nodes(cluster: apache_kafka.Cluster, node_ids: list[int]) -> list[Service]:
+    """Nodes of a running cluster that died, started again on their own configuration and data;
+    ready when the cluster reports every node again (the caller waits for their replicas)."""
+    nodes = [n for n in cluster.nodes if n.node_id in node_ids]
+    for node in nodes:
+        procs.require_free(node.port, "NEUROPREDICT_KAFKA_PORT (nodes use it and the next ones)")
+        if not node.properties_file.is_file():
+            raise ServiceError(f"kafka-{node.node_id} has no configuration in {node.folder}: `neuropredict down`, "
+                               f"then `neuropredict up` again")
+    return _start_nodes(cluster, nodes)
+
+
+def _start_nodes(cluster: apache_kafka.Cluster, nodes) -> list[Service]:
+    started = [(node, procs.spawn(cluster.command(node), node.log_file)) for node in nodes]
     services = [procs.service(f"kafka-{n.node_id}", proc, n.bootstrap, n.log_file) for n, proc in started]
     ports = [n.port for n in cluster.nodes]
 
@@ -86,7 +102,7 @@ class ScratchBroker:
 
     def create(self, kafka: KafkaParams, topics: Topics) -> dict[str, int]:
         """The topics of one Topics value on this broker, every replica in sync."""
-        counts = kafka_io.ensure_topics(kafka, self.bootstrap, topics.all, replication=self.replication)
+        counts = kafka_io.ensure_topics(kafka, self.bootstrap, topics, replication=self.replication)
         if self.replication > 1:
             kafka_io.wait_fully_replicated(self.bootstrap, list(topics.all))
         return counts

@@ -47,11 +47,13 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
     if workers and tracking != "server":
         raise ServiceError("--workers starts compose's workers, which log to the tracking server: add --tracking server")
     services = running()
-    replication = _start_broker(services, kafka, broker, nodes)
+    replication, restarted = _start_broker(services, kafka, broker, nodes)
     _save_state(services)
-    partitions = kafka_io.ensure_topics(kafka, environment.kafka_bootstrap(), topics.all, replication=replication)
+    partitions = kafka_io.ensure_topics(kafka, environment.kafka_bootstrap(), topics, replication=replication)
     if replication > 1 and not environment.kafka_is_external():  # ready: every replica of our topics in sync
-        kafka_io.wait_fully_replicated(environment.kafka_bootstrap(), list(topics.all))
+        # after a restarted node: of every topic (offsets and transaction state too), so the cluster is whole
+        kafka_io.wait_fully_replicated(environment.kafka_bootstrap(), None if restarted else list(topics.all),
+                                       timeout_s=180.0 if restarted else 60.0)
     if tracking == "server":
         for svc in tracking_server.start(services, auth):
             services[svc.name] = svc
@@ -83,23 +85,29 @@ def _start_guard() -> Service:
     return procs.service("guard", proc, "rollback guard", log_path)
 
 
-def _start_broker(services: dict[str, Service], kafka: KafkaParams, broker: str, nodes: int) -> int:
-    """The local broker `up` asks for, unless it runs; the topics' replication factor on it."""
+def _start_broker(services: dict[str, Service], kafka: KafkaParams, broker: str, nodes: int) -> tuple[int, bool]:
+    """The local broker `up` asks for, unless it runs (a node of a cluster that died is started
+    again, its data kept); the topics' replication factor on it, and whether a node was restarted."""
     if environment.kafka_is_external():
         log.info("KAFKA_BOOTSTRAP_SERVERS=%s: using that cluster, no local broker", environment.kafka_bootstrap())
-        return kafka.replication_factor
+        return kafka.replication_factor, False
     _refuse_another_broker(services, broker, nodes)
     if broker == "apache":
         cluster = brokers.local_cluster(nodes)
-        if f"kafka-{nodes}" not in services:
+        dead = [n.node_id for n in cluster.nodes if f"kafka-{n.node_id}" not in services]
+        if len(dead) == len(cluster.nodes):
             services.update((svc.name, svc) for svc in brokers.start_apache_kafka(cluster))
             log.info("Apache Kafka %s, %d node(s) on %s, data in %s", apache_kafka.version(), nodes,
                      cluster.bootstrap, cluster.folder)
-        return cluster.replication
+        elif dead:
+            services.update((svc.name, svc) for svc in brokers.restart_apache_nodes(cluster, dead))
+            log.info("restarted %s on its own data; waiting until its replicas are back in sync",
+                     ", ".join(f"kafka-{i}" for i in dead))
+        return cluster.replication, bool(dead) and len(dead) < len(cluster.nodes)
     if "kafka" not in services:
         services["kafka"] = brokers.start_tansu(environment.embedded_kafka_port(), paths().state_dir / "kafka.log")
         log.info("embedded Kafka broker (Tansu) on %s, pid %d", services["kafka"].url, services["kafka"].pid)
-    return kafka.replication_factor
+    return kafka.replication_factor, False
 
 
 def _refuse_another_broker(running: dict[str, Service], broker: str, nodes: int) -> None:
@@ -129,7 +137,7 @@ def reset_stream(kafka: KafkaParams, topics: Topics, replication: int) -> bool:
         retry.wait_until(lambda: not set(topics.all) & set(client.list_topics()), 30, "the topics to be deleted")
     finally:
         client.close()
-    kafka_io.ensure_topics(kafka, None, topics.all, replication=replication)
+    kafka_io.ensure_topics(kafka, None, topics, replication=replication)
     return True
 
 

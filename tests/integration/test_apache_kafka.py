@@ -4,6 +4,7 @@ tools reading our topics as foreign clients. (The shared serving tests run on bo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -32,8 +33,11 @@ from tests.conftest import (
     run,
     write_params,
 )
+from neuropredict.forecaster import Forecaster
 from tests.integration.kafka_helpers import (
     Sender,
+    assert_forecasts_match,
+    expected_forecasts,
     TopicCounter,
     WorkerThread,
     committed_offsets,
@@ -44,6 +48,7 @@ from tests.integration.kafka_helpers import (
     publish,
     replay,
     serve_until_covered,
+    serving,
     wait_for,
     warmup_positions,
     worker_process,
@@ -182,16 +187,33 @@ def test_up_down_up_keeps_topics_and_offsets_and_the_worker_resumes_where_it_com
         assert committed_offsets(stream) == before  # the restart kept the group's offsets
 
         publish(stream, ticks[half:], serving=params.serving)
+        found = inputs(stream)
+        expected = expected_forecasts(found, Forecaster.load(root / "models/tuned/best"))
+        # the input's history is gone (as retention would delete it): the state topic must restore it
+        offsets = root / "delete.json"
+        offsets.write_text(json.dumps({"version": 1, "partitions": [
+            {"topic": stream.topics.prices, "partition": p, "offset": o} for p, o in before.items()]}))
+        apache_kafka.run_tool("kafka-delete-records", "--bootstrap-server", bootstrap, "--offset-json-file", str(offsets))
+        assert len(inputs(stream)) == len(ticks) - half
         second = run([*neuropredict, "serve", "--max-messages", str(len(ticks) - half)], root, env, timeout=300)
-        assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows read back, not restarted
+        assert "rebuilt" in second.stderr and " 0 warm-up" in second.stderr  # windows restored, not restarted
+        assert "reading the input back" not in second.stderr
 
-        found, outs = inputs(stream), predictions(stream)
+        outs = predictions(stream)
         where = positions(outs)
         assert len(where) == len(set(where))  # the second run resumed at the commits: nothing scored twice
         assert set(where) | warmup_positions(found, params.featurize.window) == set(found)
         assert len({o["worker"] for o in outs}) == 2  # both runs published (the second only the new half)
+        later = [o for o in outs if (o["input_partition"], o["input_offset"]) not in set(before_positions(before, found))]
+        assert len(later) == len(ticks) - half  # every tick of the second half forecast: 0 warm-up
+        assert_forecasts_match(later, expected, rel=1e-9)
     finally:
         run([*neuropredict, "down"], root, env, check=False)
+
+
+def before_positions(committed: dict[int, int], found: dict) -> list[tuple[int, int]]:
+    """The input positions before the committed offsets."""
+    return [(p, o) for p, o in found if o < committed.get(p, 0)]
 
 
 def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path):
@@ -326,3 +348,60 @@ def _leader(bootstrap: str, topic: str, partition: int) -> int:
         return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
     finally:
         client.close()
+
+
+def test_with_one_node_of_three_down_every_command_works_and_up_brings_it_back(
+        trained_project, cli_cluster, tmp_path):
+    """A node SIGKILLed: a worker starts and scores exactly-once, produce, evaluate, status and
+    compare work or say why in one line; `up` run again restarts the node on its data and
+    returns once every replica is back in sync."""
+    def nodes() -> dict:
+        return procs.load_table(cli_cluster.root / ".neuropredict" / "services.json")
+
+    def up_again(dead: str) -> None:
+        out = run([str(BIN / "neuropredict"), "up", "--brokers", "3", "--no-ui"], cli_cluster.root,
+                  cli_cluster.env, check=False)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"restarted {dead} on its own data" in out.stderr
+        assert all(svc.alive() for svc in nodes().values()) and len(nodes()) == 3
+        assert kafka_io.under_replicated(cli_cluster.stream.bootstrap) == []  # internal topics too
+
+    dead = [name for name, svc in nodes().items() if not svc.alive()]
+    if dead:  # the node the test before killed
+        up_again(dead[0])
+    bootstrap = cli_cluster.stream.bootstrap
+    stream = Stream(cli_cluster.stream.broker, Topics(f"t{os.getpid()}."))
+    stream.broker.create(load_params(trained_project / "params.yaml").kafka, stream.topics)  # 3 replicas
+    victim = nodes()["kafka-3"]
+    os.killpg(victim.pid, signal.SIGKILL)
+    wait_for(lambda: not victim.alive(), what="the node to die")
+
+    env = {**project_env(trained_project), **stream.env(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+
+    def cli(*args, timeout=300):
+        proc = subprocess.run([str(BIN / "neuropredict"), *args], cwd=trained_project, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr[-3000:])
+        return proc
+
+    log_path = tmp_path / "serve.log"
+    worker = worker_process(trained_project, env, stream, log_path, "--idle-timeout-s", "10")
+    try:
+        wait_for(lambda: serving(log_path) or worker.poll() is not None, timeout_s=120, what="the worker to join")
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        assert "(exactly-once)" in log_path.read_text()
+        produced = cli("produce", "--start", "2024-11-01", "--limit", "60")
+        assert produced.returncode == 0, produced.stderr[-2000:]
+        wait_for(lambda: len(predictions(stream)) >= 60 - 2 * 10 and worker.poll() is not None, timeout_s=120,
+                 what="the worker to score the ticks and go idle")
+        assert worker.returncode == 0 and "Traceback" not in log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    evaluated = cli("evaluate", "--no-mlflow")
+    assert evaluated.returncode == 0 and "persistence" in evaluated.stdout, evaluated.stderr[-2000:]
+    status = cli("status")
+    assert status.returncode == 0 and "brokers    1, 2" in status.stdout, status.stdout[-2000:]
+    compared = cli("compare", "--no-mlflow")  # no challenger in this project: one line says what to do
+    assert compared.returncode in (0, 1) and len(compared.stderr.strip().splitlines()) <= 1, compared.stderr
+    up_again("kafka-3")
