@@ -70,10 +70,15 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+def grep(text: str, *starts: str) -> str:
+    """The lines of a command's output that start with one of `starts` (the rest is left out)."""
+    return "\n".join(line for line in text.splitlines() if line.startswith(starts))
+
+
 def environment(root: Path) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, signed=signed, percent=percent, duration=duration)
+    env.filters.update(number=number, signed=signed, percent=percent, duration=duration, grep=grep)
     reports = Reports(root)
     env.globals.update(reports=reports, measured=reports.measured)
     return env
