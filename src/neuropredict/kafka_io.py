@@ -308,7 +308,9 @@ class TopicReader:
     `end_offsets()`: the embedded broker answers that one wrongly (see KAFKA_NOTES)."""
 
     def __init__(self, bootstrap: str | None = None, max_poll_records: int = 50_000):
-        self.consumer = consumer(None, bootstrap, max_poll_records=max_poll_records)
+        # a reader wants what is there now: a broker holding a fetch at a partition's end for more
+        # data (500 ms by default) cost each restore of a partition about a second
+        self.consumer = consumer(None, bootstrap, max_poll_records=max_poll_records, fetch_max_wait_ms=10)
 
     def close(self) -> None:
         self.consumer.close()
