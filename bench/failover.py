@@ -8,6 +8,7 @@ is started again on its own data (as `neuropredict up` restarts a dead node). A 
 longest gap between consecutive forecasts' producer timestamps of any one input partition (its
 symbols wait together), in the --window seconds after each event, beside the longest gap before
 the kill; also across all partitions together.
+Each of --runs runs on a fresh cluster; the report gives the medians and every run.
 Report: bench/results/failover.json.
 
     python bench/failover.py            # the project's production model: run `dvc repro` first
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -45,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--kill-at", type=float, default=20.0)
     ap.add_argument("--restart-at", type=float, default=55.0)
     ap.add_argument("--window", type=float, default=30.0, help="seconds after each event searched for the pause")
+    ap.add_argument("--runs", type=int, default=3, help="each on a fresh cluster; the report gives medians and each run")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "failover.json")
     return ap.parse_args()
 
@@ -75,21 +78,26 @@ def main() -> int:
         print(f"no {params.register.model_name}@production: run `dvc repro` first", file=sys.stderr)
         return 1
     ticks = make_ticks(params, 6, int(args.rate * args.seconds))
-    topics = Topics()
-    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-        ports = procs.free_ports(6)
-        cluster = apache_kafka.Cluster.layout(Path(tmp) / "apache-kafka", ports[:3], ports[3:])
-        services = brokers.start_apache_kafka(cluster)
-        broker = brokers.ScratchBroker("apache", cluster.bootstrap, services, 3)
-        try:
-            broker.create(params.kafka, topics)
-            report = run(args, params, version, ticks, topics, cluster, services)
-        finally:
-            procs.stop([svc.pid for svc in broker.services])
-    report["measured"] = tracking.measured("python bench/failover.py", HERE.parent)
+    runs = []
+    for i in range(args.runs):  # each on a fresh cluster: which node dies (coordinator or not) varies
+        with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
+            ports = procs.free_ports(6)
+            cluster = apache_kafka.Cluster.layout(Path(tmp) / "apache-kafka", ports[:3], ports[3:])
+            services = brokers.start_apache_kafka(cluster)
+            try:
+                brokers.ScratchBroker("apache", cluster.bootstrap, services, 3).create(params.kafka, Topics())
+                runs.append(run(args, params, version, ticks, Topics(), cluster, services))
+            finally:
+                procs.stop([svc.pid for svc in services])
+        print(f"run {i + 1}: {runs[-1]['pause_after_kill_s']:.1f} s after the kill", flush=True)
+    medians = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith("_s")}
+    totals = {k: sum(r[k] for r in runs) for k in ("lost", "duplicates", "rewinds")}
+    report = {**medians, **totals, "rate": args.rate, "ticks": len(ticks),
+              "runs": runs, "settings": runs[0]["settings"],
+              "measured": tracking.measured(f"python bench/failover.py --runs {args.runs}", HERE.parent)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"longest pause: {report['pause_after_kill_s']:.1f} s after the kill, {report['pause_after_restart_s']:.1f} s "
+    print(f"median of {args.runs} runs: longest pause {report['pause_after_kill_s']:.1f} s after the kill, {report['pause_after_restart_s']:.1f} s "
           f"after the restart ({report['longest_gap_before_kill_s']:.2f} s before); lost {report['lost']}, "
           f"seen twice {report['duplicates']}\nreport: {args.out}")
     return 0
