@@ -52,15 +52,6 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def leader(bootstrap: str, topic: str, partition: int) -> int:
-    client = kafka_io.admin(bootstrap)
-    try:
-        (described,) = client.describe_topics([topic])
-        return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
-    finally:
-        client.close()
-
-
 def longest_gap(times_s: np.ndarray, lo: float, hi: float) -> float:
     """The longest gap between consecutive forecasts that ends in [lo, hi]."""
     gaps = np.diff(times_s)
@@ -120,7 +111,7 @@ def run(args, params, version: str, ticks, topics: Topics, cluster, services) ->
     events = {}
     time.sleep(max(0.0, started + args.kill_at - time.time()))
     kafka_io.wait_fully_replicated(bootstrap)  # as an operator would check before: nothing under-replicated
-    victim = leader(bootstrap, topics.prices, 0)
+    victim = kafka_io.partition_leader(bootstrap, topics.prices, 0)
     node = next(svc for svc in services if svc.name == f"kafka-{victim}")
     os.killpg(node.pid, signal.SIGKILL)
     events["kill"] = time.time()

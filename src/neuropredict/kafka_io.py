@@ -183,6 +183,16 @@ def ensure_topics(params: KafkaParams, bootstrap: str | None, topics: Topics | I
         client.close()
 
 
+def partition_leader(bootstrap: str, topic: str, partition: int) -> int:
+    """The broker leading a partition now (-1: none)."""
+    client = admin(bootstrap)
+    try:
+        (described,) = client.describe_topics([topic])
+        return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
+    finally:
+        client.close()
+
+
 def require_state_topic(bootstrap: str, topics: Topics) -> None:
     """The state topic exists with the input's partition count (a symbol's state goes to its input
     partition's number); else a ServiceError saying how to create it."""

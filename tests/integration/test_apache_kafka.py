@@ -322,14 +322,14 @@ def test_a_3_broker_cluster_keeps_scoring_when_a_partition_leader_is_killed(
     # as an operator would before taking a broker down: no partition under-replicated, internal ones
     # included (the group's offsets and the transaction log were created moments ago, by the worker)
     kafka_io.wait_fully_replicated(bootstrap)
-    leader = _leader(bootstrap, stream.topics.prices, 0)
+    leader = kafka_io.partition_leader(bootstrap, stream.topics.prices, 0)
     killed = next(svc for svc in stream.broker.services if svc.name == f"kafka-{leader}")
     os.killpg(killed.pid, signal.SIGKILL)
     sender.join()
     wait_for(lambda: w.stats.consumed >= len(ticks), timeout_s=180, what="every input to be consumed")
     w.stop()
     assert w.worker.guarantee == "exactly_once"
-    assert _leader(bootstrap, stream.topics.prices, 0) not in (leader, -1)  # another replica took over
+    assert kafka_io.partition_leader(bootstrap, stream.topics.prices, 0) not in (leader, -1)  # another replica took over
 
     found = inputs(stream)
     sent = {(t.symbol, t.timestamp) for t in ticks}
@@ -346,13 +346,6 @@ def test_a_3_broker_cluster_keeps_scoring_when_a_partition_leader_is_killed(
     assert len(arrived) - len(sent) == len(dead)
 
 
-def _leader(bootstrap: str, topic: str, partition: int) -> int:
-    client = kafka_io.admin(bootstrap)
-    try:
-        (described,) = client.describe_topics([topic])
-        return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
-    finally:
-        client.close()
 
 
 def test_with_one_node_of_three_down_every_command_works_and_up_brings_it_back(
