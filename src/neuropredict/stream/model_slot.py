@@ -76,6 +76,10 @@ class ModelSlot:
         self._use(new, reader, consumer)
         return True
 
+    def resume(self, reader: TopicReader, consumer) -> None:
+        """A book for the served model, rebuilt from the topics (a slot that sat idle)."""
+        self._use(self.served, reader, consumer)
+
     def restore(self, reader: TopicReader, consumer, partitions) -> None:
         """Rebuild the symbols of newly owned partitions from the topic (no warm-up)."""
         if self.book is None:  # a shadow whose model has not arrived yet

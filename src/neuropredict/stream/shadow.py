@@ -62,13 +62,19 @@ class Shadows:
         """alias -> version of each shadow with a model."""
         return {slot.alias: slot.version for slot in self.slots if slot.loaded}
 
-    def maybe_swap(self, reader, consumer) -> None:
-        """Between two batches: a shadow alias that moved (or got its first model) swaps."""
+    def maybe_swap(self, reader, consumer, production_version: str) -> None:
+        """Between two batches: a shadow alias that moved (or got its first model) swaps. A shadow
+        serving production's own version sits idle without state; once it serves another one
+        (its alias moved, or production's did), its state is rebuilt from the topics."""
         for slot in self.slots:
             if slot.alias in self._broken and slot.watcher and slot.watcher.ready():
                 del self._broken[slot.alias]
                 slot.book = None  # its state stopped mid-batch: rebuilt from the topic with the new model
             slot.maybe_swap(reader, consumer)
+            if slot.loaded and slot.version == production_version:
+                slot.book = None  # idle: its windows would go stale (a daily loop found them months old)
+            elif slot.loaded and slot.book is None and consumer is not None:
+                slot.resume(reader, consumer)
 
     def windows(self) -> list[int]:
         """The windows of the shadows with a model."""

@@ -126,7 +126,7 @@ class Worker:
                     if self.model.maybe_swap(self.reader, self.consumer):  # between two batches
                         self.stats.swaps += 1
                         self.status.set(self.status.phase, version=self.version)
-                    self.shadows.maybe_swap(self.reader, self.consumer)
+                    self.shadows.maybe_swap(self.reader, self.consumer, self.version)
                     if self._to_restore:
                         assigned, self._to_restore = set(self._to_restore), set()
                         self._restore(assigned)
