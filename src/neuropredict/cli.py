@@ -233,7 +233,8 @@ def _status(args: argparse.Namespace) -> int:
     for name, svc in st["services"].items():
         print(f"{name:<13} {svc['url']:<28} pid {svc['pid']}  {'running' if svc['alive'] else 'DEAD'}")
     if "brokers" in st:
-        print(f"brokers    {', '.join(map(str, st['brokers']))} (controller {st['controller']})")
+        fenced = f"; fenced (down): {', '.join(map(str, st['fenced']))}" if st.get("fenced") else ""
+        print(f"brokers    {', '.join(map(str, st['brokers']))} (controller {st['controller']}{fenced})")
     for topic, n in st.get("topics", {}).items():
         committed = st.get("group_committed", {}).get(topic)
         extra = (f", group {st['group']} committed {committed}, lag {st['group_lag'].get(topic, '?')}"

@@ -30,11 +30,15 @@ PRODUCER_REQUEST_TIMEOUT_MS = 10_000  # capped by serving.delivery_timeout_ms
 # coordinator up again: kafka-python keeps waiting on a dead one, so with 10 s a worker stalled
 # ~30 s after a broker kill (bench/failover.py); a commit itself takes ~35 ms.
 TRANSACTIONAL_REQUEST_TIMEOUT_MS = 3_000
+# init_transactions (a new producer after a failed batch) waits at most this long; then the rewind
+# tries a new one: one that started while the coordinator moved waited out 30 s in one run
+TRANSACTIONAL_MAX_BLOCK_MS = 10_000
 # A worker that dies mid-transaction leaves it open; the broker aborts it after this. Until then
 # read_committed readers of its partitions wait, and so does the worker taking them over (unless
 # it has the same NEUROPREDICT_WORKER_ID, which aborts it at once). A batch must fit well within.
 TRANSACTION_TIMEOUT_MS = 10_000
 READ_RANGE_TIMEOUT_S = 30.0  # reading a partition back (restore, evaluate) gives up after this
+QUIET_S = 0.5  # a reader's partition that has not moved for this long is at its last stable offset
 
 GROUP_SETTINGS = dict(session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                       max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
@@ -96,7 +100,7 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
                         transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                         request_timeout_ms=min(settings["request_timeout_ms"], TRANSACTIONAL_REQUEST_TIMEOUT_MS),
                         # begin/commit/abort/init wait at most this long (default 60 s)
-                        max_block_ms=s.delivery_timeout_ms)
+                        max_block_ms=min(s.delivery_timeout_ms, TRANSACTIONAL_MAX_BLOCK_MS))
     settings.update(overrides)
     try:
         with _QuietBootstrap():
@@ -243,10 +247,12 @@ def under_replicated(bootstrap: str, topics: list[str] | None = None) -> list[st
 def wait_fully_replicated(bootstrap: str, topics: list[str] | None = None, timeout_s: float = 60.0) -> None:
     """Until every partition has all its replicas in sync (a new topic's followers catch up)."""
     lagging: list[str] = []
+    seen: list[bool] = []
 
-    def in_sync() -> bool:
+    def in_sync() -> bool:  # twice in a row: a broker's metadata may show an ISR a moment early
         lagging[:] = under_replicated(bootstrap, topics)
-        return not lagging
+        seen.append(not lagging)
+        return seen[-2:] == [True, True]
 
     try:
         retry.wait_until(in_sync, timeout_s, "replicas to catch up", every_s=0.5)
@@ -318,9 +324,14 @@ class TopicReader:
     `end_offsets()`: the embedded broker answers that one wrongly (see KAFKA_NOTES)."""
 
     def __init__(self, bootstrap: str | None = None, max_poll_records: int = 50_000):
+        self.bootstrap = bootstrap or environment.kafka_bootstrap()
         # a reader wants what is there now: a broker holding a fetch at a partition's end for more
         # data (500 ms by default) cost each restore of a partition about a second
         self.consumer = consumer(None, bootstrap, max_poll_records=max_poll_records, fetch_max_wait_ms=10)
+
+    def fresh(self) -> TopicReader:
+        """A new reader on the same cluster (it knows no partition's end yet)."""
+        return TopicReader(self.bootstrap)
 
     def close(self) -> None:
         self.consumer.close()
@@ -336,15 +347,9 @@ class TopicReader:
 
         return [TopicPartition(t, p) for t in topics for p in sorted(self.consumer.partitions_for_topic(t) or [])]
 
-    def _assign(self, partitions) -> None:
-        """Assign afresh: kafka-python keeps a partition's state (its last high watermark too)
-        across assign() calls that both hold it, and a restore then read a stale end."""
-        self.consumer.unsubscribe()
-        self.consumer.assign(list(partitions))
-
     def high_watermarks(self, partitions: list, timeout_s: float = 10.0) -> dict:
         c = self.consumer
-        self._assign(partitions)
+        c.assign(list(partitions))
         c.resume(*partitions)
         c.seek_to_end(*partitions)  # a fetch from near the end answers with the high watermark
         # not retry.wait_until: each turn is a fetch that may bring the answer (no sleep between)
@@ -353,6 +358,21 @@ class TopicReader:
             c.poll(timeout_ms=200, max_records=1)
             ends.update({tp: c.highwater(tp) for tp in partitions if c.highwater(tp) is not None})
         return ends
+
+    def _at_end(self, tp, stop: int, moved: dict) -> bool:
+        """At the stop, or still for QUIET_S at the last stable offset: a read_committed reader
+        gets nothing past it, and an open transaction (a worker's batch in flight) holds it below
+        the high watermark until it commits or aborts."""
+        position, now = self.consumer.position(tp, timeout_ms=1000), time.monotonic()
+        if position >= stop:
+            return True
+        last, since = moved[tp]
+        if position != last:
+            moved[tp] = (position, now)
+            return False
+        # still: ask for the end a read_committed reader can reach (the LSO, on a broker that isolates
+        # transactions; the embedded broker has none to wait for, so its readers reach the stop)
+        return now - since > QUIET_S and position >= self.consumer.end_offsets([tp]).get(tp, stop)
 
     def read_range(self, tp, lo: int, hi: int | None = None,
                    timeout_s: float = READ_RANGE_TIMEOUT_S) -> list:
@@ -367,15 +387,18 @@ class TopicReader:
     def read(self, starts: dict, stops: dict, timeout_s: float) -> Iterator[list]:
         """Batches of records from each partition's start to its stop (missing or None: its end
         when first seen by this call, so a busy topic is not chased). Gaps in the offsets
-        (transaction markers) are stepped over."""
+        (transaction markers) are stepped over. kafka-python keeps a partition's state, its last
+        high watermark too, across assign() calls that both hold it: a second read of the same
+        partitions on one reader should give its stops (or use a new reader)."""
         c = self.consumer
-        self._assign(starts)
+        c.assign(list(starts))
         c.resume(*starts)
         for tp, lo in starts.items():
             c.seek(tp, lo)
         stops = dict(stops)
         # a reading loop with a deadline, not a wait: each turn's poll brings records to yield
         open_parts, deadline = set(starts), time.monotonic() + timeout_s
+        moved = {tp: (None, time.monotonic()) for tp in starts}  # last position seen, and since when
         while open_parts:
             if time.monotonic() > deadline:
                 log.warning("reading %s timed out after %g s; some records were not read",
@@ -390,8 +413,7 @@ class TopicReader:
                 batch = [r for r in records if stop is None or r.offset < stop]
                 if batch:
                     yield batch
-            done = {tp for tp in open_parts
-                    if stops.get(tp) is not None and c.position(tp, timeout_ms=1000) >= stops[tp]}
+            done = {tp for tp in open_parts if stops.get(tp) is not None and self._at_end(tp, stops[tp], moved)}
             if done:
                 c.pause(*done)  # fetch only what is still wanted
                 open_parts -= done

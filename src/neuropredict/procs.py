@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import random
 import socket
 import subprocess
 from collections.abc import Callable, Iterable
@@ -33,7 +34,7 @@ class Service:
     pid: int
     url: str
     log: str
-    started_at: float = 0.0  # psutil's create_time: with the PID, names this process alone
+    started_at: float = 0.0  # start_time(): with the PID, names this process alone
     stop_signal: int = int(signal.SIGTERM)
 
     def alive(self) -> bool:
@@ -41,10 +42,16 @@ class Service:
 
 
 def start_time(pid: int) -> float:
+    """When the process started, in seconds after boot: a wall-clock start time (psutil's
+    create_time) moves when the clock is adjusted, and a live broker then looked dead to `up`."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
+        after_boot = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # field 22
+        return int(after_boot) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):  # no /proc (not Linux), or gone
+        try:
+            return psutil.Process(pid).create_time()
+        except psutil.Error:
+            return 0.0
 
 
 def alive(pid: int, started_at: float = 0.0) -> bool:
@@ -52,7 +59,7 @@ def alive(pid: int, started_at: float = 0.0) -> bool:
     try:
         proc = psutil.Process(pid)
         return (proc.status() != psutil.STATUS_ZOMBIE
-                and (not started_at or abs(proc.create_time() - started_at) < 0.01))
+                and (not started_at or abs(start_time(pid) - started_at) < 0.01))
     except psutil.Error:
         return False
 
@@ -126,16 +133,26 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ports for servers, drawn below Linux's ephemeral range (32768-60999 by default): a port drawn
+# there could be taken by any client's outgoing connection before the server binds it (a demo's
+# MLflow UI lost its port that way, minutes after it was drawn).
+SERVICE_PORTS = range(20000, 32768)
+
+
 def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
-    """`count` distinct free ports, none in `avoid`. The sockets stay bound until all are drawn:
-    closed one by one, the OS can hand the same port out twice (2 in 2000 draws of six here)."""
+    """`count` distinct free ports, none in `avoid`, from SERVICE_PORTS. The sockets stay bound
+    until all are drawn, so no port is handed out twice."""
     avoid, held = set(avoid), []
     try:
         while len(held) < count:
+            port = random.choice(SERVICE_PORTS)
+            if port in avoid:
+                continue
+            avoid.add(port)
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            if s.getsockname()[1] in avoid:
-                avoid.add(s.getsockname()[1])
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken
                 s.close()
                 continue
             held.append(s)

@@ -180,7 +180,8 @@ def _kafka_details(topics: Topics) -> dict[str, Any]:
         committed = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
         ends = kafka_io.high_watermarks(list(committed))
         lag = {tp: ends[tp] - offset for tp, offset in committed.items() if tp in ends}
-        return {"brokers": sorted(b["broker_id"] for b in cluster["brokers"]),
+        return {"brokers": sorted(b["broker_id"] for b in cluster["brokers"] if not b.get("is_fenced")),
+                "fenced": sorted(b["broker_id"] for b in cluster["brokers"] if b.get("is_fenced")),
                 "controller": cluster.get("controller_id"),
                 "topics": {d["name"]: len(d["partitions"]) for d in described},
                 "partitions": {d["name"]: _partition_rows(d) for d in described},

@@ -398,7 +398,8 @@ def test_with_one_node_of_three_down_every_command_works_and_up_brings_it_back(
     assert evaluated.returncode == 0 and "persistence" in evaluated.stdout, evaluated.stderr[-2000:]
     status = cli("status")
     alive = ", ".join(name.removeprefix("kafka-") for name in sorted(nodes()) if name != victim)
-    assert status.returncode == 0 and f"brokers    {alive}\n" in status.stdout, status.stdout[-2000:]
+    assert status.returncode == 0 and f"brokers    {alive} (controller " in status.stdout, status.stdout[-2000:]
+    assert f"fenced (down): {victim.removeprefix('kafka-')})" in status.stdout
     compared = cli("compare", "--no-mlflow")  # no challenger in this project: one line says what to do
     assert compared.returncode in (0, 1) and len(compared.stderr.strip().splitlines()) <= 1, compared.stderr
     up_again(victim)

@@ -119,7 +119,8 @@ class Changelog:
         tp: read back from the end, further each time, until every symbol of the roster is found."""
         key = (tp.partition, committed)
         if key not in self._read:
-            self._read[key] = _newest_records(reader, TopicPartition(self.topic, tp.partition))
+            with reader.fresh() as fresh:  # a reused reader may know a stale end (kafka_io.TopicReader.read)
+                self._read[key] = _newest_records(fresh, TopicPartition(self.topic, tp.partition))
         return self._read[key]
 
 
