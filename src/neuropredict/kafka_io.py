@@ -4,6 +4,7 @@ and the one reader of "the records of a partition between two offsets"."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -42,6 +43,24 @@ QUIET_S = 0.5  # a reader's partition that has not moved for this long is at its
 
 GROUP_SETTINGS = dict(session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                       max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
+
+
+class _OneLine(logging.Filter):
+    """kafka-python logs a lost connection (a broker down) with its whole traceback: an operator
+    needs the one line, and `--verbose` keeps the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not os.environ.get("NEUROPREDICT_VERBOSE"):
+            error = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {error})", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+# the kafka-python modules that log with a traceback (a filter applies to its own logger only)
+for _name in ("kafka.net.transport", "kafka.net.connection", "kafka.net.selector", "kafka.cluster", "kafka.future",
+              "kafka.consumer.fetcher", "kafka.coordinator.consumer", "kafka.producer.sender"):
+    logging.getLogger(_name).addFilter(_OneLine())
 
 
 class _QuietBootstrap:
