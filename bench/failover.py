@@ -145,13 +145,16 @@ def run(args, params, version: str, ticks, topics: Topics, cluster, services) ->
     def worst(lo: float, hi: float) -> float:
         return max(longest_gap(t, lo, hi) for t in partition_times.values())
 
+    def worst_before(lo: float, hi: float) -> float:  # gaps over before the kill: none spanning it
+        return max(longest_gap(t[t <= hi], lo, hi) for t in partition_times.values())
+
     return {
         "rate": args.rate, "ticks": len(ticks), "inputs": len(inputs), "forecasts": len(outs),
         "killed_node": victim, "kill_at_s": events["kill"] - started, "restart_at_s": events["restart"] - started,
         "back_in_sync_s": events["in_sync"] - events["restart"],
         # any partition's longest gap between two forecasts (all partitions together: *_all_partitions)
         # gaps that overlap each period: before the kill, the node down, the node back
-        "longest_gap_before_kill_s": worst(started + 5, events["kill"]),
+        "longest_gap_before_kill_s": worst_before(started + 5, events["kill"]),
         "pause_after_kill_s": worst(events["kill"], events["restart"]),
         "pause_after_restart_s": worst(events["restart"], events["restart"] + args.window),
         "pause_after_kill_all_partitions_s": longest_gap(times, events["kill"], events["restart"]),
