@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from serving import make_ticks  # bench/serving.py: replayed real closes under other names
+from serving import make_ticks, production_version  # bench/serving.py: replayed real closes under other names
 
 from neuropredict import apache_kafka, brokers, kafka_io, messages, procs, producer, registry, tracking
 from neuropredict.console import configure_logging
@@ -64,9 +64,8 @@ def main() -> int:
     args = parse_args()
     configure_logging()
     params = load_params()
-    version = registry.alias_version(params.register.model_name)
+    version = production_version(params)
     if version is None:
-        print(f"no {params.register.model_name}@production: run `dvc repro` first", file=sys.stderr)
         return 1
     ticks = make_ticks(params, 6, int(args.rate * args.seconds))
     runs = []

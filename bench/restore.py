@@ -21,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from serving import make_ticks  # bench/serving.py: replayed real closes under other names
+from serving import make_ticks, production_version  # bench/serving.py: replayed real closes under other names
 
-from neuropredict import brokers, kafka_io, producer, registry, tracking
+from neuropredict import brokers, kafka_io, producer, tracking
 from neuropredict.console import configure_logging
 from neuropredict.settings.contracts import Topics
 from neuropredict.settings.schema import load_params
@@ -73,9 +73,8 @@ def main() -> int:
     args = parse_args()
     configure_logging()
     params = load_params()
-    version = registry.alias_version(params.register.model_name)
+    version = production_version(params)
     if version is None:
-        print(f"no {params.register.model_name}@production: run `dvc repro` first", file=sys.stderr)
         return 1
     lengths = [int(x) for x in args.lengths.split(",")]
     samples: dict[str, dict[int, list[float]]] = {m: {n: [] for n in lengths} for m in MODES}

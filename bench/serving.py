@@ -307,14 +307,21 @@ def _serve_point_forecasts_only() -> None:
     registry.load = without_intervals
 
 
+def production_version(params) -> str | None:
+    """The project's production version; None (and what to run) when there is none."""
+    version = registry.alias_version(params.register.model_name)
+    if version is None:
+        print(f"no {params.register.model_name}@production: run `dvc repro` first", file=sys.stderr)
+    return version
+
+
 def main() -> int:
     args = parse_args()
     configure_logging()
     params = load_params()
     name = params.register.model_name
-    version = registry.alias_version(name)
+    version = production_version(params)
     if version is None:
-        print(f"no {name}@production: run `dvc repro` first", file=sys.stderr)
         return 1
     limit_threads(params.serving.model_threads)  # as a serving process does, before TF starts
     if args.no_intervals:
