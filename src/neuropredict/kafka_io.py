@@ -3,6 +3,7 @@ and the one reader of "the records of a partition between two offsets"."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -27,13 +28,12 @@ MAX_POLL_INTERVAL_MS = 300_000  # a batch (model call included) must finish well
 BOOTSTRAP_TIMEOUT_MS = 10_000   # how long a client waits for the first broker answer
 CONSUMER_REQUEST_TIMEOUT_MS = 30_000
 PRODUCER_REQUEST_TIMEOUT_MS = 10_000  # capped by serving.delivery_timeout_ms
-# A transactional producer waits this long for its transaction coordinator before it looks the
-# coordinator up again: kafka-python keeps waiting on a dead one, so with 10 s a worker stalled
-# ~30 s after a broker kill (bench/failover.py); a commit itself takes ~35 ms.
+# A transactional request (a commit takes ~35 ms) that gets no answer is given up after this and
+# the coordinator looked up again (the default 30 s outlasts a dead broker's fencing, ~9 s).
 TRANSACTIONAL_REQUEST_TIMEOUT_MS = 3_000
 # init_transactions (a new producer after a failed batch) waits at most this long; then the rewind
-# tries a new one: one that started while the coordinator moved waited out 30 s in one run
-TRANSACTIONAL_MAX_BLOCK_MS = 10_000
+# tries a new one. A coordinator that died is replaced once KRaft fenced its broker (~9 s).
+TRANSACTIONAL_MAX_BLOCK_MS = 15_000
 # A worker that dies mid-transaction leaves it open; the broker aborts it after this. Until then
 # read_committed readers of its partitions wait, and so does the worker taking them over (unless
 # it has the same NEUROPREDICT_WORKER_ID, which aborts it at once). A batch must fit well within.
@@ -115,7 +115,7 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
         max_in_flight_requests_per_connection=5,
     )
     if transactional_id:
-        settings.update(enable_idempotence=True, transactional_id=transactional_id,
+        settings.update(enable_idempotence=True, transactional_id=transactional_id, kafka_client=_coordinator_client(),
                         transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                         request_timeout_ms=min(settings["request_timeout_ms"], TRANSACTIONAL_REQUEST_TIMEOUT_MS),
                         # begin/commit/abort/init wait at most this long (default 60 s)
@@ -129,6 +129,27 @@ def producer(bootstrap: str | None = None, serving: ServingParams | None = None,
         return made
     except KafkaError as exc:
         raise _unreachable(bootstrap, exc) from None
+
+
+@functools.cache
+def _coordinator_client() -> type:
+    """kafka-python's network client, but a transaction coordinator that cannot be reached is
+    "not ready" (False) instead of an exception. kafka-python 3.0.12's sender drops the
+    transactional request on that exception (Sender._maybe_send_pending_request re-enqueues it
+    only when await_ready returns False): when a broker holding a coordinator died, init, commit
+    and abort then waited forever. With False it looks the coordinator up again and retries, as
+    the Java client does, and the transaction goes on once the broker is fenced (~9 s)."""
+    from kafka.errors import KafkaConnectionError
+    from kafka.net.compat import KafkaNetClient
+
+    class CoordinatorClient(KafkaNetClient):
+        def await_ready(self, node_id, timeout_ms=30000):
+            try:
+                return super().await_ready(node_id, timeout_ms=timeout_ms)
+            except KafkaConnectionError:
+                return False
+
+    return CoordinatorClient
 
 
 def consumer(group: str | None, bootstrap: str | None = None, max_poll_records: int = 500,
@@ -265,11 +286,16 @@ def under_replicated(bootstrap: str, topics: list[str] | None = None) -> list[st
 
 def wait_fully_replicated(bootstrap: str, topics: list[str] | None = None, timeout_s: float = 60.0) -> None:
     """Until every partition has all its replicas in sync (a new topic's followers catch up)."""
+    from kafka.errors import KafkaError
+
     lagging: list[str] = []
     seen: list[bool] = []
 
     def in_sync() -> bool:  # twice in a row: a broker's metadata may show an ISR a moment early
-        lagging[:] = under_replicated(bootstrap, topics)
+        try:
+            lagging[:] = under_replicated(bootstrap, topics)
+        except KafkaError:  # the broker answering dropped the connection (a node restarting): ask again
+            lagging[:] = ["(no answer)"]
         seen.append(not lagging)
         return seen[-2:] == [True, True]
 
@@ -342,15 +368,17 @@ class TopicReader:
     The end of a partition is the high watermark the broker reports with a fetch, not
     `end_offsets()`: the embedded broker answers that one wrongly (see KAFKA_NOTES)."""
 
-    def __init__(self, bootstrap: str | None = None, max_poll_records: int = 50_000):
+    def __init__(self, bootstrap: str | None = None, max_poll_records: int = 50_000, isolated: bool = False):
         self.bootstrap = bootstrap or environment.kafka_bootstrap()
+        # on a broker that isolates transactions, end_offsets() is the exact last stable offset
+        self.isolated = isolated
         # a reader wants what is there now: a broker holding a fetch at a partition's end for more
         # data (500 ms by default) cost each restore of a partition about a second
         self.consumer = consumer(None, bootstrap, max_poll_records=max_poll_records, fetch_max_wait_ms=10)
 
     def fresh(self) -> TopicReader:
         """A new reader on the same cluster (it knows no partition's end yet)."""
-        return TopicReader(self.bootstrap)
+        return TopicReader(self.bootstrap, isolated=self.isolated)
 
     def close(self) -> None:
         self.consumer.close()
@@ -374,7 +402,7 @@ class TopicReader:
         # not retry.wait_until: each turn is a fetch that may bring the answer (no sleep between)
         deadline, ends = time.monotonic() + timeout_s, {}
         while len(ends) < len(partitions) and time.monotonic() < deadline:
-            c.poll(timeout_ms=200, max_records=1)
+            c.poll(timeout_ms=20, max_records=1)  # the answer comes with the first fetch: ~10 ms
             ends.update({tp: c.highwater(tp) for tp in partitions if c.highwater(tp) is not None})
         return ends
 
@@ -390,8 +418,10 @@ class TopicReader:
             moved[tp] = (position, now)
             return False
         # still: ask for the end a read_committed reader can reach (the LSO, on a broker that isolates
-        # transactions; the embedded broker has none to wait for, so its readers reach the stop)
-        return now - since > QUIET_S and position >= self.consumer.end_offsets([tp]).get(tp, stop)
+        # transactions: at once, where a busy partition's open transactions cost each read QUIET_S;
+        # the embedded broker has none to wait for, so its readers reach the stop)
+        quiet = self.isolated or now - since > QUIET_S
+        return quiet and position >= self.consumer.end_offsets([tp]).get(tp, stop)
 
     def read_range(self, tp, lo: int, hi: int | None = None,
                    timeout_s: float = READ_RANGE_TIMEOUT_S) -> list:

@@ -41,12 +41,12 @@ from neuropredict.settings.contracts import Topics
 log = logging.getLogger(__name__)
 COMMITTED_TIMEOUT_MS = kafka_io.CONSUMER_REQUEST_TIMEOUT_MS  # a stop flag is checked between tries
 # A commit takes ~35 ms. One that waits on a dead transaction coordinator is given up after this
-# and the batch rewound: a new producer finds the new coordinator once KRaft fenced the dead broker
-# (~9 s), where kafka-python's own retries kept the old one waiting 20 s and more (bench/failover.py).
+# and the batch rewound: the transaction cannot end before KRaft fenced the dead broker (~9 s),
+# and by then the broker may have aborted it (transaction timeout, kafka_io): a new producer
+# (kafka_io.producer: its init waits for the new coordinator) and a restore cost ~1 s more.
 TRANSACTION_CALL_TIMEOUT_S = 6.0
-# An abort that does not answer at once is given up: kafka-python keeps asking a dead coordinator,
-# while a new producer with the same transactional id finds the new one and aborts what was open
-# (a broker killed under load: 20.4 s without forecasts waiting on the abort, bench/failover.py).
+# An abort that does not answer at once is given up: a new producer with the same transactional
+# id aborts what was open, on whichever coordinator holds it by then.
 ABORT_CALL_TIMEOUT_S = 3.0
 
 # Refusals of one record for what it is: sending it again can never succeed.
@@ -231,9 +231,10 @@ class Delivery:
 
 def _within(timeout_s: float, what: str, call: Callable[[], object]) -> None:
     """call() on a helper thread, waiting at most timeout_s. kafka-python 3.0.12 waits without a
-    bound for a transaction's offsets, commit and abort; measured on 3 brokers, when the
-    transaction coordinator died mid-batch that wait never ended. On timeout the caller rewinds,
-    and a producer that cannot abort is replaced (the call left behind then fails or is moot)."""
+    bound for a transaction's offsets, commit and abort (measured on 3 brokers: when the
+    transaction coordinator died mid-batch that wait never ended, see kafka_io._coordinator_client).
+    On timeout the caller rewinds, and a producer that cannot abort is replaced (the call left
+    behind then fails or is moot)."""
     done, failure = threading.Event(), []
 
     def run() -> None:
