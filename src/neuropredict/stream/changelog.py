@@ -14,10 +14,11 @@ for (the first start on a stream), or a symbol whose stored ticks are fewer than
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -43,6 +44,7 @@ class Changelog:
         self.partition: dict[str, int] = {}
         self._dirty: set[str] = set()         # restored from the input: written with the next batch
         self._read: dict[tuple, dict] = {}    # (partition, committed) -> stored records, for one restore
+        self._restoring: list[TopicReader] | None = None  # the reader of a restore under way, once it read
 
     def fit(self) -> None:
         """Keep enough ticks for the longest served window (and the rules' level shifts), twice over."""
@@ -81,10 +83,18 @@ class Changelog:
             del self.tails[symbol], self.partition[symbol]
             self._dirty.discard(symbol)
 
-    def new_restore(self) -> None:
-        """Forget what the last restore read: the state topic is read again for the next one."""
-        self._read = {}
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """One restore of the assigned partitions: the state topic is read again, each partition once,
+        by one new reader (a new one per partition cost ~0.15 s each to connect and learn the end)."""
+        self._read, self._restoring = {}, []
         self.fit()
+        try:
+            yield
+        finally:
+            for fresh in self._restoring:
+                fresh.close()
+            self._restoring = None
 
     def history(self, reader: TopicReader, tp, committed: int, enough: int,
                 read_input) -> tuple[dict[str, list[Tick]], dict[str, OpenForecast]]:
@@ -118,9 +128,17 @@ class Changelog:
         """The newest committed record of each symbol in the state partition of input partition
         tp: read back from the end, further each time, until every symbol of the roster is found."""
         key = (tp.partition, committed)
-        if key not in self._read:
-            with reader.fresh() as fresh:  # a reused reader may know a stale end (kafka_io.TopicReader.read)
-                self._read[key] = _newest_records(fresh, TopicPartition(self.topic, tp.partition))
+        if key in self._read:
+            return self._read[key]
+        state_tp = TopicPartition(self.topic, tp.partition)
+        # a new reader: a reused one may know a stale end of a partition it read (kafka_io.TopicReader.read)
+        if self._restoring is None:  # a hot swap's rebuild: a reader for this read
+            with reader.fresh() as fresh:
+                self._read[key] = _newest_records(fresh, state_tp)
+            return self._read[key]
+        if not self._restoring:
+            self._restoring.append(reader.fresh())
+        self._read[key] = _newest_records(self._restoring[0], state_tp)
         return self._read[key]
 
 

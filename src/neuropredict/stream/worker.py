@@ -108,7 +108,7 @@ class Worker:
         self.delivery = Delivery(make_producer, self.consumer, transactional, 2 * self.serving.delivery_timeout_ms / 1000,
                                  self.topics)
         self.consumer.subscribe([self.topics.prices], listener=Rebalance(self))
-        self.reader = kafka_io.TopicReader(self.bootstrap)
+        self.reader = kafka_io.TopicReader(self.bootstrap, isolated=transactional)
 
     def run(self, max_messages: int | None = None, timeout_s: float | None = None,
             idle_timeout_s: float | None = None) -> LiveStats:
@@ -199,9 +199,9 @@ class Worker:
         self.delivery.rewind(self.stop_event, then=self._restore)
 
     def _restore(self, partitions) -> None:
-        self.changelog.new_restore()
-        self.model.restore(self.reader, self.consumer, partitions)
-        self.shadows.restore(self.reader, self.consumer, partitions)
+        with self.changelog.restoring():
+            self.model.restore(self.reader, self.consumer, partitions)
+            self.shadows.restore(self.reader, self.consumer, partitions)
 
     def _report(self) -> None:
         served = {PRODUCTION_ALIAS: self.version, **self.shadows.served()}
