@@ -81,7 +81,7 @@ def test_a_worker_joining_and_another_leaving_under_load_lose_nothing(trained_pr
                                                                       use_project):
     root, params = _project(trained_project, tmp_path, max_poll_records=100)
     use_project(root)
-    ticks = replay(root, params, start="2022-10-01", symbols=EVERY_SYMBOL)  # ~20 s at 300 ticks/s
+    ticks = replay(root, params, start="2022-01-01", symbols=EVERY_SYMBOL)  # ~18 s at 300 ticks/s: room for a slow join
     sender = Sender(ticks, stream, rate=300, serving=params.serving)
     a = WorkerThread(params, stream)
     wait_for(lambda: a.owned(), what="the first worker to join")
