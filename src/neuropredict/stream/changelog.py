@@ -44,7 +44,7 @@ class Changelog:
         self.partition: dict[str, int] = {}
         self._dirty: set[str] = set()         # restored from the input: written with the next batch
         self._read: dict[tuple, dict] = {}    # (partition, committed) -> stored records, for one restore
-        self._restoring: list[TopicReader] | None = None  # the reader of a restore under way, once it read
+        self._restore_reader: TopicReader | None = None  # the one reader of a restore under way
 
     def fit(self) -> None:
         """Keep enough ticks for the longest served window (and the rules' level shifts), twice over."""
@@ -84,17 +84,16 @@ class Changelog:
             self._dirty.discard(symbol)
 
     @contextlib.contextmanager
-    def restoring(self) -> Iterator[None]:
+    def restoring(self, reader: TopicReader) -> Iterator[None]:
         """One restore of the assigned partitions: the state topic is read again, each partition once,
         by one new reader (a new one per partition cost ~0.15 s each to connect and learn the end)."""
-        self._read, self._restoring = {}, []
+        self._read = {}
         self.fit()
-        try:
-            yield
-        finally:
-            for fresh in self._restoring:
-                fresh.close()
-            self._restoring = None
+        with reader.fresh() as self._restore_reader:
+            try:
+                yield
+            finally:
+                self._restore_reader = None
 
     def history(self, reader: TopicReader, tp, committed: int, enough: int,
                 read_input) -> tuple[dict[str, list[Tick]], dict[str, OpenForecast]]:
@@ -130,15 +129,11 @@ class Changelog:
         key = (tp.partition, committed)
         if key in self._read:
             return self._read[key]
-        state_tp = TopicPartition(self.topic, tp.partition)
-        # a new reader: a reused one may know a stale end of a partition it read (kafka_io.TopicReader.read)
-        if self._restoring is None:  # a hot swap's rebuild: a reader for this read
-            with reader.fresh() as fresh:
-                self._read[key] = _newest_records(fresh, state_tp)
-            return self._read[key]
-        if not self._restoring:
-            self._restoring.append(reader.fresh())
-        self._read[key] = _newest_records(self._restoring[0], state_tp)
+        # a new reader (a reused one may know a stale end of a partition it read, kafka_io.TopicReader.read):
+        # the restore's, else (a hot swap's rebuild) one for this read
+        restore_reader = self._restore_reader
+        with contextlib.nullcontext(restore_reader) if restore_reader else reader.fresh() as fresh:
+            self._read[key] = _newest_records(fresh, TopicPartition(self.topic, tp.partition))
         return self._read[key]
 
 

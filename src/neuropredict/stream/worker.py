@@ -199,7 +199,7 @@ class Worker:
         self.delivery.rewind(self.stop_event, then=self._restore)
 
     def _restore(self, partitions) -> None:
-        with self.changelog.restoring():
+        with self.changelog.restoring(self.reader):
             self.model.restore(self.reader, self.consumer, partitions)
             self.shadows.restore(self.reader, self.consumer, partitions)
 
