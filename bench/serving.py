@@ -54,6 +54,7 @@ from neuropredict.forecaster import limit_threads  # noqa: E402
 from neuropredict.settings.contracts import Topics  # noqa: E402
 from neuropredict.settings.paths import paths
 from neuropredict.settings.schema import load_params
+from neuropredict.stream import metrics  # noqa: E402
 from neuropredict.stream.predict import chunk_rows  # noqa: E402
 from neuropredict.stream.worker import Worker  # noqa: E402
 
@@ -78,11 +79,16 @@ def parse_args() -> argparse.Namespace:
                     help="serve the production model without its interval calibration (what intervals cost)")
     ap.add_argument("--shadow-rounds", type=int, default=3,
                     help="phase S: rounds of the worker with one shadow version beside none, alternating (0: skip)")
+    ap.add_argument("--endpoint-rounds", type=int, default=3,
+                    help="phase E: rounds of the worker with its Prometheus endpoint scraped beside none, "
+                         "alternating (0: skip)")
+    ap.add_argument("--scrape-every-s", type=float, default=1.0, help="phase E: seconds between scrapes")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, measures nothing")
     ap.add_argument("--out", type=Path, help="report path (default bench/results/serving[-smoke].json)")
     args = ap.parse_args()
     if args.smoke:
         args.ticks, args.copies, args.seed_ticks, args.rate_seconds, args.shadow_rounds = 1500, 2, 20, 2.0, 1
+        args.endpoint_rounds = 1
     args.out = args.out or HERE / "results" / ("serving-smoke.json" if args.smoke else "serving.json")
     args.brokers = [b for b in args.brokers.split(",") if b]
     return args
@@ -154,11 +160,13 @@ def warm_up_broker(params, bootstrap: str, ticks) -> None:
 
 
 def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool, topics: Topics = TOPICS,
-                     shadow=None) -> tuple[Worker, dict]:
+                     shadow=None, metrics_port: int | None = None) -> tuple[Worker, dict]:
     sent = producer.publish(ticks, topics.prices, bootstrap=bootstrap, serving=params.serving)
     worker = Worker(params, bootstrap=bootstrap, topics=topics, report_to_mlflow=False, pinned_version=version)
     if shadow is not None:
         worker.shadows.pin(SHADOW_ALIAS, shadow)
+    if metrics_port:
+        worker.endpoint = metrics.Endpoint(worker, metrics_port, "127.0.0.1")
     worker.start()
     prof = cProfile.Profile() if profile else None
 
@@ -250,37 +258,86 @@ def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, se
 
 
 def phase_shadow(params, ticks, version: str, shadow, rounds: int, rate: float, seconds: float) -> dict:
-    """S. the worker with one shadow version beside none, alternating in rounds on one embedded
-    broker, each run on topics of its own: backlog throughput and latency at a fixed rate."""
-    out: dict[str, list] = {"none": [], "one": []}
+    """S. the worker with one shadow version beside none, alternating in rounds."""
+    out = alternate(params, ticks, version, rounds, rate, seconds, {"none": {}, "one": {"shadow": shadow}})
+    return {**out, "shadow_version": shadow.version,
+            "one_of_none_throughput": out["median"]["one"]["throughput_ticks_per_s"]
+            / out["median"]["none"]["throughput_ticks_per_s"],
+            "one_over_none_p99": out["median"]["one"]["p99_ms"] / out["median"]["none"]["p99_ms"]}
+
+
+def phase_endpoint(params, ticks, version: str, rounds: int, rate: float, seconds: float, every_s: float) -> dict:
+    """E. the worker with its Prometheus endpoint scraped every `every_s` (a harder load than
+    Prometheus' 5 s) beside no endpoint, alternating in rounds."""
+    out = alternate(params, ticks, version, rounds, rate, seconds, {"off": {}, "on": {"scrape_every_s": every_s}})
+    scrapes = [x for r in out["rounds"]["on"] for x in r["scrape_ms"]]
+    return {**out, "scrape_every_s": every_s, "scrape_ms": percentiles(scrapes),
+            "on_of_off_throughput": out["median"]["on"]["throughput_ticks_per_s"]
+            / out["median"]["off"]["throughput_ticks_per_s"],
+            "on_over_off_p99": out["median"]["on"]["p99_ms"] / out["median"]["off"]["p99_ms"]}
+
+
+def alternate(params, ticks, version: str, rounds: int, rate: float, seconds: float, variants: dict) -> dict:
+    """Each variant of the worker in turn, `rounds` times, on one embedded broker, each run on
+    topics of its own: backlog throughput, then latency at a fixed rate. A variant may have a
+    shadow version, or an endpoint scraped every scrape_every_s."""
+    out: dict[str, list] = {kind: [] for kind in variants}
     live = make_ticks(params, 1, 10**9, suffix=".live")
-    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-alternate-") as tmp:
         broker = brokers.start_scratch_broker("tansu", Path(tmp), params.kafka, topics=TOPICS)
         try:
             warm_up_broker(params, broker.bootstrap, ticks)
             for r in range(rounds):
-                for kind in ("none", "one"):
+                for kind, variant in variants.items():
                     topics = Topics(prefix=f"round{r}-{kind}.")
                     kafka_io.ensure_topics(params.kafka, broker.bootstrap, topics)
+                    scraper = Scraper(variant.get("scrape_every_s"))
                     worker, a = phase_throughput(params, broker.bootstrap, ticks, version, False, topics,
-                                                 shadow if kind == "one" else None)
+                                                 variant.get("shadow"), scraper.port)
                     c = phase_latency(params, broker.bootstrap, worker, live, rate, seconds, topics)
                     worker.stop_event.set()
                     a.pop("_thread").join(30)
+                    scraper.stop()
                     shadowed = sum(s.n for (alias, _), s in worker.stats.by_alias.items() if alias == SHADOW_ALIAS)
                     out[kind].append({"throughput_ticks_per_s": a["throughput_ticks_per_s"], "p99_ms": c["p99"],
-                                      "p50_ms": c["p50"], "shadow_scored": shadowed,
+                                      "p50_ms": c["p50"], "shadow_scored": shadowed, "scrape_ms": scraper.took_ms,
                                       "shadow_seconds": {k: v for k, v in worker.stats.seconds.items()
                                                          if k.startswith("shadow_")}})
-                    print(f"   round {r + 1} {kind:>4} shadow: {a['throughput_ticks_per_s']:,.0f} ticks/s, "
+                    print(f"   round {r + 1} {kind:>4}: {a['throughput_ticks_per_s']:,.0f} ticks/s, "
                           f"p99 {c['p99']:.1f} ms at {rate:g}/s", flush=True)
         finally:
             broker.stop()
     med = {k: {m: float(np.median([x[m] for x in v])) for m in ("throughput_ticks_per_s", "p99_ms", "p50_ms")}
            for k, v in out.items()}
-    return {"rounds": out, "median": med, "shadow_version": shadow.version,
-            "one_of_none_throughput": med["one"]["throughput_ticks_per_s"] / med["none"]["throughput_ticks_per_s"],
-            "one_over_none_p99": med["one"]["p99_ms"] / med["none"]["p99_ms"]}
+    return {"rounds": out, "median": med}
+
+
+class Scraper:
+    """Scrapes a worker's endpoint every `every_s` from a thread of its own, timing each scrape
+    (None: no endpoint). Starts with the first answer; stop() ends it."""
+
+    def __init__(self, every_s: float | None):
+        from neuropredict import procs
+
+        self.every_s, self.took_ms = every_s, []
+        self.port = procs.free_ports(1)[0] if every_s else None
+        self._stop = threading.Event()
+        if every_s:
+            threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.every_s):
+            began = time.perf_counter()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read()
+            except OSError:  # not listening yet, or already closed
+                continue
+            self.took_ms.append(1000 * (time.perf_counter() - began))
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _shadow_model(name: str, version: str, intervals: bool):
@@ -374,10 +431,18 @@ def main() -> int:
         alo = params.model_copy(update={"serving": params.serving.model_copy(update={"guarantee": "at_least_once"})})
         shadow = phase_shadow(alo, ticks, version, _shadow_model(name, version, not args.no_intervals),
                               args.shadow_rounds, args.rate, args.rate_seconds)
-    report = ratios(runs, shadow) | {
+    endpoint = None
+    if args.endpoint_rounds and "tansu" in args.brokers:
+        print(f"E. the Prometheus endpoint scraped every {args.scrape_every_s:g} s beside none, "
+              f"{args.endpoint_rounds} alternating rounds (tansu) ...", flush=True)
+        alo = params.model_copy(update={"serving": params.serving.model_copy(update={"guarantee": "at_least_once"})})
+        endpoint = phase_endpoint(alo, ticks, version, args.endpoint_rounds, args.rate, args.rate_seconds,
+                                  args.scrape_every_s)
+    report = ratios(runs, shadow, endpoint) | {
         "model_ceiling_windows_per_s": m["model_ceiling_windows_per_s"],
         "seed_loop_ticks_per_s": seed["seed_loop_ticks_per_s"],
         "runs": runs, "model_ceiling_phase": m, "seed_loop_phase": seed, "shadow_phase": shadow,
+        "endpoint_phase": endpoint,
         "latency_offered_ticks_per_s": args.rate,
         "model": {"name": name, "version": version, "window": loaded.forecaster.window,
                   "cell": registry.version_tags(name, version).get("cell"), "intervals": not args.no_intervals},
@@ -406,10 +471,10 @@ def main() -> int:
     return 0
 
 
-def ratios(runs: dict, shadow: dict | None = None) -> dict:
+def ratios(runs: dict, shadow: dict | None = None, endpoint: dict | None = None) -> dict:
     """The issues' targets, as ratios of one run: Apache at-least-once of the model ceiling,
     exactly-once of at-least-once (throughput), exactly-once p99 over at-least-once p99; one
-    shadow version beside none (throughput, p99)."""
+    shadow version beside none (throughput, p99); the metrics endpoint scraped beside none."""
     out = {}
     alo, eos = runs.get("apache/at_least_once"), runs.get("apache/exactly_once")
     if alo and eos:
@@ -419,6 +484,9 @@ def ratios(runs: dict, shadow: dict | None = None) -> dict:
     if shadow:
         out |= {"one_shadow_of_none_throughput": shadow["one_of_none_throughput"],
                 "one_shadow_over_none_p99": shadow["one_over_none_p99"]}
+    if endpoint:
+        out |= {"endpoint_on_of_off_throughput": endpoint["on_of_off_throughput"],
+                "endpoint_on_over_off_p99": endpoint["on_over_off_p99"]}
     return {"ratios": out} if out else {}
 
 

@@ -186,7 +186,8 @@ def _up(args: argparse.Namespace) -> int:
     broker = "apache" if args.brokers > 1 else args.broker  # only Apache Kafka runs as a cluster here
     params = load_params()
     result = services.up(params.kafka, _topics(params), ui=not args.no_ui, broker=broker, nodes=args.brokers,
-                         tracking=args.tracking, auth=not args.no_auth, workers=args.workers, guard=args.guard)
+                         tracking=args.tracking, auth=not args.no_auth, workers=args.workers, guard=args.guard,
+                         monitoring_on=args.monitoring)
     for name, svc in result["services"].items():
         print(f"{name:<13} {svc.url:<28} pid {svc.pid}  (log {svc.log})")
     print("topics        " + ", ".join(f"{t} ({n} partitions)" for t, n in result["topics"].items()))
@@ -323,6 +324,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from neuropredict import live_view, procs
+    from neuropredict.stream.rules import TickRules
+
+    params = load_params()
+    port = args.port or environment.view_port()
+    procs.require_free(port, "NEUROPREDICT_VIEW_PORT")
+    view = live_view.LiveView(TickRules.from_params(params.validate, params.serving), params.data.intraday,
+                              _topics(params), environment.kafka_bootstrap(), args.last)
+    server = live_view.serve(view, port)
+    print(f"live view on http://127.0.0.1:{port}/ (forecasts of {_topics(params).predictions}; Ctrl-C stops it)",
+          flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    return 0
+
+
 def _check_parity(args: argparse.Namespace) -> int:
     from neuropredict import parity, tracking
 
@@ -412,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guard", action="store_true",
                    help="also start the rollback guard (`neuropredict guard`), for workers you run yourself "
                         "(--workers starts one anyway)")
+    p.add_argument("--monitoring", action="store_true",
+                   help="also start Prometheus (Debian's `prometheus`) scraping the workers `up` runs, with the "
+                        "alert rules of serving/prometheus/alerts.yml")
     p.set_defaults(fn=_up)
 
     p = sub.add_parser("env", help="shell exports for the tracking server `up` started: eval \"$(neuropredict env)\"")
@@ -451,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, help="last target date to score")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(fn=_evaluate)
+
+    p = sub.add_parser("view", help="a live page: prices, forecasts and their intervals per symbol; skill and "
+                                    "coverage beside the baselines")
+    p.add_argument("--port", type=int, help="its port on 127.0.0.1 (default: NEUROPREDICT_VIEW_PORT, 8050)")
+    p.add_argument("--last", type=_amount, default=300, help="the newest forecasts of each partition it reads (300)")
+    p.set_defaults(fn=_view)
 
     p = sub.add_parser("check-parity", help="replay the test period through Kafka: same forecasts as offline?")
     p.add_argument("--version", help="model version (default: production)")

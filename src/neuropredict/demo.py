@@ -199,10 +199,11 @@ def run_topology(count: int, keep: bool = False) -> int:
         train()
         version = registry.alias_version(params.register.model_name)
         steps.next(f"serve: {count} workers and the rollback guard, configured from serving/compose.yaml")
-        result = services.up(params.kafka, topics, broker="apache", tracking="server", workers=count)
+        result = services.up(params.kafka, topics, broker="apache", tracking="server", workers=count,
+                             monitoring_on=_prometheus_installed())
         for name, svc in result["services"].items():
-            if name.startswith(("worker-", "guard")):
-                print(f"  {name:<13} pid {svc.pid}, log {svc.log}")
+            if name.startswith(("worker-", "guard", "prometheus")):
+                print(f"  {name:<13} pid {svc.pid}, {svc.url}, log {svc.log}")
         scored = replay_and_evaluate(params, topics, version, steps)
         steps.next("summary")
         steps.done()
@@ -212,6 +213,18 @@ def run_topology(count: int, keep: bool = False) -> int:
     finally:
         _stop_services(sorted(set(services.running()) - before), keep)
     return 0
+
+
+def _prometheus_installed() -> bool:
+    """compose's topology includes Prometheus; without Debian's package the demo goes on and says so."""
+    from neuropredict import monitoring
+
+    try:
+        monitoring.prometheus_bin()
+        return True
+    except ServiceError as exc:
+        print(f"  no monitoring: {exc}")
+        return False
 
 
 def use_tracking_server(url: str) -> None:

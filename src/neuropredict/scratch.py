@@ -17,7 +17,8 @@ from neuropredict.console import tool, tools_env
 from neuropredict.settings.environment import quiet_environment, sqlite_uri
 
 PROJECT_FILES = ("dvc.yaml", "pipelines", "src", "data/snapshot", "data/stream", ".dvcignore", "notebooks",
-                 "serving/compose.yaml", "serving/Dockerfile", "serving/worker.py")  # the last: `up --workers`
+                 "serving/compose.yaml", "serving/Dockerfile", "serving/worker.py",  # these and the next: `up
+                 "serving/prometheus")  # --workers --monitoring`
 
 
 def copy_project(source: Path, dest: Path, params: dict[str, Any] | None = None) -> Path:

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from neuropredict import apache_kafka, brokers, kafka_io, procs, retry, topology, tracking_server
+from neuropredict import apache_kafka, brokers, kafka_io, monitoring, procs, retry, topology, tracking_server
 from neuropredict.errors import ServiceError
 from neuropredict.procs import Service
 from neuropredict.settings import environment
@@ -36,14 +36,17 @@ def running() -> dict[str, Service]:
 
 def _save_state(services: dict[str, Service]) -> None:
     procs.save_table(paths().services_file, services)
+    monitoring.write_targets(services)  # Prometheus finds the workers here
 
 
 def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu", nodes: int = 1,
-       tracking: str = "local", auth: bool = True, workers: int = 0, guard: bool = False) -> dict[str, Any]:
+       tracking: str = "local", auth: bool = True, workers: int = 0, guard: bool = False,
+       monitoring_on: bool = False) -> dict[str, Any]:
     """Start a local broker (unless a real cluster is configured) and the MLflow UI on the project's
     store, or (tracking="server") PostgreSQL and an MLflow server on it; create the topics; start
-    `workers` serving workers configured as serving/compose.yaml configures its own. Services
-    already running are left as they are; another kind of broker is refused."""
+    `workers` serving workers configured as serving/compose.yaml configures its own (again, those
+    that died); with `monitoring_on`, Prometheus scraping them. Services already running are left
+    as they are; another kind of broker is refused."""
     if workers and tracking != "server":
         raise ServiceError("--workers starts compose's workers, which log to the tracking server: add --tracking server")
     services = running()
@@ -63,19 +66,36 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
                                                                 paths().state_dir / "mlflow-ui.log")
         log.info("MLflow UI on %s, pid %d", services["mlflow-ui"].url, services["mlflow-ui"].pid)
     _save_state(services)
-    if workers and not any(name.startswith("worker-") for name in services):
-        addresses = {"kafka": environment.kafka_bootstrap(),
-                     "mlflow": services["mlflow-server"].url.removeprefix("http://")}
-        for svc in topology.start_workers(workers, addresses, tracking_server.compose_variables(), topics.group):
-            services[svc.name] = svc
-        services["guard"] = topology.start_guard(addresses, tracking_server.compose_variables())
-        log.info("%d serving workers and the rollback guard (configured from serving/compose.yaml)", workers)
-        _save_state(services)
+    if workers:
+        _start_workers(services, workers, topics.group)
     elif guard and "guard" not in services:
         services["guard"] = _start_guard()
+    _save_state(services)
+    if monitoring_on and "prometheus" not in services:
+        services["prometheus"] = monitoring.start(environment.prometheus_port(), services)
+        log.info("Prometheus on %s, pid %d, alert rules from serving/prometheus/alerts.yml",
+                 services["prometheus"].url, services["prometheus"].pid)
         _save_state(services)
     return {"services": services, "topics": partitions, "bootstrap": environment.kafka_bootstrap(),
             "replication": replication}
+
+
+def _start_workers(services: dict[str, Service], count: int, group: str) -> None:
+    """compose's workers worker-1..count that are not running, each on the metrics port it had
+    (Prometheus knows it by that address), and the rollback guard."""
+    missing = [i for i in range(1, count + 1) if f"worker-{i}" not in services]
+    addresses = {"kafka": environment.kafka_bootstrap(), "mlflow": services["mlflow-server"].url.removeprefix("http://")}
+    if missing:
+        recorded = load_state()
+        had = {i: topology.metrics_port(recorded[f"worker-{i}"]) for i in missing if f"worker-{i}" in recorded}
+        fresh = iter(procs.free_ports(len(missing) - len(had), avoid=had.values()))
+        ports = {i: had.get(i) or next(fresh) for i in missing}
+        for svc in topology.start_workers(ports, addresses, tracking_server.compose_variables(), group):
+            services[svc.name] = svc
+        log.info("serving workers %s started (configured from serving/compose.yaml)",
+                 ", ".join(f"worker-{i}" for i in missing))
+    if "guard" not in services:
+        services["guard"] = topology.start_guard(addresses, tracking_server.compose_variables())
 
 
 def _start_guard() -> Service:

@@ -52,20 +52,28 @@ def joined_tail(rules: TickRules, intraday: bool, topics: Topics, last: int, boo
                 since_ms: int | None = None, shadow: bool = False) -> pd.DataFrame:
     """As joined_rows, for the newest `last` forecasts of each output partition only: the inputs
     are read from a little before the first tick they forecast (room for the rules to settle)."""
+    inputs, outputs = read_tail(rules, topics, last, bootstrap, shadow)
+    return rows_from_records(inputs, outputs, rules, intraday, topics, since_ms)
+
+
+def read_tail(rules: TickRules, topics: Topics, last: int, bootstrap: str | None = None,
+              shadow: bool = False) -> tuple[list, list]:
+    """The newest `last` output records of each partition, and the input records they forecast
+    from (from a little before the first)."""
     with TopicReader(bootstrap) as reader:
         parts = reader.partitions(_output_topics(topics, shadow))
         ends = reader.high_watermarks(parts)
         outputs = [r for batch in reader.read({tp: max(0, ends.get(tp, 0) - last) for tp in parts}, ends, 60.0)
                    for r in batch]
         first: dict[int, int] = {}
-        for pred in _predictions(outputs, topics):
+        for pred in predictions(outputs, topics):
             p, o = int(pred["input_partition"]), int(pred["input_offset"])
             first[p] = min(first.get(p, o), o)
         margin = 4 * rules.level_shift_ticks + 64
         starts = {tp: max(0, first[tp.partition] - margin) for tp in reader.partitions([topics.prices])
                   if tp.partition in first}
         inputs = [r for batch in reader.read(starts, {}, 60.0) for r in batch] if starts else []
-    return rows_from_records(inputs, outputs, rules, intraday, topics, since_ms)
+    return inputs, outputs
 
 
 def _output_topics(topics: Topics, shadow: bool) -> list[str]:
@@ -83,10 +91,11 @@ def rows_from_records(inputs: list, outputs: list, rules: TickRules, intraday: b
         tick = messages.parse_tick(r.value)
         if not isinstance(tick, str) and r.key == tick.symbol.encode():  # what the worker scores
             ticks.append((r.partition, r.offset, tick.symbol, tick.timestamp, tick.price))
-    return join(pd.DataFrame(ticks, columns=TICK_COLUMNS), _predictions(outputs, topics), intraday, rules)
+    return join(pd.DataFrame(ticks, columns=TICK_COLUMNS), predictions(outputs, topics), intraday, rules)
 
 
-def _predictions(outputs: list, topics: Topics) -> list[dict]:
+def predictions(outputs: list, topics: Topics) -> list[dict]:
+    """The prediction messages among output records (others are counted and left out)."""
     preds, foreign = [], 0
     for r in outputs:
         try:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from neuropredict import procs, workers
+from neuropredict import procs, tracking_server, workers
 from neuropredict.errors import ConfigError
 from neuropredict.procs import Service
 from neuropredict.settings.paths import paths, project_root
 from neuropredict.stream import status
 
 COMPOSE_SERVICE_ADDRESSES = {"kafka": "kafka:9092", "mlflow": "mlflow:5000"}  # as the workers reach them in compose
+SECRETS_IN_CONTAINER = "/run/secrets/"
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 
 
@@ -82,7 +83,8 @@ def worker_environment(addresses: dict[str, str], variables: dict[str, str], ser
     env["NEUROPREDICT_ROOT"] = str(project_root())  # the image's /app is this project
     for name, inside in COMPOSE_SERVICE_ADDRESSES.items():
         env = {key: value.replace(inside, addresses[name]) for key, value in env.items()}
-    return env
+    # compose mounts its secrets as files in /run/secrets; here they are the tracking server's own files
+    return {key: value.replace(SECRETS_IN_CONTAINER, f"{tracking_server.secrets_dir()}/") for key, value in env.items()}
 
 
 def worker_command(service: str = "worker") -> list[str]:
@@ -92,16 +94,26 @@ def worker_command(service: str = "worker") -> list[str]:
     return [sys.executable if entry[0].startswith("python") else entry[0], *entry[1:]]
 
 
-def start_workers(count: int, addresses: dict[str, str], variables: dict[str, str], group: str) -> list[Service]:
-    """`count` workers as compose would run them; started when each has its share of the partitions,
-    or says it is waiting (for a production model, as in compose: `--wait`)."""
+def start_workers(ports: dict[int, int], addresses: dict[str, str], variables: dict[str, str],
+                  group: str) -> list[Service]:
+    """Workers worker-i as compose would run them, each with its Prometheus endpoint on 127.0.0.1 at
+    ports[i] (in compose every container has the same port at its own address); started when each
+    has its share of the partitions, or says it is waiting (for a production model: `--wait`)."""
     env = {**_host_basics(), **worker_environment(addresses, variables)}
     state = paths().state_dir
     started = [workers.start(f"worker-{i}", worker_command(), state / f"worker-{i}.log",
-                             {**env, "NEUROPREDICT_WORKER_ID": f"worker-{i}"}, project_root(), group)
-               for i in range(1, count + 1)]
+                             {**env, "NEUROPREDICT_WORKER_ID": f"worker-{i}", "NEUROPREDICT_METRICS_PORT": str(port),
+                              "NEUROPREDICT_METRICS_ADDRESS": "127.0.0.1"}, project_root(), group,
+                             f"http://127.0.0.1:{port}/metrics")
+               for i, port in sorted(ports.items())]
     workers.wait_ready(started, (status.SERVING, status.WAITING))
     return started
+
+
+def metrics_port(worker: Service) -> int | None:
+    """The port of the endpoint a worker `up` started had (None: it had none)."""
+    url = worker.url.removesuffix("/metrics")
+    return int(url.rpartition(":")[2]) if worker.url.endswith("/metrics") else None
 
 
 def start_guard(addresses: dict[str, str], variables: dict[str, str]) -> Service:

@@ -24,7 +24,7 @@ from neuropredict import procs
 from neuropredict.errors import ServiceError
 from neuropredict.files import read_json, write_json
 from neuropredict.procs import Service
-from neuropredict.settings import environment
+from neuropredict.settings import contracts, environment
 from neuropredict.settings.paths import paths
 
 DB_USER = "mlflow"
@@ -272,9 +272,72 @@ def start(running: dict[str, Service], auth: bool) -> list[Service]:
         started.append(start_postgres(layout, pg_port))
     if "mlflow-server" not in running:
         started.append(start_server(layout, pg_port, environment.mlflow_ui_port(), auth))
+    if auth:
+        layout.secret("worker-password")  # generated the first time
+        grant_worker((running.get("mlflow-server") or started[-1]).url, layout.secrets)
     write_json(layout.folder / "server.json", {"data_dir": str(layout.data_dir), "auth": auth,
                                                "postgres_port": pg_port})
     return started
+
+
+# ---- the workers' own MLflow user ----
+
+
+WORKER_USER = "worker"
+
+
+def grant_worker(url: str, secrets_dir: Path) -> None:
+    """The workers' MLflow user (password: the `worker-password` secret), with what they need and no
+    more: read the registered model (every user reads: default_permission READ) and EDIT the serving
+    experiment, where they log their runs. It cannot move an alias, register a model or write into
+    the training experiment. Idempotent: `up` runs it on every start, compose's mlflow-init once."""
+    api = _AuthApi(url, ADMIN_USER, (secrets_dir / "admin-password").read_text().strip())
+    if api.call("GET", "2.0/mlflow/users/get", username=WORKER_USER) is None:
+        api.call("POST", "2.0/mlflow/users/create", username=WORKER_USER,
+                 password=(secrets_dir / "worker-password").read_text().strip())
+    found = api.call("GET", "2.0/mlflow/experiments/get-by-name", experiment_name=contracts.SERVING_EXPERIMENT_NAME)
+    experiment_id = found["experiment"]["experiment_id"] if found else api.call(
+        "POST", "2.0/mlflow/experiments/create", name=contracts.SERVING_EXPERIMENT_NAME)["experiment_id"]
+    api.call("POST", "3.0/mlflow/users/permissions/grant", username=WORKER_USER, resource_type="experiment",
+             resource_id=experiment_id, permission="EDIT")
+
+
+class _AuthApi:
+    """MLflow's REST API as the admin (urllib: the worker image has no MLflow server code)."""
+
+    def __init__(self, url: str, user: str, password: str):
+        import base64
+
+        self.url = url
+        self.headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+                        "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, **fields) -> dict | None:
+        """The answer's JSON; None when the thing asked for does not exist (404), {} when what it
+        creates exists already."""
+        import json
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        target = f"{self.url}/api/{path}"
+        body = None
+        if method == "GET":
+            target += "?" + urllib.parse.urlencode(fields)
+        else:
+            body = json.dumps(fields).encode()
+        request = urllib.request.Request(target, data=body, headers=self.headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            if exc.code == 404:
+                return None
+            if "RESOURCE_ALREADY_EXISTS" in detail:  # granted (or created) by an earlier `up`
+                return {}
+            detail = detail[:200]
+            raise ServiceError(f"the MLflow server refused {method} {path} ({exc.code}: {detail})") from None
 
 
 def credentials() -> tuple[str, Path] | None:
@@ -291,8 +354,14 @@ def compose_variables() -> dict[str, str]:
     variables = {"POSTGRES_PASSWORD": layout.secret("db-password")}
     if credentials():
         variables.update(MLFLOW_ADMIN_PASSWORD=layout.secret("admin-password"),
+                         MLFLOW_WORKER_PASSWORD=layout.secret("worker-password"),
                          MLFLOW_FLASK_SECRET_KEY=layout.secret("flask-secret-key"))
     return variables
+
+
+def secrets_dir() -> Path:
+    """Where this server's secrets are, as files named as compose's secrets (/run/secrets/NAME there)."""
+    return Layout.for_project().secrets
 
 
 # ---- the MLflow UI on the project's own store ----
@@ -324,3 +393,21 @@ def _start_mlflow(name: str, cmd: list[str], env: dict[str, str], port: int, log
     what = "the MLflow server" if name == "mlflow-server" else "the MLflow UI"
     procs.wait_ready(proc, lambda: procs.http_status(f"{url}/health") == 200, timeout_s, what, log_path, every_s=0.25)
     return procs.service(name, proc, url, log_path)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m neuropredict.tracking_server grant-worker URL SECRETS_DIR` (compose's mlflow-init)."""
+    if len(argv) != 3 or argv[0] != "grant-worker":
+        print("usage: python -m neuropredict.tracking_server grant-worker URL SECRETS_DIR", file=sys.stderr)
+        return 2
+    from neuropredict import retry
+
+    url, folder = argv[1], Path(argv[2])
+    retry.retry(lambda: grant_worker(url, folder), "MLflow server not ready", retry.Backoff(2.0, 10.0), attempts=15,
+                retry_on=(OSError,))  # not listening yet; a refusal (ServiceError) is final
+    print(f"MLflow user {WORKER_USER}: EDIT on {contracts.SERVING_EXPERIMENT_NAME}, READ elsewhere")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

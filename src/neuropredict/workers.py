@@ -19,12 +19,14 @@ def status_file(log_path: Path) -> Path:
     return Path(log_path).with_suffix(".status.json")
 
 
-def start(name: str, cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path, group: str) -> Service:
-    """One worker process of consumer group `group`; its status file lies beside its log."""
+def start(name: str, cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path, group: str,
+          url: str = "") -> Service:
+    """One worker process of consumer group `group`; its status file lies beside its log. `url`:
+    where it answers (its metrics endpoint), if anywhere."""
     log_path.unlink(missing_ok=True)
     status_file(log_path).unlink(missing_ok=True)
     proc = procs.spawn(cmd, log_path, env={**env, "NEUROPREDICT_WORKER_STATUS": str(status_file(log_path))}, cwd=cwd)
-    return procs.service(name, proc, f"group {group}", log_path)
+    return procs.service(name, proc, url or f"group {group}", log_path)
 
 
 def wait_ready(workers: list[Service], phases: tuple[str, ...] = (status.SERVING,),

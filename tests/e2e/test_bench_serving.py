@@ -27,9 +27,12 @@ def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path
         "apache/exactly_once": "exactly_once"}
     assert set(report["ratios"]) == {"apache_at_least_once_of_model_ceiling", "exactly_once_of_at_least_once_throughput",
                                      "exactly_once_over_at_least_once_p99", "one_shadow_of_none_throughput",
-                                     "one_shadow_over_none_p99"}
+                                     "one_shadow_over_none_p99", "endpoint_on_of_off_throughput",
+                                     "endpoint_on_over_off_p99"}
     shadow = report["shadow_phase"]["rounds"]  # the shadow scored the same backlog; none without one
     assert shadow["one"][0]["shadow_scored"] > 0 and shadow["none"][0]["shadow_scored"] == 0
+    endpoint = report["endpoint_phase"]["rounds"]  # scraped while it ran; never without an endpoint
+    assert endpoint["on"][0]["scrape_ms"] and not endpoint["off"][0]["scrape_ms"]
     latency = report["latency_ms"]
     assert latency["offered_ticks_per_s"] > 0 and latency["n"] > 0
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"]

@@ -98,9 +98,9 @@ def team(tmp_path_factory):
     require_apache_kafka()
     require_postgres()
     root = make_project(tmp_path_factory.mktemp("team") / "project", TINY_PARAMS)
-    kafka_port, (ui_port, pg_port) = distinct_ports(others=2)
+    kafka_port, (ui_port, pg_port, prometheus_port) = distinct_ports(others=3)
     env = {**project_env(root), "NEUROPREDICT_KAFKA_PORT": str(kafka_port), "NEUROPREDICT_UI_PORT": str(ui_port),
-           "NEUROPREDICT_PG_PORT": str(pg_port)}
+           "NEUROPREDICT_PG_PORT": str(pg_port), "NEUROPREDICT_PROMETHEUS_PORT": str(prometheus_port)}
     recipe = subprocess.run(["make", "-n", "-s", *MAKE_CLUSTER.split()[1:]], cwd=REPO, capture_output=True,
                             text=True).stdout
     command = next(line for line in recipe.splitlines() if " demo " in line).split("/")[-1]  # neuropredict demo ...
@@ -154,8 +154,13 @@ def test_the_workers_run_as_serving_compose_yaml_configures_them(team, as_team):
     for svc, log in zip(workers, team.worker_logs()):
         environ = dict(item.split("=", 1) for item in
                        Path(f"/proc/{svc['pid']}/environ").read_bytes().decode().split("\0") if "=" in item)
-        assert {key: environ.get(key) for key in compose["environment"]} == {key: expected[key] for key in
-                                                                            compose["environment"]}
+        own = [key for key in compose["environment"] if key.startswith("NEUROPREDICT_METRICS_")]  # per worker here
+        assert {key: environ.get(key) for key in compose["environment"] if key not in own} == {
+            key: expected[key] for key in compose["environment"] if key not in own}
+        assert svc["url"] == f"http://127.0.0.1:{environ['NEUROPREDICT_METRICS_PORT']}/metrics"
+        # its own MLflow user; the password in a file only it (and the server's owner) can read, not in its environment
+        assert environ["MLFLOW_TRACKING_USERNAME"] == "worker" and "MLFLOW_TRACKING_PASSWORD" not in environ
+        assert Path(environ["MLFLOW_TRACKING_PASSWORD_FILE"]).stat().st_mode & 0o077 == 0
         assert environ["MLFLOW_TRACKING_URI"] == team.server and environ["KAFKA_BOOTSTRAP_SERVERS"] == team.bootstrap
         cmdline = Path(f"/proc/{svc['pid']}/cmdline").read_bytes().decode().split("\0")
         assert cmdline[1:3] == ["serving/worker.py", "--wait"]  # the image's ENTRYPOINT
@@ -164,6 +169,28 @@ def test_the_workers_run_as_serving_compose_yaml_configures_them(team, as_team):
         assert worker_status["phase"] == status.SERVING and worker_status["pid"] == svc["pid"]
         assigned.append(set(worker_status["partitions"]))
     assert set().union(*assigned) == {0, 1, 2, 3} and sum(map(len, assigned)) == 4  # the group splits them
+
+
+def test_the_workers_user_reads_the_model_and_writes_its_runs_and_nothing_else(team, as_team):
+    from mlflow.exceptions import MlflowException
+
+    secret = team.root / ".neuropredict/tracking-server/secrets/worker-password"
+    worker = mlflow.tracking.MlflowClient(tracking_uri=team.server, registry_uri=team.server)
+    name = "stock-price-forecaster"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", "worker")
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", secret.read_text().strip())
+        assert worker.get_model_version_by_alias(name, "production").version == "1"  # reads the model
+        serving = worker.get_experiment_by_name(contracts.SERVING_EXPERIMENT_NAME).experiment_id
+        worker.set_terminated(worker.create_run(serving).info.run_id)  # writes its runs
+        training = worker.get_experiment_by_name(contracts.EXPERIMENT_NAME).experiment_id
+        for refused in (lambda: worker.set_registered_model_alias(name, "production", "1"),
+                        lambda: worker.create_run(training),
+                        lambda: worker.delete_experiment(serving)):
+            with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
+                refused()
+    workers_runs = as_team.search_runs([serving], max_results=1000)
+    assert len(workers_runs) >= WORKERS + 1  # the workers' own runs went there
 
 
 def test_an_unauthenticated_client_is_refused(team):
@@ -239,6 +266,46 @@ def test_the_server_killed_mid_stream_scoring_goes_on_and_the_buffered_metrics_a
              what=f"the buffered metrics to add up to the {total} inputs")
 
 
+def test_prometheus_scrapes_every_worker_and_a_sigkilled_one_raises_worker_down_until_up_restarts_it(team):
+    """`make cluster` runs Prometheus as compose does; it finds the workers in the file `up` keeps
+    from its services state, so a worker `up` starts again is scraped again."""
+    prometheus = team.state()["prometheus"]["url"]
+
+    def targets() -> dict[str, str]:
+        active = _prometheus(prometheus, "targets")["activeTargets"]
+        return {t["labels"]["worker"]: t["health"] for t in active if t["labels"]["job"] == "neuropredict-workers"}
+
+    wait_for(lambda: targets() == {f"worker-{i}": "up" for i in range(1, WORKERS + 1)}, timeout_s=30,
+             what="Prometheus to scrape the three workers")
+    consumed = _prometheus(prometheus, "query", query="sum(neuropredict_consumed_ticks_total)")["result"]
+    assert float(consumed[0]["value"][1]) >= len(inputs(team.stream))  # a rebalance's aborted batch counts twice
+
+    def firing() -> set[str]:
+        return {a["labels"].get("worker") for a in _prometheus(prometheus, "alerts")["alerts"]
+                if a["labels"]["alertname"] == "WorkerDown" and a["state"] == "firing"}
+
+    before = team.state()["worker-2"]
+    os.kill(before["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: firing() == {"worker-2"}, timeout_s=180, every_s=1, what="WorkerDown to fire for worker-2")
+    team.figures["worker_down_alert_s"] = round(time.monotonic() - killed, 1)  # the rule's `for: 1m`, plus scrapes
+    team.sh(f"neuropredict up --broker apache --tracking server --workers {WORKERS} --monitoring")
+    after = team.state()["worker-2"]
+    assert after["pid"] != before["pid"] and after["url"] == before["url"]  # the same endpoint: the same target
+    wait_for(lambda: targets()["worker-2"] == "up" and not firing(), timeout_s=60, every_s=1,
+             what="the restarted worker-2 scraped and the alert resolved")
+
+
+def _prometheus(url: str, endpoint: str, **query) -> dict:
+    import urllib.parse
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/v1/{endpoint}?{urllib.parse.urlencode(query)}", timeout=5) as resp:
+        answer = json.load(resp)
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
 def test_three_workers_logged_every_metric_point_and_no_secret_is_anywhere(team, as_team):
     state = team.state()
     pids = [svc["pid"] for name, svc in state.items() if name.startswith("worker-")]
@@ -299,7 +366,7 @@ def _worker_runs(team) -> list[str]:
 def _assert_no_secret_anywhere(team, client) -> None:
     secret_dir = team.root / ".neuropredict/tracking-server/secrets"
     found = {path.name: path.read_text().strip() for path in secret_dir.iterdir() if path.name != "pgpass"}
-    assert set(found) == {"db-password", "admin-password", "flask-secret-key"}
+    assert set(found) == {"db-password", "admin-password", "flask-secret-key", "worker-password"}
     texts = {"make cluster output": team.cluster.stdout + team.cluster.stderr}
     for path in team.root.rglob("*"):
         if path.is_file() and secret_dir not in path.parents and ".git" not in path.parts:

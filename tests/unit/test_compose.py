@@ -99,7 +99,8 @@ def test_worker_environment_and_dependencies(services: dict) -> None:
     assert variables["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert variables["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert worker["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
-    assert worker["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully"
+    assert services["mlflow-init"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert "ports" not in worker
     assert "container_name" not in worker  # would forbid --scale
 
@@ -208,7 +209,7 @@ def test_the_three_broker_variant_replicates_every_topic_and_serves_all_brokers(
 
 # ---- secrets, basic-auth and the process twin (src/neuropredict/topology.py) ----
 
-SECRET_VARIABLES = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY")
+SECRET_VARIABLES = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SECRET_KEY")
 
 
 def test_secrets_are_required_variables_without_defaults() -> None:
@@ -219,25 +220,45 @@ def test_secrets_are_required_variables_without_defaults() -> None:
     assert all(op == ":?" for _, op in secret_uses), f"a secret with a default or optional: {secret_uses}"
 
 
-def test_a_missing_secret_stops_compose_and_the_process_twin_with_its_name(monkeypatch) -> None:
-    from neuropredict import topology
-    from neuropredict.errors import ConfigError
+def test_secrets_reach_the_containers_as_files_and_no_command_or_environment_holds_one(compose: dict) -> None:
+    """`docker inspect` shows every container's command and environment: no secret may be in them."""
+    sources = {name: spec["environment"] for name, spec in compose["secrets"].items()}
+    assert set(sources.values()) == set(SECRET_VARIABLES)
+    assert sorted(sources) == ["admin-password", "db-password", "flask-secret-key", "worker-password"]
+    for name, service in compose["services"].items():
+        shown = json.dumps([service.get("environment"), service.get("command"), service.get("entrypoint")])
+        assert not any("${" + variable in shown for variable in SECRET_VARIABLES), f"{name} shows a secret"
+        for secret in service.get("secrets", []):
+            assert secret in sources
+    server = command_text(compose["services"]["mlflow"])
+    assert "postgresql://mlflow@postgres:5432/mlflow" in server and "PGPASSFILE" in server  # no password in the URI
+    assert env(compose["services"]["postgres"])["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db-password"
+
+
+def test_the_process_twin_reads_the_same_secrets_from_the_tracking_servers_files(monkeypatch) -> None:
+    from neuropredict import topology, tracking_server
 
     monkeypatch.setenv("NEUROPREDICT_ROOT", str(REPO))
-    with pytest.raises(ConfigError, match="MLFLOW_ADMIN_PASSWORD"):
-        topology.worker_environment({"kafka": "127.0.0.1:1", "mlflow": "127.0.0.1:2"}, {})
+    got = topology.worker_environment({"kafka": "127.0.0.1:1", "mlflow": "127.0.0.1:2"}, {})
+    assert got["MLFLOW_TRACKING_PASSWORD_FILE"] == str(tracking_server.secrets_dir() / "worker-password")
+    assert "MLFLOW_TRACKING_PASSWORD" not in got
 
 
-def test_the_mlflow_server_runs_basic_auth_and_the_workers_log_in(services: dict) -> None:
+def test_the_mlflow_server_runs_basic_auth_and_the_workers_log_in_as_their_own_user(services: dict) -> None:
+    from neuropredict import tracking_server
+
     mlflow_service = services["mlflow"]
-    command = command_text(mlflow_service).split("\n")
-    assert command[command.index("--app-name") + 1] == "basic-auth"
-    server_env = env(mlflow_service)
-    assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
-    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in server_env and "MLFLOW_AUTH_CONFIG_PATH" in server_env
+    assert "--app-name basic-auth" in command_text(mlflow_service)
+    assert "MLFLOW_AUTH_CONFIG_PATH" in env(mlflow_service)
+    assert set(mlflow_service["secrets"]) == {"db-password", "admin-password", "flask-secret-key"}
     worker = env(services["worker"])
-    assert worker["MLFLOW_TRACKING_USERNAME"] == "admin"
-    assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert worker["MLFLOW_TRACKING_USERNAME"] == tracking_server.WORKER_USER == "worker"
+    assert worker["MLFLOW_TRACKING_PASSWORD_FILE"] == "/run/secrets/worker-password"
+    assert services["worker"]["secrets"] == ["worker-password"]  # not the admin's
+    init = services["mlflow-init"]
+    assert init["entrypoint"] == ["python", "-m", "neuropredict.tracking_server", "grant-worker",
+                                  "http://mlflow:5000", "/run/secrets"]
+    assert set(init["secrets"]) == {"admin-password", "worker-password"}
     dockerfile = (REPO / "serving" / "mlflow.Dockerfile").read_text()
     assert "mlflow[auth]" in dockerfile and "psycopg[binary]" in dockerfile  # psycopg2 alone: the server dies
 
@@ -246,14 +267,19 @@ def test_the_process_twin_takes_the_worker_environment_from_compose_and_the_imag
     from neuropredict import topology
 
     monkeypatch.setenv("NEUROPREDICT_ROOT", str(REPO))
-    got = topology.worker_environment({"kafka": "127.0.0.1:19092", "mlflow": "127.0.0.1:15000"},
-                                      {"MLFLOW_ADMIN_PASSWORD": "s3cret"})
+    got = topology.worker_environment({"kafka": "127.0.0.1:19092", "mlflow": "127.0.0.1:15000"}, {})
     assert got["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:19092"
     assert got["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15000"
-    assert got["MLFLOW_TRACKING_USERNAME"] == "admin" and got["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    assert got["MLFLOW_TRACKING_USERNAME"] == "worker"
     assert got["TF_CPP_MIN_LOG_LEVEL"] == "3"  # from the image's ENV
     assert got["NEUROPREDICT_ROOT"] == str(REPO)  # not the image's /app
     assert topology.worker_command()[1:] == ["serving/worker.py", "--wait"]
+
+
+def test_the_workers_health_check_is_the_one_the_tests_run(services: dict) -> None:
+    check = services["worker"]["healthcheck"]
+    assert check["test"] == ["CMD", "python", "-m", "neuropredict.stream.health"]  # tests/integration/test_monitoring.py
+    assert env(services["worker"])["NEUROPREDICT_METRICS_PORT"]  # what it reads
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -306,7 +332,29 @@ def test_one_rollback_guard_runs_beside_the_workers_with_their_environment(servi
     guard = services["guard"]
     assert guard["entrypoint"] == ["python", "-m", "neuropredict.cli", "guard"]
     assert "deploy" not in guard  # one guard decides for the whole stream
-    assert env(guard) == env(services["worker"]) and guard["depends_on"] == services["worker"]["depends_on"]
+    own = ("NEUROPREDICT_METRICS_", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD_FILE")
+    shared = {k: v for k, v in env(services["worker"]).items() if not k.startswith(own)}
+    assert {k: v for k, v in env(guard).items() if not k.startswith(own)} == shared
+    assert guard["depends_on"] == services["worker"]["depends_on"]
+    # the admin: it moves `production`, which the workers' user may not
+    assert env(guard)["MLFLOW_TRACKING_USERNAME"] == "admin" and guard["secrets"] == ["admin-password"]
     from neuropredict import topology
 
     assert topology.worker_command("guard")[1:] == ["-m", "neuropredict.cli", "guard"]
+
+
+def test_prometheus_scrapes_each_worker_replica_on_its_metrics_port_with_the_tested_rules(services: dict) -> None:
+    prometheus = services["prometheus"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in prometheus["volumes"] if m.startswith("./")}
+    assert mounts == {"/etc/prometheus/prometheus.yml": "./prometheus/prometheus.yml",
+                      "/etc/prometheus/alerts.yml": "./prometheus/alerts.yml"}
+    config = yaml.safe_load((REPO / "serving" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "neuropredict-workers"]
+    (discovery,) = job["dns_sd_configs"]
+    worker = env(services["worker"])
+    assert discovery["names"] == ["worker"] and str(discovery["port"]) == worker["NEUROPREDICT_METRICS_PORT"]
+    assert worker["NEUROPREDICT_METRICS_ADDRESS"] == "0.0.0.0"  # reachable from Prometheus' container
+    assert "9400" not in json.dumps(services["worker"].get("ports", []))  # never published on the host
+    # the image Debian's package matches (the tests run Debian's): the same rules language
+    assert prometheus["image"].endswith(":v2.42.0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from neuropredict.errors import ConfigError
@@ -14,6 +15,8 @@ from neuropredict.settings.paths import Paths, paths
 DEFAULT_MLFLOW_UI_PORT = 5000
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_POSTGRES_PORT = 5432
+DEFAULT_PROMETHEUS_PORT = 9090
+DEFAULT_VIEW_PORT = 8050
 
 # Quiet, offline-safe libraries (values already set are kept).
 QUIET_ENV = {
@@ -26,6 +29,25 @@ QUIET_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "TF_ENABLE_ONEDNN_OPTS": "0",  # with level 3: TensorFlow's import prints nothing
 }
+
+
+# Each may instead be given as a file, VAR_FILE (compose's secrets under /run/secrets): then the value
+# is on no command line and in no `docker inspect`.
+FILE_SECRETS = ("MLFLOW_TRACKING_PASSWORD",)
+
+
+def secrets_from_files(env: dict[str, str] | None = None) -> None:
+    """VAR from the file VAR_FILE names, for each of FILE_SECRETS not set already. Called on import
+    of the package, before MLflow reads its environment."""
+    env = os.environ if env is None else env
+    for name in FILE_SECRETS:
+        path = env.get(f"{name}_FILE")
+        if path and not env.get(name):
+            try:
+                env[name] = Path(path).read_text().strip()
+            except OSError as exc:  # on import, before any error boundary: one line, and MLflow says 401 later
+                sys.stderr.write(f"warning: {name}_FILE={path} cannot be read ({exc.strerror}): point it at the "
+                                 f"secret's file, or set {name} instead\n")
 
 
 def quiet_environment(env: dict[str, str] | None = None) -> None:
@@ -79,6 +101,26 @@ def mlflow_ui_port() -> int:
 
 def postgres_port() -> int:
     return _port("NEUROPREDICT_PG_PORT", DEFAULT_POSTGRES_PORT)
+
+
+def metrics_port(configured: int) -> int:
+    """A worker's Prometheus port: $NEUROPREDICT_METRICS_PORT, else params' serving.metrics_port (0: none)."""
+    text = os.environ.get("NEUROPREDICT_METRICS_PORT")
+    return configured if text is None else 0 if text == "0" else _port("NEUROPREDICT_METRICS_PORT", configured)
+
+
+def metrics_address() -> str:
+    """Where a worker's endpoint listens: $NEUROPREDICT_METRICS_ADDRESS (a container's: 0.0.0.0), else 127.0.0.1."""
+    return os.environ.get("NEUROPREDICT_METRICS_ADDRESS") or "127.0.0.1"
+
+
+def prometheus_port() -> int:
+    return _port("NEUROPREDICT_PROMETHEUS_PORT", DEFAULT_PROMETHEUS_PORT)
+
+
+def view_port() -> int:
+    """`neuropredict view`'s page."""
+    return _port("NEUROPREDICT_VIEW_PORT", DEFAULT_VIEW_PORT)
 
 
 # ---- Kafka ----

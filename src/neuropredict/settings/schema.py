@@ -125,6 +125,7 @@ class ServingParams(_Section):
     fetch_max_wait_ms: _int(0, 60_000) = 10
     alias_poll_interval_s: _num(0.1, 3600) = 5.0
     metrics_interval_s: _num(0.1, 3600) = 10.0
+    metrics_port: _int(0, 65535) = 0  # the Prometheus endpoint (0: none); NEUROPREDICT_METRICS_PORT overrides
     producer_linger_ms: _int(0, 10_000) = 5
     producer_batch_bytes: _int(1024, 16 * 1024 * 1024) = 262144
     compression: Literal["none", "gzip", "lz4"] = "lz4"

@@ -76,6 +76,7 @@ class Delivery:
         # Exactly-once: a record the broker refused fails its whole transaction, so the retried
         # batch must know it: (topic, partition, offset) -> why, for what replaces it then.
         self._refused: dict[tuple[str, int, int], str] = {}
+        self.transactions = {"committed": 0, "aborted": 0}  # exactly-once: what became of each
 
     def begin(self) -> None:
         self._futures, self._dead, self._rekeyed = [], [], []
@@ -176,6 +177,7 @@ class Delivery:
                 lambda: (producer.send_offsets_to_transaction(offsets, metadata), producer.commit_transaction()))
         self._in_transaction = False
         self._refused.clear()
+        self.transactions["committed"] += 1
 
     def abort(self) -> None:
         """Abort the open transaction, if any. A producer that cannot abort (fenced by a newer
@@ -183,6 +185,7 @@ class Delivery:
         aborts whatever the old one left open."""
         if not self._in_transaction:
             return
+        self.transactions["aborted"] += 1
         try:
             _within(ABORT_CALL_TIMEOUT_S, "aborting the transaction", self.producer.abort_transaction)
         except KafkaError as exc:

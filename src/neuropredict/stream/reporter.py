@@ -30,6 +30,7 @@ class MlflowReporter:
         self._thread = threading.Thread(target=self._loop, name="mlflow-reporter", daemon=True)
         self._step = 0
         self._last_put = 0.0
+        self._link = True  # metrics linked to the served logged model (model_id), where the user may
 
     def start(self) -> None:
         self._thread.start()
@@ -38,14 +39,19 @@ class MlflowReporter:
         return time.monotonic() - self._last_put >= self.interval_s
 
     def report(self, snapshot: dict[str, float], version: str, model_id: str | None,
-               served: dict[str, str] | None = None) -> None:
-        """Queue a snapshot (cheap: the hot path never waits for MLflow). `served`: alias -> version."""
+               served: dict[str, str] | None = None, final: bool = False) -> None:
+        """Queue a snapshot (cheap: the hot path never waits for MLflow). `served`: alias -> version.
+        The final one is logged before the run ends (close)."""
         self._last_put = time.monotonic()
         self._queue.put((snapshot, version, model_id, served or {}))
+        if final:
+            self.close()
 
     def close(self, timeout_s: float = 15.0) -> None:
+        """Log what is queued (waiting at most timeout_s), then end the run."""
         self._stop.set()
         self._thread.join(timeout_s)
+        self.finish()
 
     def _loop(self) -> None:
         pending = None
@@ -89,11 +95,24 @@ class MlflowReporter:
         run_id = self._ensure_run()
         client = MlflowClient()
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, self._step, model_id=model_id) for k, v in snapshot.items()
-                   if np.isfinite(v)]
         tags = [RunTag("model_version", version), RunTag(f"served_version_{version}", "true"),
                 *(RunTag(f"alias_{alias}", v) for alias, v in served.items())]
-        tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics, tags=tags))
+
+        def log(link: str | None) -> None:
+            metrics = [Metric(k, v, now, self._step, model_id=link) for k, v in snapshot.items() if np.isfinite(v)]
+            tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics, tags=tags))
+
+        try:
+            log(model_id if self._link else None)
+        except Exception as exc:
+            if not (self._link and model_id and "PERMISSION_DENIED" in str(exc) + getattr(exc, "error_code", "")):
+                raise
+            # linking metrics to the logged model writes to the model (in the training experiment): a
+            # worker logged in as its own user may write its runs only, so its metrics stay on its run
+            log_line = "live metrics are not linked to the logged model (this MLflow user may write its runs only)"
+            log.info(log_line)
+            self._link = False
+            log(None)
         self._step += 1
 
     def finish(self, status: str = "FINISHED") -> None:

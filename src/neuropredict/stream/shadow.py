@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neuropredict.settings.contracts import PRODUCTION_ALIAS
 from neuropredict.stream.batch import Batch
 from neuropredict.stream.changelog import Changelog
 from neuropredict.stream.delivery import Delivery
@@ -58,9 +59,10 @@ class Shadows:
         for slot in self.slots:
             slot.stop()
 
-    def served(self) -> dict[str, str]:
-        """alias -> version of each shadow with a model."""
-        return {slot.alias: slot.version for slot in self.slots if slot.loaded}
+    def served(self, production: ModelSlot | None = None) -> dict[str, str]:
+        """alias -> version of each shadow with a model (and production's, given its slot)."""
+        main = {PRODUCTION_ALIAS: production.version} if production is not None and production.loaded else {}
+        return {**main, **{slot.alias: slot.version for slot in self.slots if slot.loaded}}
 
     def maybe_swap(self, reader, consumer, production_version: str) -> None:
         """Between two batches: a shadow alias that moved (or got its first model) swaps. A shadow

@@ -46,6 +46,17 @@ class ErrorSums:
             for i, value in enumerate(sums):
                 total[i] += value
 
+    def merge(self, other: ErrorSums) -> None:
+        self.n += other.n
+        self.model_sq += other.model_sq
+        self.naive_sq += other.naive_sq
+        self.diff += other.diff
+        self.diff_sq += other.diff_sq
+        for key, sums in other.intervals.items():
+            total = self.intervals.setdefault(key, [0.0, 0.0, 0.0])
+            for i, value in enumerate(sums):
+                total[i] += value
+
     def figures(self) -> dict[str, float]:
         if self.n == 0:
             return {}
@@ -64,6 +75,56 @@ class ErrorSums:
         mean = self.diff / self.n
         var = (self.diff_sq - self.n * mean * mean) / (self.n - 1)
         return float(mean / math.sqrt(var / self.n)) if var > 0 else 0.0
+
+
+@dataclass
+class RollingErrors:
+    """ErrorSums of the newest `ticks` scored ticks per (alias, version), kept in whole batches:
+    what live MSE, skill and coverage are now, where the cumulative sums say what they were on average."""
+
+    ticks: int
+    batches: dict[tuple[str, str], deque] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, key: tuple[str, str], sums: ErrorSums) -> None:
+        held = self.batches.setdefault(key, deque())
+        held.append(sums)
+        self.counts[key] = self.counts.get(key, 0) + sums.n
+        while len(held) > 1 and self.counts[key] - held[0].n >= self.ticks:
+            self.counts[key] -= held.popleft().n
+
+    def totals(self) -> dict[tuple[str, str], ErrorSums]:
+        out = {}
+        for key, held in list(self.batches.items()):
+            total = out[key] = ErrorSums()
+            for sums in list(held):
+                total.merge(sums)
+        return out
+
+
+class Histogram:
+    """Counts of observations per bucket (Prometheus' upper bounds, inclusive), their sum and count:
+    a batch of values is added in one vectorised call."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = np.asarray(bounds, np.float64)
+        self.counts = np.zeros(len(bounds) + 1, np.int64)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, values: np.ndarray) -> None:
+        if len(values):
+            self.counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+            self.sum += float(values.sum())
+
+    def cumulative(self) -> tuple[list[tuple[str, int]], float]:
+        """[(le, observations <= le)...] ending with +Inf, and the sum."""
+        running = np.cumsum(self.counts)
+        return [*((f"{b:g}", int(c)) for b, c in zip(self.bounds, running)), ("+Inf", int(running[-1]))], self.sum
+
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LIVE_WINDOW_TICKS = 500
 
 
 @dataclass
@@ -103,6 +164,12 @@ class LiveStats:
     by_alias: dict[tuple[str, str], ErrorSums] = field(default_factory=dict)  # (alias, version): shadows too
     shadow_failures: int = 0  # shadow versions left out after failing to score
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50_000))
+    polled: int = 0  # records polled, committed or not (input arrives: a batch that keeps failing polls too)
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> records behind the end
+    last_poll_at: float = 0.0  # wall-clock seconds of the last poll (a stalled loop stops moving it)
+    latency_s: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    batch_s: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS_S))
+    recent: RollingErrors = field(default_factory=lambda: RollingErrors(LIVE_WINDOW_TICKS))
     started: float = field(default_factory=time.monotonic)
     seconds: dict[str, float] = field(default_factory=dict)  # where the time goes, per step of the loop
     first_data_at: float = 0.0  # perf_counter when the first batch arrived ...
@@ -110,13 +177,29 @@ class LiveStats:
 
     @contextmanager
     def busy(self) -> Iterator[None]:
-        """Around the processing of a batch: throughput while there was work."""
+        """Around the processing of a batch (committed or rewound): throughput while there was work, and
+        the batches' durations."""
         began = time.perf_counter()
         self.first_data_at = self.first_data_at or began
         try:
             yield
         finally:
-            self.busy_s += time.perf_counter() - began
+            took = time.perf_counter() - began
+            self.busy_s += took
+            self.batch_s.observe(np.array([took]))
+
+    def note_poll(self, polled: dict, consumer, seconds: float) -> None:
+        """A poll: its time, the records it brought, and each owned partition's lag as of the consumer's
+        last fetch: its high watermark less its position (the Java consumer's records-lag; no request)."""
+        self.add_seconds("poll" if polled else "idle", seconds)
+        self.polled += sum(map(len, polled.values()))
+        self.last_poll_at = time.time()
+        lag = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None:
+                lag[(tp.topic, tp.partition)] = max(end - consumer.position(tp), 0)
+        self.lag = lag
 
     def add_seconds(self, step: str, seconds: float) -> None:
         self.seconds[step] = self.seconds.get(step, 0.0) + seconds
@@ -137,9 +220,16 @@ class LiveStats:
         """Count a committed batch, and apply its score contributions (production's, shadows')."""
         for contribution in scores:
             self.score(*contribution)
+        in_batch: dict[tuple[str, str], ErrorSums] = {}
         for alias, (_symbol, version, *errors) in shadow_scores:
             if len(errors[0]):
-                self.by_alias.setdefault((alias, version), ErrorSums()).add(*errors)
+                in_batch.setdefault((alias, version), ErrorSums()).add(*errors)
+        for _symbol, version, *errors in scores:
+            if len(errors[0]):
+                in_batch.setdefault((PRODUCTION_ALIAS, version), ErrorSums()).add(*errors)
+        for key, sums in in_batch.items():
+            self.by_alias.setdefault(key, ErrorSums()).merge(sums)
+            self.recent.add(key, sums)
         for reason in dead_letter_reasons:
             code = reason_code(reason)
             self.dead_letter_reasons[code] = self.dead_letter_reasons.get(code, 0) + 1
@@ -155,7 +245,9 @@ class LiveStats:
         self.batches += 1
         self.last_commit_at = time.perf_counter()
         created_ms = np.fromiter((r.timestamp for r in batch.records), np.float64, len(batch.records))
-        self.latencies_ms.extend(time.time() * 1000 - created_ms)
+        latencies_ms = time.time() * 1000 - created_ms
+        self.latencies_ms.extend(latencies_ms)
+        self.latency_s.observe(latencies_ms / 1000)
 
     def score(self, symbol: str, version: str, model_err: np.ndarray, naive_err: np.ndarray,
               spread: dict | None = None) -> None:
@@ -164,7 +256,6 @@ class LiveStats:
         self.overall.add(model_err, naive_err, spread)
         self.by_symbol.setdefault(symbol, ErrorSums()).add(model_err, naive_err, spread)
         self.by_version.setdefault(version, ErrorSums()).add(model_err, naive_err, spread)
-        self.by_alias.setdefault((PRODUCTION_ALIAS, version), ErrorSums()).add(model_err, naive_err, spread)
 
     def snapshot(self) -> dict[str, float]:
         """Flat metrics for MLflow: live_mse beside live_naive_mse, counts, throughput, latency."""

@@ -30,7 +30,7 @@ from neuropredict.forecaster import limit_threads
 from neuropredict.settings import environment
 from neuropredict.settings.contracts import PRODUCTION_ALIAS, Topics
 from neuropredict.settings.schema import Params
-from neuropredict.stream import status
+from neuropredict.stream import metrics, status
 from neuropredict.stream.batch import Batch
 from neuropredict.stream.changelog import Changelog
 from neuropredict.stream.delivery import Delivery
@@ -61,8 +61,7 @@ class Worker:
                                pinned_version, self.changelog, stored_open=True)
         self.shadows = Shadows(params.register.model_name, () if pinned_version else self.serving.shadow_aliases,
                                self.rules, self.serving.restore_lookback_max, alias, self.changelog)
-        # a stable name (NEUROPREDICT_WORKER_ID) lets a restarted worker fence its predecessor's
-        # transaction at once; otherwise that one is aborted after the transaction timeout
+        # stable (NEUROPREDICT_WORKER_ID): a restarted worker fences its predecessor's open transaction at once
         self.worker_id = environment.worker_id() or f"{socket.gethostname()}-{os.getpid()}-{next(_worker_numbers)}"
         self.stats = LiveStats()
         self.status = status.WorkerStatus(environment.worker_status_file())
@@ -72,6 +71,7 @@ class Worker:
         self.consumer = self.delivery = self.reader = None
         self._to_restore: set = set()  # partitions assigned but not rebuilt yet
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.endpoint = metrics.Endpoint(self, environment.metrics_port(self.serving.metrics_port))
 
     @property
     def version(self) -> str:
@@ -84,6 +84,7 @@ class Worker:
     def start(self, wait: bool = False) -> None:
         """Load the model and connect. With wait=True (services, containers) a missing model or an
         unreachable broker/registry is retried with backoff and a log line, instead of exiting."""
+        self.endpoint.start()  # first: a worker still waiting for its model or broker is seen too
         if wait:
             retry.retry(self._connect, "not ready", retry.Backoff(2.0, 60.0), stop=self.stop_event,
                         on_retry=lambda: self.status.set(status.WAITING))
@@ -121,7 +122,7 @@ class Worker:
                 polled_at = time.perf_counter()
                 polled = self.consumer.poll(timeout_ms=self.serving.poll_timeout_ms,
                                             max_records=self.serving.max_poll_records)
-                self.stats.add_seconds("poll" if polled else "idle", time.perf_counter() - polled_at)
+                self.stats.note_poll(polled, self.consumer, time.perf_counter() - polled_at)
                 try:
                     if self.model.maybe_swap(self.reader, self.consumer):  # between two batches
                         self.stats.swaps += 1
@@ -137,8 +138,7 @@ class Worker:
                         limits.had_data()
                 except KafkaError as exc:  # broker gone or group rebalanced mid-batch: nothing was committed
                     self._rewind(f"{type(exc).__name__}: {exc}")
-                if self.reporter and self.reporter.due():
-                    self._report()
+                self._report()
         finally:
             self.close()
         return self.stats
@@ -146,14 +146,12 @@ class Worker:
     def close(self) -> None:
         self.model.stop()
         self.shadows.stop()
-        if self.reporter:
-            self._report()
-            self.reporter.close()
-            self.reporter.finish()
+        self._report(final=True)
         kafka_io.close_quietly(self.delivery and self.delivery.producer, self.consumer, self.reader)
         self.consumer = self.reader = None
         self._model_pool.shutdown(wait=False)
         self.status.set(status.STOPPED, partitions=[])
+        self.endpoint.stop()
         log.info("worker stopped: %s", summary(self.stats))
 
     def _process(self, polled: dict) -> None:
@@ -203,9 +201,11 @@ class Worker:
             self.model.restore(self.reader, self.consumer, partitions)
             self.shadows.restore(self.reader, self.consumer, partitions)
 
-    def _report(self) -> None:
-        served = {PRODUCTION_ALIAS: self.version, **self.shadows.served()}
-        self.reporter.report(self.stats.snapshot(), self.version, self.model.model_id, served)
+    def _report(self, final: bool = False) -> None:
+        """Live metrics to MLflow when due (and the last ones, closing its run, when the worker stops)."""
+        if self.reporter and (final or self.reporter.due()):
+            self.reporter.report(self.stats.snapshot(), self.version, self.model.model_id,
+                                 self.shadows.served(self.model), final=final)
 
 
 class Rebalance(ConsumerRebalanceListener):
