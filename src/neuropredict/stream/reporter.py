@@ -98,21 +98,20 @@ class MlflowReporter:
         tags = [RunTag("model_version", version), RunTag(f"served_version_{version}", "true"),
                 *(RunTag(f"alias_{alias}", v) for alias, v in served.items())]
 
-        def log(link: str | None) -> None:
+        def send(link: str | None) -> None:
             metrics = [Metric(k, v, now, self._step, model_id=link) for k, v in snapshot.items() if np.isfinite(v)]
             tracking.with_retry(lambda: client.log_batch(run_id, metrics=metrics, tags=tags))
 
         try:
-            log(model_id if self._link else None)
+            send(model_id if self._link else None)
         except Exception as exc:
             if not (self._link and model_id and "PERMISSION_DENIED" in str(exc) + getattr(exc, "error_code", "")):
                 raise
             # linking metrics to the logged model writes to the model (in the training experiment): a
             # worker logged in as its own user may write its runs only, so its metrics stay on its run
-            log_line = "live metrics are not linked to the logged model (this MLflow user may write its runs only)"
-            log.info(log_line)
+            log.info("live metrics are not linked to the logged model (this MLflow user may write its runs only)")
             self._link = False
-            log(None)
+            send(None)
         self._step += 1
 
     def finish(self, status: str = "FINISHED") -> None:
