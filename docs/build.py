@@ -75,12 +75,38 @@ def grep(text: str, *starts: str) -> str:
     return "\n".join(line for line in text.splitlines() if line.startswith(starts))
 
 
+def metric_catalog() -> list[dict[str, str]]:
+    """The workers' Prometheus metrics, from the one place that defines them (stream/metrics.py)."""
+    from neuropredict.stream.metrics import CATALOG
+
+    return [{"name": spec.exposed, "kind": spec.kind, "labels": ", ".join(spec.labels), "doc": spec.doc}
+            for spec in CATALOG.values()]
+
+
+def alert_rules(root: Path) -> list[dict[str, str]]:
+    """Each alert of serving/prometheus/alerts.yml with the comment above its expression (why its threshold)."""
+    import yaml
+
+    text = (root / "serving" / "prometheus" / "alerts.yml").read_text()
+    why: dict[str, str] = {}
+    for block in text.split("- alert: ")[1:]:
+        name, _, rest = block.partition("\n")
+        comment = [line.strip().removeprefix("# ") for line in rest.split("expr:")[0].splitlines()
+                   if line.strip().startswith("#")]
+        why[name.strip()] = " ".join(comment)
+    rules = [r for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
+    return [{"name": r["alert"], "expr": " ".join(r["expr"].split()), "for": r.get("for", "0s"),
+             "severity": r["labels"]["severity"], "why": why[r["alert"]], "summary": r["annotations"]["summary"]}
+            for r in rules]
+
+
 def environment(root: Path) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(number=number, signed=signed, percent=percent, duration=duration, grep=grep)
     reports = Reports(root)
-    env.globals.update(reports=reports, measured=reports.measured)
+    env.globals.update(reports=reports, measured=reports.measured, metric_catalog=metric_catalog,
+                       alert_rules=lambda: alert_rules(root))
     return env
 
 
