@@ -49,7 +49,8 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
     as they are; another kind of broker is refused."""
     if workers and tracking != "server":
         raise ServiceError("--workers starts compose's workers, which log to the tracking server: add --tracking server")
-    services = running()
+    recorded = load_state()  # the dead too: a worker started again keeps its metrics port
+    services = {name: svc for name, svc in recorded.items() if svc.alive()}
     replication, restarted = _start_broker(services, kafka, broker, nodes)
     _save_state(services)
     partitions = kafka_io.ensure_topics(kafka, environment.kafka_bootstrap(), topics, replication=replication)
@@ -67,7 +68,7 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
         log.info("MLflow UI on %s, pid %d", services["mlflow-ui"].url, services["mlflow-ui"].pid)
     _save_state(services)
     if workers:
-        _start_workers(services, workers, topics.group)
+        _start_workers(services, recorded, workers, topics.group)
     elif guard and "guard" not in services:
         services["guard"] = _start_guard()
     _save_state(services)
@@ -80,13 +81,12 @@ def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu
             "replication": replication}
 
 
-def _start_workers(services: dict[str, Service], count: int, group: str) -> None:
+def _start_workers(services: dict[str, Service], recorded: dict[str, Service], count: int, group: str) -> None:
     """compose's workers worker-1..count that are not running, each on the metrics port it had
-    (Prometheus knows it by that address), and the rollback guard."""
+    (`recorded`: Prometheus knows it by that address), and the rollback guard."""
     missing = [i for i in range(1, count + 1) if f"worker-{i}" not in services]
     addresses = {"kafka": environment.kafka_bootstrap(), "mlflow": services["mlflow-server"].url.removeprefix("http://")}
     if missing:
-        recorded = load_state()
         had = {i: topology.metrics_port(recorded[f"worker-{i}"]) for i in missing if f"worker-{i}" in recorded}
         fresh = iter(procs.free_ports(len(missing) - len(had), avoid=had.values()))
         ports = {i: had.get(i) or next(fresh) for i in missing}
