@@ -292,7 +292,7 @@ def test_prometheus_scrapes_every_worker_and_a_sigkilled_one_raises_worker_down_
     team.sh(f"neuropredict up --broker apache --tracking server --workers {WORKERS} --monitoring")
     after = team.state()["worker-2"]
     assert after["pid"] != before["pid"] and after["url"] == before["url"]  # the same endpoint: the same target
-    wait_for(lambda: targets()["worker-2"] == "up" and not firing(), timeout_s=60, every_s=1,
+    wait_for(lambda: targets().get("worker-2") == "up" and not firing(), timeout_s=60, every_s=1,
              what="the restarted worker-2 scraped and the alert resolved")
 
 
