@@ -69,6 +69,14 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
     return proc
 
 
+def bench_smoke(script: str, root: Path, out: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`python bench/SCRIPT --smoke --out OUT` in a trained project's copy; it must succeed."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--smoke", "--out", str(out)], cwd=root,
+                          env=project_env(root), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
 def distinct_ports(kafka_nodes: int = 1, others: int = 0) -> tuple[int, list[int]]:
     """A first Kafka port whose next `kafka_nodes` ports are free, and `others` more, all distinct
     (ports drawn one by one can repeat, and a node's neighbour can be drawn for something else)."""

@@ -36,7 +36,8 @@ def running() -> dict[str, Service]:
 
 def _save_state(services: dict[str, Service]) -> None:
     procs.save_table(paths().services_file, services)
-    monitoring.write_targets(services)  # Prometheus finds the workers here
+    if "prometheus" in services:  # it finds the workers here (monitoring.start writes the file first)
+        monitoring.write_targets(services)
 
 
 def up(kafka: KafkaParams, topics: Topics, ui: bool = True, broker: str = "tansu", nodes: int = 1,

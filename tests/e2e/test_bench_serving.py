@@ -1,12 +1,10 @@
 """A smoke run of bench/serving.py on the tiny trained project: it runs and writes its report."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, project_env, require_apache_kafka
+from tests.conftest import bench_smoke, require_apache_kafka
 
 pytestmark = pytest.mark.slow
 
@@ -14,10 +12,7 @@ pytestmark = pytest.mark.slow
 def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path):
     require_apache_kafka()
     out = tmp_path / "serving.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "serving.py"), "--smoke", "--out", str(out)],
-                          cwd=trained_project, env=project_env(trained_project), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = bench_smoke("serving.py", trained_project, out, timeout=600)
     report = json.loads(out.read_text())
     for key in ("throughput_ticks_per_s", "seed_loop_ticks_per_s", "speedup", "model_ceiling_windows_per_s"):
         assert report[key] > 0, key

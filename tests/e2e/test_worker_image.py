@@ -3,22 +3,17 @@ the package without dependencies) is smaller than the whole dependency set, hold
 training stack, and runs a worker that loads its model from an MLflow server and scores."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, project_env
+from tests.conftest import bench_smoke
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_slim_worker_install_scores_without_the_training_stack(trained_project, tmp_path):
     out = tmp_path / "worker_image.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "worker_image.py"), "--smoke", "--out", str(out)],
-                          cwd=trained_project, env=project_env(trained_project), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    bench_smoke("worker_image.py", trained_project, out, timeout=900)
     report = json.loads(out.read_text())
     before, after, served = report["before"], report["after"], report["served"]
     assert after["training_packages_present"] == []

@@ -178,11 +178,8 @@ def _timings(stats: LiveStats) -> Iterator[Metric]:
 
 
 def _served(worker: Worker) -> Iterator[Metric]:
-    served = worker.shadows.served(worker.model)
-    info = InfoMetricFamily(PREFIX + "served_model", CATALOG["served_model"].doc, labels=("alias",))
-    for alias, version in served.items():
-        info.add_metric([alias], {"model": worker.model.model_name, "version": version})
-    yield info
+    yield CATALOG["served_model"].family([(alias, worker.model.model_name, version, {})
+                                          for alias, version in worker.shadows.served(worker.model).items()])
     if worker.stats.last_poll_at:
         yield CATALOG["last_poll_timestamp_seconds"].family([(worker.stats.last_poll_at,)])
     yield CATALOG["worker_phase"].family([(name, float(worker.status.phase == name)) for name in PHASES])

@@ -41,10 +41,7 @@ class ErrorSums:
         d = model_err * model_err - naive_err * naive_err
         self.diff += float(d.sum())
         self.diff_sq += float(np.dot(d, d))
-        for key, sums in (spread or {}).items():
-            total = self.intervals.setdefault(key, [0.0, 0.0, 0.0])
-            for i, value in enumerate(sums):
-                total[i] += value
+        self._add_intervals(spread or {})
 
     def merge(self, other: ErrorSums) -> None:
         self.n += other.n
@@ -52,7 +49,10 @@ class ErrorSums:
         self.naive_sq += other.naive_sq
         self.diff += other.diff
         self.diff_sq += other.diff_sq
-        for key, sums in other.intervals.items():
+        self._add_intervals(other.intervals)
+
+    def _add_intervals(self, spread: dict) -> None:
+        for key, sums in spread.items():
             total = self.intervals.setdefault(key, [0.0, 0.0, 0.0])
             for i, value in enumerate(sums):
                 total[i] += value
