@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from neuropredict import volatility
 from neuropredict.errors import ConfigError
 from neuropredict.files import read_json, write_json
 from neuropredict.settings.contracts import EXCHANGE_TZ
@@ -53,6 +54,7 @@ class ReturnScaler:
     pooled_std: float
     session_reset: bool = False  # intraday: a window never spans two sessions
     fitted_until: str = ""       # the first date the statistics did NOT see (validation start)
+    garch: dict[str, list[float]] = field(default_factory=dict)  # symbol -> GARCH(1,1) [α, β] (volatility.py)
 
     @classmethod
     def fit(cls, series: dict[str, pd.Series], window: int, validation_start: str,
@@ -75,6 +77,7 @@ class ReturnScaler:
             pooled_std=float(pooled.std()),
             session_reset=session_reset,
             fitted_until=str(cut.date()),
+            garch={k: list(volatility.garch_fit(v, float(v.std()) ** 2)) for k, v in per_symbol.items()},
         )
 
     def stats(self, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +85,16 @@ class ReturnScaler:
         mu = np.fromiter((self.mean.get(s, self.pooled_mean) for s in symbols), np.float64, len(symbols))
         sd = np.fromiter((self.std.get(s, self.pooled_std) for s in symbols), np.float64, len(symbols))
         return mu, sd
+
+    def garch_params(self, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(α, β) per row; a symbol unseen in training gets the median of the fitted ones; None for
+        a scaler fitted before GARCH was (its models serve no GARCH intervals)."""
+        if not self.garch:
+            return None
+        pooled = np.median(np.array(list(self.garch.values())), axis=0).tolist()
+        params = [self.garch.get(s, pooled) for s in symbols]
+        return (np.fromiter((p[0] for p in params), np.float64, len(params)),
+                np.fromiter((p[1] for p in params), np.float64, len(params)))
 
     def to_model_input(self, windows: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
         """(n, W) raw prices -> (n, W-1, 1) float32 standardised log returns. THE feature function."""
