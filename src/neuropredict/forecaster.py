@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuropredict import intervals
+from neuropredict import adaptive, intervals
 from neuropredict.features import SCALER_FILE, ReturnScaler, WindowSet, make_windows
 from neuropredict.intervals import Calibration, Spread
 
@@ -36,6 +36,7 @@ class ModelInput:
     sd: np.ndarray    # ... and standard deviation
     last: np.ndarray  # (n,) the last real price of each window
     windows: np.ndarray  # (n, W) the raw prices (the baselines' volatility reads them)
+    garch: tuple[np.ndarray, np.ndarray] | None = None  # each row's GARCH(1,1) (α, β); None: not fitted
 
     def __len__(self) -> int:
         return len(self.last)
@@ -110,10 +111,11 @@ class Forecaster:
         if windows.ndim != 2 or windows.shape[1] != self.window:
             raise ValueError(f"expected windows of shape (n, {self.window}), got {windows.shape}")
         mu, sd = self.scaler.stats(symbols)
-        return ModelInput(self.scaler.to_model_input(windows, mu, sd), mu, sd, windows[:, -1], windows)
+        return ModelInput(self.scaler.to_model_input(windows, mu, sd), mu, sd, windows[:, -1], windows,
+                          self.scaler.garch_params(symbols))
 
     def forecast_chunks(self, batch: ModelInput, chunk_rows: int, pool: Executor | None = None,
-                        methods: Sequence[str] = intervals.METHODS) -> Iterator[tuple[slice, Forecast]]:
+                        methods: Sequence[str] = intervals.SPREAD_METHODS) -> Iterator[tuple[slice, Forecast]]:
         """(rows, forecast) chunk by chunk, with the bounds of `methods`. With a pool, chunk k+1 is
         forecast on it (the model call, which releases the GIL, and the arithmetic after it) while
         the caller handles chunk k."""
@@ -134,7 +136,8 @@ class Forecaster:
         if self.calibration is None:
             return Forecast(price, {})
         spreads = self.spreads(batch, rows, outputs)
-        return Forecast(price, self.calibration.bounds({m: spreads[m] for m in methods}, batch.last[rows]))
+        return Forecast(price, self.calibration.bounds({m: spreads[m] for m in methods if m in spreads},
+                                                       batch.last[rows]))
 
     def spreads(self, batch: ModelInput, rows: slice, outputs: np.ndarray, ewma_lambda: float | None = None,
                 network_weight: float | None = None) -> dict[str, Spread]:
@@ -144,7 +147,8 @@ class Forecaster:
         mu, sd = batch.mu[rows], batch.sd[rows]
         lam = self.calibration.ewma_lambda if ewma_lambda is None else ewma_lambda
         w = self.calibration.network_weight if network_weight is None else network_weight
-        baselines = intervals.baseline_spreads(batch.windows[rows], sd, lam)
+        garch = None if batch.garch is None else (batch.garch[0][rows], batch.garch[1][rows])
+        baselines = intervals.baseline_spreads(batch.windows[rows], sd, lam, garch)
         network = sd * outputs[:, 1]
         scale = np.sqrt(w * network**2 + (1.0 - w) * baselines["ewma"].scale ** 2)
         return {"model": Spread(mu + sd * outputs[:, 0], scale), **baselines}
@@ -171,6 +175,8 @@ class Forecaster:
     def forecast_row(self, window: np.ndarray, symbol: str) -> tuple[float, np.ndarray, tuple]:
         """One window's forecast, its live bounds and their keys (a rebuilt symbol's open forecast)."""
         forecast = self.forecast(np.asarray(window)[None, :], [symbol])
+        if adaptive.is_online(self.calibration):  # made again: with the registered quantile
+            forecast = Forecast(forecast.price, adaptive.with_static(forecast.bounds, self.calibration.levels))
         return float(forecast.price[0]), self.bounds_matrix(forecast)[0], self.live_keys
 
     def predict_next(self, windows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
@@ -253,11 +259,18 @@ def forecast_period(forecaster: Forecaster, series: dict[str, pd.Series], start:
     })
 
 
+def served_period(forecaster: Forecaster, series: dict[str, pd.Series], start: str,
+                  end: str | None = None) -> pd.DataFrame:
+    """forecast_period with the intervals a worker serves from `start` on: adaptive where the
+    calibration is (adaptive.serve; the static ones then as `conformal`)."""
+    return adaptive.serve(forecast_period(forecaster, series, start, end), forecaster.calibration)
+
+
 NETWORK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # the blends of network and EWMA scale tried on validation
 
 
 def calibrate(forecaster: Forecaster, rows: WindowSet, levels: Sequence[float], ewma_lambda: float,
-              period: str, min_coverage_p: float = 0.0) -> Calibration:
+              period: str, min_coverage_p: float = 0.0, online_step: float = 0.0) -> Calibration:
     """Conformal quantiles of every method on `rows` (the validation period: never the test year).
 
     The model's scale blends the network's with EWMA's, sqrt(w · network² + (1 - w) · EWMA²): of
@@ -270,7 +283,7 @@ def calibrate(forecaster: Forecaster, rows: WindowSet, levels: Sequence[float], 
     tried = []
     for w in NETWORK_WEIGHTS:
         spreads = forecaster.spreads(batch, slice(None), outputs, ewma_lambda, w)
-        fitted = Calibration.fit(spreads, returns, levels, ewma_lambda, period, w)
+        fitted = Calibration.fit(spreads, returns, levels, ewma_lambda, period, w, online_step)
         least_p, score = intervals.blend_fit(spreads["model"], returns, rows.symbols, fitted)
         tried.append((least_p >= min_coverage_p, -score, least_p, fitted))
         log.info("calibration: network weight %.2f: least per-symbol coverage p %.3g, interval score %.3f %%",
@@ -296,7 +309,7 @@ def calibration_curve(forecaster: Forecaster, validation: WindowSet, test: Windo
     batch, outputs = forecaster.outputs(test.windows, test.symbols)
     bounds = fitted.bounds(forecaster.spreads(batch, slice(None), outputs, lam), batch.last)
     curve: dict[str, list[float]] = {"nominal": [100 * p for p in nominal]}
-    for method in intervals.METHODS:
+    for method in [m for m in intervals.SPREAD_METHODS if m in fitted.quantiles]:
         curve[method] = [100 * float(np.mean((test.targets >= bounds[intervals.column(method, "lower", p)])
                                              & (test.targets <= bounds[intervals.column(method, "upper", p)])))
                          for p in nominal]

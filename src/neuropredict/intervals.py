@@ -6,12 +6,17 @@ residuals |return - centre| / scale are collected, and the interval at level p i
 centre ± q_p · scale, where q_p is their ceil((n+1)·p)-th smallest. Pooled validation coverage is
 then p whatever the shape of the tails; the test year says whether it holds out of sample.
 
-The model is scored beside two baselines centred on persistence (a return of 0) and calibrated
+The model is scored beside three baselines centred on persistence (a return of 0) and calibrated
 the same way, so the comparison is between volatility forecasts, not calibrations:
 - constant: the symbol's standard deviation of training returns;
-- ewma: RiskMetrics' exponentially weighted variance over the window's returns, seeded with
-  the training variance. A function of the window alone, so the worker computes exactly what
-  offline scoring does.
+- ewma: RiskMetrics' exponentially weighted variance over the window's returns;
+- garch: GARCH(1,1) over the window's returns, fitted per symbol on the training period.
+Both recursions start from the training variance and read the window alone (volatility.py), so
+the worker computes exactly what offline scoring does.
+
+With `online_step` > 0 the model's served interval is adaptive (adaptive.py): its quantile is
+tracked per symbol and level as prices arrive, widening after misses and narrowing after hits;
+`conformal` is then the static split-conformal interval it started from, scored beside it.
 
 Scores per level, in % of the last price so that symbols pool: coverage, mean width and the
 interval (Winkler) score, width + 2/α · distance outside (lower is better; a proper score for the
@@ -29,13 +34,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from neuropredict import volatility
 from neuropredict.errors import ConfigError
 from neuropredict.files import read_json, write_json
 
 CALIBRATION_FILE = "intervals.json"
-METHODS = ("model", "constant", "ewma")
-BASELINES = ("constant", "ewma")
-LIVE_METHODS = ("model", "ewma")  # what a worker scores on the live ticks: the model beside EWMA
+SPREAD_METHODS = ("model", "constant", "ewma", "garch")  # a centre and a scale, calibrated on validation
+STATIC = "conformal"  # the model's static interval, when the served one ("model") is adaptive
+METHODS = ("model", STATIC, "constant", "ewma", "garch")  # every interval scored
+BASELINES = ("constant", "ewma", "garch")
+LIVE_METHODS = ("model", STATIC, "ewma", "garch")  # what a worker scores on the live ticks
 
 
 def label(level: float) -> str:
@@ -57,21 +65,15 @@ class Spread:
     scale: np.ndarray   # (n,) > 0, log-return units
 
 
-def ewma_scale(windows: np.ndarray, training_sd: np.ndarray, lam: float) -> np.ndarray:
-    """sigma of the next return: sigma² <- λ·sigma² + (1-λ)·r² over the window's returns, from
-    the training variance (RiskMetrics' recursion on what one window holds)."""
-    windows = np.asarray(windows, dtype=np.float64)
-    returns = np.log(windows[:, 1:] / windows[:, :-1])
-    variance = np.asarray(training_sd, dtype=np.float64) ** 2
-    for k in range(returns.shape[1]):
-        variance = lam * variance + (1.0 - lam) * returns[:, k] ** 2
-    return np.sqrt(variance)
-
-
-def baseline_spreads(windows: np.ndarray, training_sd: np.ndarray, lam: float) -> dict[str, Spread]:
+def baseline_spreads(windows: np.ndarray, training_sd: np.ndarray, lam: float,
+                     garch: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Spread]:
+    """The baselines' spreads (GARCH's only given each row's (α, β))."""
     zero = np.zeros(len(windows))
-    return {"constant": Spread(zero, np.asarray(training_sd, dtype=np.float64)),
-            "ewma": Spread(zero, ewma_scale(windows, training_sd, lam))}
+    out = {"constant": Spread(zero, np.asarray(training_sd, dtype=np.float64)),
+           "ewma": Spread(zero, volatility.ewma_scale(windows, training_sd, lam))}
+    if garch is not None:
+        out["garch"] = Spread(zero, volatility.garch_scale(windows, training_sd, *garch))
+    return out
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -94,16 +96,17 @@ class Calibration:
     period: str  # the validation period it was fitted on
     rows: int
     network_weight: float = 1.0  # the model's scale: sqrt(w · network² + (1 - w) · EWMA²)
+    online_step: float = 0.0  # the adaptive intervals' step, a share of q (adaptive.py); 0: static only
 
     @classmethod
     def fit(cls, spreads: dict[str, Spread], returns: np.ndarray, levels: Sequence[float], ewma_lambda: float,
-            period: str, network_weight: float = 1.0) -> Calibration:
+            period: str, network_weight: float = 1.0, online_step: float = 0.0) -> Calibration:
         """Conformal quantiles of each method's scaled residuals on the validation rows."""
         quantiles = {}
         for method, spread in spreads.items():
             scores = np.abs(returns - spread.centre) / spread.scale
             quantiles[method] = {label(p): conformal_quantile(scores, p) for p in levels}
-        return cls(tuple(levels), quantiles, ewma_lambda, period, len(returns), network_weight)
+        return cls(tuple(levels), quantiles, ewma_lambda, period, len(returns), network_weight, online_step)
 
     def bounds(self, spreads: dict[str, Spread], last: np.ndarray) -> dict[str, np.ndarray]:
         """Price bounds of every method and level: last · exp(centre ± q · scale)."""
@@ -126,7 +129,7 @@ class Calibration:
             return None
         d = read_json(path)
         return cls(tuple(d["levels"]), d["quantiles"], d["ewma_lambda"], d["period"], d["rows"],
-                   d.get("network_weight", 1.0))
+                   d.get("network_weight", 1.0), d.get("online_step", 0.0))
 
 
 # ---- scoring ----
@@ -164,9 +167,9 @@ def binomial_p(hits: int, n: int, level: float) -> float:
 
 def score(rows: pd.DataFrame, levels: Sequence[float]) -> dict[str, dict[str, float]]:
     """Per symbol and pooled ('_pooled'): for each level, each method's coverage (%), mean width
-    and interval score (% of the last price), the model's binomial p, and DM t of the model's
-    interval score minus each baseline's (negative: the model is better). Methods whose bounds
-    are not among the columns are left out."""
+    and interval score (% of the last price), the binomial p of the model's (served and static),
+    and DM t of their interval scores minus each baseline's, and the served minus the static
+    (negative: better than it). Methods whose bounds are not among the columns are left out."""
     out = {str(s): _score_group(g, levels) for s, g in rows.groupby("symbol", sort=True)}
     out["_pooled"] = _score_group(rows, levels)
     return out
@@ -188,10 +191,11 @@ def _score_group(g: pd.DataFrame, levels: Sequence[float]) -> dict[str, float]:
             res[f"{prefix}coverage_{tag}"] = 100 * float(hit.mean())
             res[f"{prefix}width_{tag}"] = 100 * float(np.mean((upper - lower) / last))
             res[f"{prefix}interval_score_{tag}"] = float(losses[method].mean())
-            if method == "model":
-                res[f"coverage_p_{tag}"] = binomial_p(int(hit.sum()), len(g), level)
-        for base in [m for m in BASELINES if m in losses]:
-            res[f"interval_dm_t_{base}_{tag}"] = dm_test(losses["model"] - losses[base])["dm_t"]
+            if method in ("model", STATIC):
+                res[f"{prefix}coverage_p_{tag}"] = binomial_p(int(hit.sum()), len(g), level)
+        for method, bases in (("model", (STATIC, *BASELINES)), (STATIC, BASELINES)):
+            for base in [b for b in bases if method in losses and b in losses]:
+                res[f"{_prefix(method)}interval_dm_t_{base}_{tag}"] = dm_test(losses[method] - losses[base])["dm_t"]
     return res
 
 
@@ -207,7 +211,7 @@ def format_table(scores: dict[str, dict[str, float]], levels: Sequence[float], t
     present, and the DM t of the model's interval score against each."""
     first = label(levels[0])
     methods = [m for m in METHODS if f"{_prefix(m)}coverage_{first}" in scores["_pooled"]]
-    bases = [m for m in BASELINES if f"interval_dm_t_{m}_{first}" in scores["_pooled"]]
+    bases = [m for m in (STATIC, *BASELINES) if f"interval_dm_t_{m}_{first}" in scores["_pooled"]]
     width = max(7 * len(methods) + 2, 14)  # of each block of columns
     names = f"{''.join(f'{m[:5]:>7}' for m in methods):>{width - 2}}"
     head = (f"{'symbol':<8}{'level':>6}" + "".join(f"{h:>{width}}" for h in ("coverage %", "width %", "int. score %"))
@@ -226,7 +230,10 @@ def format_table(scores: dict[str, dict[str, float]], levels: Sequence[float], t
 
 def live_keys(calibration: Calibration | None) -> tuple[tuple[str, float], ...]:
     """(method, level) of each interval a worker scores live, in the order of its bound columns."""
-    return () if calibration is None else tuple((m, p) for m in LIVE_METHODS for p in calibration.levels)
+    if calibration is None:
+        return ()
+    static = (STATIC,) if calibration.online_step > 0 else ()  # else the same as the model's
+    return tuple((m, p) for m in LIVE_METHODS if m in (*calibration.quantiles, *static) for p in calibration.levels)
 
 
 def bound_columns(keys: Sequence[tuple[str, float]]) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 from neuropredict import brokers, producer, registry, retry, stream_report
 from neuropredict.errors import NeuropredictError
 from neuropredict.features import load_price_series, series_splits
-from neuropredict.forecaster import forecast_period
+from neuropredict.forecaster import served_period
 from neuropredict.settings.contracts import Topics
 from neuropredict.settings.paths import Paths
 from neuropredict.settings.schema import Params
@@ -41,7 +41,7 @@ def check(params: Params, project: Paths, version: str | None = None, broker: st
     series = load_price_series(project.raw_dir, params.data.symbols, params.data.interval, params.featurize.price_column)
     periods = series_splits(series, params.featurize)
     start, end = periods.test_start, periods.end
-    offline = forecast_period(loaded.forecaster, series, start, end)
+    offline = served_period(loaded.forecaster, series, start, end)
     online = stream_report.in_period(_stream(params, project, version, loaded.forecaster, broker), start, end)
     if params.data.interval == "1d":  # a replayed daily close is stamped 16:00; offline rows are dates
         online = online.assign(time=online["time"].dt.normalize())

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 COLORS = {"lstm": "#1f77b4", "gru": "#ff7f0e", "persistence": "#7f7f7f", "actual": "#222222",
-          "predicted": "#d62728", "model": "#d62728", "constant": "#7f7f7f", "ewma": "#2ca02c"}
+          "predicted": "#d62728", "model": "#d62728", "constant": "#7f7f7f", "ewma": "#2ca02c",
+          "aci": "#9467bd", "garch": "#8c564b"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -123,6 +124,32 @@ def calibration(curve: pd.DataFrame, levels: Sequence[float], rows: int, path: P
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def coverage_by_tercile(frame: pd.DataFrame, rows: int, path: Path, title: str) -> Path:
+    """One panel per level: each method's coverage in the calm, middle and turbulent third of
+    sessions (volatility terciles, backtests.py) against nominal, with the ±5-point band."""
+    levels = list(dict.fromkeys(frame["level"]))
+    methods = list(dict.fromkeys(frame["method"]))
+    terciles = list(dict.fromkeys(frame["tercile"]))
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.8), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, level in zip(axes[0], levels):
+        nominal = float(level)
+        ax.axhspan(nominal - 5, nominal + 5, color="grey", alpha=0.15, lw=0, label="nominal ± 5 points")
+        ax.axhline(nominal, color="black", lw=0.8)
+        for k, method in enumerate(methods):
+            mine = frame[(frame["level"] == level) & (frame["method"] == method)].set_index("tercile")
+            ax.bar(np.arange(len(terciles)) + (k - (len(methods) - 1) / 2) * width,
+                   mine.loc[terciles, "coverage"], width, color=COLORS.get(method), label=method)
+        ax.set_xticks(range(len(terciles)), [f"{t} volatility" for t in terciles])
+        ax.set_ylim(nominal - 25, min(100, nominal + 12))
+        ax.set_ylabel("coverage (%)")
+        ax.set_title(f"{level} % intervals ({rows} rows, a third each)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

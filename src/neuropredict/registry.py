@@ -327,13 +327,13 @@ def register_tuned(params: Params, project: Paths) -> dict[str, Any]:
 
 def _test_scores(forecaster, series: dict, params: Params) -> tuple[dict, dict | None]:
     """A forecaster's scores on the test period beside the baselines, on the same rows for all:
-    of its point forecasts, and of its intervals (None for a model without)."""
+    of its point forecasts, and of the intervals it serves (None for a model without)."""
     from neuropredict.evaluation import score_rows
-    from neuropredict.forecaster import forecast_period
+    from neuropredict.forecaster import served_period
 
     comparable(forecaster, params)
     periods = series_splits(series, params.featurize)
-    rows = forecast_period(forecaster, series, periods.test_start, periods.end)
+    rows = served_period(forecaster, series, periods.test_start, periods.end)
     if rows.empty:
         raise Incomparable(f"its window of {forecaster.window} prices leaves no forecast in the test period "
                            f"{periods.test_period}")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuropredict import intervals, messages, plots
+from neuropredict import backtests, intervals, messages, plots
 from neuropredict.errors import NeuropredictError
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
 from neuropredict.features import session_ids
@@ -192,8 +192,19 @@ def interval_scores(rows: pd.DataFrame) -> dict[str, dict[str, float]] | None:
     levels = interval_levels(rows)
     if not levels:
         return None
-    carried = rows.dropna(subset=[intervals.column("model", side, p) for p in levels for side in ("lower", "upper")])
+    carried = _carried(rows, levels)
     return intervals.score(carried, levels) if len(carried) else None
+
+
+def conditional_coverage(rows: pd.DataFrame) -> dict[str, dict] | None:
+    """The streamed intervals by volatility regime and the backtests (backtests.conditional)."""
+    levels = interval_levels(rows)
+    carried = _carried(rows, levels) if levels else rows.iloc[:0]
+    return backtests.conditional(carried, levels) if len(carried) else None
+
+
+def _carried(rows: pd.DataFrame, levels: tuple[float, ...]) -> pd.DataFrame:
+    return rows.dropna(subset=[intervals.column("model", side, p) for p in levels for side in ("lower", "upper")])
 
 
 def in_period(rows: pd.DataFrame, start: str | None, end: str | None) -> pd.DataFrame:
@@ -218,6 +229,7 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
         "by_version": {v: score_rows(g)["_pooled"] for v, g in rows.groupby("model_version")},
         "interval_levels": list(interval_levels(rows)),
         "intervals": interval_scores(rows),
+        "intervals_conditional": conditional_coverage(rows),
     }
     write_json(out_dir / "report.json", result)
     rows.to_csv(out_dir / "rows.csv", index=False)
@@ -229,7 +241,8 @@ def report(rows: pd.DataFrame, out_dir: Path, log_to_mlflow: bool = True) -> dic
 
 
 def _log(result: dict[str, Any], out_dir: Path) -> None:
-    flat = {**flat_metrics(result["scores"], "stream"), **flat_metrics(result["intervals"] or {}, "stream")}
+    flat = {**flat_metrics(result["scores"], "stream"), **flat_metrics(result["intervals"] or {}, "stream"),
+            **backtests.flat_metrics(result["intervals_conditional"] or {}, "stream")}
     log_report_run("evaluate", "evaluate", {}, flat, out_dir)
 
 
@@ -264,4 +277,7 @@ def format_report(result: dict[str, Any]) -> str:
     if result.get("intervals"):
         lines.append(intervals.format_table(result["intervals"], result["interval_levels"],
                                             "Streamed prediction intervals (coverage: share of next prices inside)"))
+    if result.get("intervals_conditional"):
+        lines.append(backtests.format_conditional(result["intervals_conditional"], "Streamed intervals by volatility "
+                                                  "regime, after jumps, and the backtests' p-values"))
     return "\n".join(lines)

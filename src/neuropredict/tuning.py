@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from neuropredict import intervals, plots, tracking
+from neuropredict import backtests, intervals, plots, tracking
 from neuropredict.evaluation import flat_metrics, format_table, score_rows
 from neuropredict.features import SCALER_FILE, ReturnScaler, Splits, WindowSet, load_price_series, series_splits
 from neuropredict.files import write_json
-from neuropredict.forecaster import Forecaster, calibrate, calibration_curve, forecast_period
+from neuropredict.forecaster import Forecaster, calibrate, calibration_curve, served_period
 from neuropredict.hypermodel import ForecasterHyperModel, seed_everything
 from neuropredict.settings.paths import Paths
 from neuropredict.settings.schema import Params, TuneParams
@@ -214,14 +214,16 @@ def run(params: Params, project: Paths) -> dict[str, Any]:
     write_json(project.metrics_dir / "tune.json", {**report, "measured": tracking.measured("dvc repro", project.root)})
     write_json(project.metrics_dir / "test.json", {"model": winner.cell, "scores": scores[winner.cell]})
     best = Forecaster.load(project.best_model_dir)
+    conditional = backtests.conditional(test_rows[winner.cell], params.intervals.levels)
     write_json(project.metrics_dir / "intervals.json", {
         "model": winner.cell, "levels": list(params.intervals.levels), "calibration": _calibration_summary(best),
-        "test": spreads[winner.cell]})
+        "test": spreads[winner.cell], "test_conditional": conditional})
     test = WindowSet.load(project.features_dir / "test.npz")
     _write_plots(project, results, scores, test_rows[winner.cell], winner.cell, report["null_val_loss"])
     _write_interval_plots(project, params, calibration_curve(best, validation, test), test_rows[winner.cell],
-                          winner.cell, periods)
+                          winner.cell, periods, conditional)
     _publish(project, report, scores[winner.cell], spreads[winner.cell], winner.cell, params.intervals.levels)
+    _publish_conditional(conditional, winner.cell, periods)
     return report
 
 
@@ -237,16 +239,17 @@ def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation:
         forecaster = Forecaster.load(folder)  # calibrate and score exactly what register will ship
         forecaster.calibration = calibrate(forecaster, validation, params.intervals.levels,
                                            params.intervals.ewma_lambda, periods.validation_period,
-                                           params.intervals.min_coverage_p)
+                                           params.intervals.min_coverage_p, params.intervals.online_step)
         forecaster.calibration.save(folder)
-        rows[r.cell] = forecast_period(forecaster, series, periods.test_start, periods.end)
+        rows[r.cell] = served_period(forecaster, series, periods.test_start, periods.end)
     return rows
 
 
 def _calibration_summary(forecaster: Forecaster) -> dict[str, Any]:
     c = forecaster.calibration
     return {"method": "split-conformal on |return - centre| / scale", "period": c.period, "rows": c.rows,
-            "ewma_lambda": c.ewma_lambda, "network_weight": c.network_weight, "quantiles": c.quantiles}
+            "ewma_lambda": c.ewma_lambda, "network_weight": c.network_weight, "online_step": c.online_step,
+            "garch": forecaster.scaler.garch, "quantiles": c.quantiles}
 
 
 def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner_spreads: dict, winner_cell: str,
@@ -264,6 +267,17 @@ def _publish(project: Paths, report: dict[str, Any], winner_scores: dict, winner
     table = intervals.format_table(winner_spreads, levels, f"Test period, {winner_cell.upper()} intervals "
                                                            f"(calibrated on validation) beside the baselines")
     mlflow.log_text(table, "test_intervals.txt")
+    log.info("\n%s", table)
+
+
+def _publish_conditional(conditional: dict, winner_cell: str, periods: Splits) -> None:
+    """The conditional coverage table to MLflow: metrics test_<method>_<level>_<what> and the text."""
+    import mlflow
+
+    mlflow.log_metrics(backtests.flat_metrics(conditional, "test"))
+    table = backtests.format_conditional(conditional, f"Test period ({periods.test_start}..{periods.end}), "
+                                                      f"{winner_cell.upper()}: coverage by regime and the backtests")
+    mlflow.log_text(table, "test_conditional_coverage.txt")
     log.info("\n%s", table)
 
 
@@ -327,8 +341,12 @@ def comparison_table(report: dict[str, Any]) -> str:
 
 
 def _write_interval_plots(project: Paths, params: Params, curve, winner_rows, winner_cell: str,
-                          periods: Splits) -> None:
+                          periods: Splits, conditional: dict) -> None:
     levels = params.intervals.levels
+    terciles = backtests.tercile_frame(conditional)
+    terciles.to_csv(project.plots_dir / "coverage_by_tercile.csv", index=False)
+    plots.coverage_by_tercile(terciles, len(winner_rows), project.plots_dir / "coverage_by_tercile.png",
+                              f"Test period ({periods.test_start}..{periods.end}): coverage by volatility tercile")
     curve.to_csv(project.plots_dir / "calibration.csv", index=False)
     plots.calibration(curve, levels, len(winner_rows), project.plots_dir / "calibration.png",
                       f"Test period: coverage against nominal, {winner_cell.upper()} beside the baselines\n"

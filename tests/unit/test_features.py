@@ -111,6 +111,33 @@ def test_bundled_defaults_reproduce_the_2023_and_2024_split():
     assert (splits.validation_start, splits.test_start, splits.end) == ("2023-01-03", "2024-01-02", "2024-12-31")
 
 
+def test_the_regime_2020_variant_trains_through_2018_calibrates_on_2019_and_tests_on_2020():
+    import yaml
+
+    from neuropredict import scratch
+    from neuropredict.settings.schema import params_from_dict
+    from tests.conftest import REPO
+
+    params = params_from_dict(scratch.overlay(yaml.safe_load((REPO / "params.yaml").read_text()),
+                                              yaml.safe_load((REPO / "params-regime-2020.yaml").read_text())))
+    frame = pd.read_csv(REPO / "data/snapshot/daily/AAPL.csv")
+    frame = frame[frame["Date"] <= params.data.end]
+    splits = resolve_splits(params.featurize, frame["Date"])
+    assert (splits.validation_start, splits.test_start, splits.end) == ("2019-01-02", "2020-01-02", "2020-12-31")
+
+
+def test_garch_parameters_are_fitted_per_symbol_on_the_training_period_alone():
+    s = _series(400, seed=3)
+    scaler = ReturnScaler.fit({"A": s}, 5, "2022-09-01")
+    later = s.copy()
+    later[later.index >= "2022-09-01"] *= np.exp(np.random.default_rng(9).normal(0, 0.2, (later.index >= "2022-09-01").sum()))
+    assert ReturnScaler.fit({"A": later}, 5, "2022-09-01").garch == scaler.garch  # later prices play no part
+    alpha, beta = scaler.garch["A"]
+    assert 0 <= alpha and 0 <= beta and alpha + beta < 1
+    a, b = scaler.garch_params(["A", "UNSEEN"])
+    assert a.tolist() == [alpha, alpha] and b.tolist() == [beta, beta]  # unseen: the median of the fitted
+
+
 def test_too_few_sessions_is_one_line_naming_the_keys():
     with pytest.raises(ConfigError, match="featurize.validation_sessions \\+ test_sessions = 70 leave none"):
         resolve_splits(FeaturizeParams(window=5, validation_sessions=40, test_sessions=30),

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuropredict import intervals
+from neuropredict import intervals, volatility
 from neuropredict.errors import ConfigError
 from neuropredict.intervals import Calibration, Spread
 
@@ -42,8 +42,8 @@ def test_ewma_scale_follows_the_riskmetrics_recursion_over_the_window():
     expected = sd[0] ** 2
     for x in r:
         expected = lam * expected + (1 - lam) * x**2
-    np.testing.assert_allclose(intervals.ewma_scale(windows, sd, lam), np.sqrt(expected))
-    np.testing.assert_allclose(intervals.ewma_scale(windows, sd, 0.0), 0.0)  # the last return was 0
+    np.testing.assert_allclose(volatility.ewma_scale(windows, sd, lam), np.sqrt(expected))
+    np.testing.assert_allclose(volatility.ewma_scale(windows, sd, 0.0), 0.0)  # the last return was 0
 
 
 def test_the_interval_score_charges_width_plus_two_over_alpha_per_unit_outside():
