@@ -7,6 +7,7 @@ import threading
 from collections import defaultdict
 
 import numpy as np
+import pandas as pd
 
 from neuropredict import kafka_io, messages, producer, retry
 from neuropredict.settings.paths import Paths
@@ -106,6 +107,38 @@ def expected_forecasts(inputs: dict, forecaster, window: int | None = None) -> d
         values = forecaster.predict_next(windows, [symbol] * len(windows))
         out.update({rows[w - 1 + i][0]: float(v) for i, v in enumerate(values)})
     return out
+
+
+def expected_bounds(inputs: dict, forecaster) -> dict[tuple[int, int], dict[str, float]]:
+    """The intervals a correct worker serves at each input: the model's on the symbol's last W
+    valid prices, their quantiles tracked online from the first forecast on (adaptive.serve)."""
+    from neuropredict import adaptive
+
+    by_symbol: dict[str, list] = defaultdict(list)
+    for where in sorted(inputs):
+        if not isinstance(inputs[where], str):
+            by_symbol[inputs[where].symbol].append((where, inputs[where].price))
+    out = {}
+    for symbol, rows in by_symbol.items():
+        prices, w = np.array([p for _, p in rows]), forecaster.window
+        if len(prices) < w:
+            continue
+        forecast = forecaster.forecast(np.lib.stride_tricks.sliding_window_view(prices, w), [symbol] * (len(prices) - w + 1))
+        frame = pd.DataFrame({"symbol": symbol, "time": np.arange(len(forecast.price)), "persistence": prices[w - 1:],
+                              "actual": np.append(prices[w:], np.nan), **forecast.bounds})
+        served = adaptive.serve(frame, forecaster.calibration)
+        fields = forecaster.interval_fields
+        out.update({rows[w - 1 + i][0]: dict(zip(fields, values)) for i, values in
+                    enumerate(served[fields].to_numpy().tolist())})
+    return out
+
+
+def assert_bounds_match(outs: list[dict], expected: dict, rel: float = 1e-6) -> None:
+    """Every published interval bound as expected_bounds says (a lost online quantile fails this)."""
+    wrong = [(o["input_partition"], o["input_offset"], field, o[field], want)
+             for o in outs for field, want in expected[(o["input_partition"], o["input_offset"])].items()
+             if not np.isclose(o[field], want, rtol=rel, atol=0)]
+    assert not wrong, f"{len(wrong)} bounds differ from offline, e.g. {wrong[:3]}"
 
 
 def assert_forecasts_match(outs: list[dict], expected: dict, rel: float = 1e-6) -> None:

@@ -36,7 +36,9 @@ from tests.conftest import (
 from neuropredict.forecaster import Forecaster
 from tests.integration.kafka_helpers import (
     Sender,
+    assert_bounds_match,
     assert_forecasts_match,
+    expected_bounds,
     expected_forecasts,
     TopicCounter,
     WorkerThread,
@@ -206,6 +208,8 @@ def test_up_down_up_keeps_topics_and_offsets_and_the_worker_resumes_where_it_com
         later = [o for o in outs if (o["input_partition"], o["input_offset"]) not in set(before_positions(before, found))]
         assert len(later) == len(ticks) - half  # every tick of the second half forecast: 0 warm-up
         assert_forecasts_match(later, expected, rel=1e-9)
+        # the online interval quantiles came back from the state topic too
+        assert_bounds_match(later, expected_bounds(found, Forecaster.load(root / "models/tuned/best")))
     finally:
         run([*neuropredict, "down"], root, env, check=False)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from neuropredict import intervals, messages, producer, promotions, registry, stream_report, tracking
+from neuropredict import backtests, intervals, messages, producer, promotions, registry, stream_report, tracking
 from neuropredict.evaluation import score_rows
 from neuropredict.features import load_price_series
-from neuropredict.forecaster import forecast_period
+from neuropredict.forecaster import served_period
 from neuropredict.settings import contracts
 from neuropredict.settings.contracts import Topics
 from neuropredict.settings.schema import load_params
@@ -118,16 +118,25 @@ def test_live_mse_in_mlflow_equals_the_mse_computed_from_the_output_topic(served
     assert evaluated["mse"] == pytest.approx(model_sq / n, rel=1e-12)
     assert evaluated["persistence_mse"] == pytest.approx(naive_sq / n, rel=1e-12)
 
-    # the intervals, live beside EWMA's on the same ticks, are those of the offline test period
+    # the intervals served (online-calibrated), live beside the static one's, EWMA's and GARCH's on the
+    # same ticks, are those of the offline test period
     series = load_price_series(root / "data/raw", params.data.symbols, "1d", "Close")
-    offline = intervals.score(forecast_period(registry.load(params.register.model_name).forecaster, series,
-                                              "2024-07-01", params.data.end), (0.8, 0.95))
+    served_rows = served_period(registry.load(params.register.model_name).forecaster, series, "2024-07-01",
+                                params.data.end)
+    offline = intervals.score(served_rows, (0.8, 0.95))
     streamed = stream_report.interval_scores(joined)
-    for key in ("coverage_80", "coverage_95", "interval_score_80", "ewma_coverage_80", "ewma_interval_score_95"):
+    assert offline["_pooled"]["interval_score_80"] != offline["_pooled"]["conformal_interval_score_80"]  # adaptive
+    for key in ("coverage_80", "coverage_95", "interval_score_80", "conformal_coverage_80", "ewma_coverage_80",
+                "ewma_interval_score_95", "garch_coverage_95", "garch_interval_score_80"):
         assert run.data.metrics[f"live_{key}"] == pytest.approx(offline["_pooled"][key], rel=1e-6), key
         assert run.data.metrics[f"live_{key}_MSFT"] == pytest.approx(offline["MSFT"][key], rel=1e-6), key
     assert streamed["_pooled"]["coverage_95"] == run.data.metrics["live_coverage_95"]
     assert streamed["_pooled"]["interval_score_80"] == pytest.approx(run.data.metrics["live_interval_score_80"])
+    # evaluate's coverage by volatility regime and its backtests: the offline ones of the same rows
+    live, expected = stream_report.conditional_coverage(joined)["model"], backtests.conditional(served_rows, (0.8, 0.95))
+    for tag in ("80", "95"):
+        for key in ("coverage", "coverage_high_volatility", "coverage_after_jumps", "kupiec_p", "christoffersen_p"):
+            assert live[tag][key] == pytest.approx(expected["model"][tag][key], rel=1e-9), (tag, key)
 
 
 def test_hot_swap_mid_stream_scores_everything_once_and_switches_versions_at_one_point(

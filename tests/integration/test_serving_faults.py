@@ -22,9 +22,11 @@ from tests.conftest import copy_with_params, project_env
 from tests.integration.kafka_helpers import (
     Sender,
     WorkerThread,
+    assert_bounds_match,
     assert_forecasts_match,
     committed_offsets,
     end_offsets,
+    expected_bounds,
     expected_forecasts,
     inputs,
     positions,
@@ -75,6 +77,8 @@ def test_sigterm_mid_stream_then_a_restart_scores_every_input_exactly_once(train
     assert {p: committed.get(p, 0) for p in range(4)} == {p: ends.get(p, 0) for p in range(4)}  # all drained
     assert " 0 warm-up" in second.stderr  # the restart rebuilt its windows from Kafka ...
     assert_forecasts_match(outs, expected_forecasts(found, _production(params)))  # ... correctly
+    # and went on with each symbol's online interval quantiles from the state topic
+    assert_bounds_match(outs, expected_bounds(found, _production(params)))
 
 
 def test_a_worker_joining_and_another_leaving_under_load_lose_nothing(trained_project, tmp_path, stream,

@@ -1,6 +1,6 @@
 """The serving state topic, a changelog as Kafka Streams keeps one: each symbol's recent valid
-ticks (with the input offsets they came from) and its open forecast, keyed by symbol, in the
-partition of the input it came from. A record per symbol a batch touched is written with the
+ticks (with the input offsets they came from) and its open forecast (with the online quantiles
+its intervals were made with), keyed by symbol, in the partition of the input it came from. A record per symbol a batch touched is written with the
 batch (in its transaction under exactly-once); the topic is compacted, so the newest record per
 symbol stays. A worker restores a partition from it: the ticks before the group's committed
 offset, replayed through the same rules as live ones. So a restart needs no warm-up whatever the
@@ -159,11 +159,12 @@ def _encode(symbol: str, partition: int, tail: deque, state: SymbolState | None,
     return orjson.dumps({
         "symbol": symbol, "partition": partition, "roster": roster, "keep": tail.maxlen, "ticks": list(tail),
         "open": {"forecast": opened.forecast, "version": opened.version, "price": opened.price,
-                 "bounds": np.asarray(opened.bounds, dtype=float).tolist(), "keys": [list(k) for k in opened.keys]}
+                 "bounds": np.asarray(opened.bounds, dtype=float).tolist(), "keys": [list(k) for k in opened.keys],
+                 "quantiles": opened.quantiles}
         if has_open else None,
     })
 
 
 def _open(stored: dict) -> OpenForecast:
     return OpenForecast(stored["forecast"], stored["version"], stored["price"], np.asarray(stored["bounds"], dtype=float),
-                        tuple((m, float(p)) for m, p in stored["keys"]))
+                        tuple((m, float(p)) for m, p in stored["keys"]), quantiles=stored.get("quantiles", {}))

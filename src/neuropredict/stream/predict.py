@@ -11,6 +11,8 @@ import numpy as np
 from neuropredict import intervals, messages
 from neuropredict.stream.batch import Batch
 from neuropredict.stream.delivery import Delivery
+from neuropredict.stream.online import OnlineIntervals
+from neuropredict.stream.state import SymbolState
 from neuropredict.stream.stats import LiveStats, Timing
 
 # A batch's model call is cut into at most MODEL_CHUNKS_MAX chunks of at least MODEL_CHUNK_MIN_ROWS
@@ -24,8 +26,8 @@ def chunk_rows(n: int) -> int:
 
 
 def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Executor, version: str,
-                         worker_id: str, stats: LiveStats | Timing, then: Callable[[], None] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         worker_id: str, stats: LiveStats | Timing, states: dict[str, SymbolState],
+                         then: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Forecast every tick that ends a full window and publish it. Returns the forecast of each
     tick (NaN: none, warm-up) and its live interval bounds (forecaster.bounds_matrix). `then()`
     runs once the model has made the batch's last chunk, before it is published: the model
@@ -39,7 +41,7 @@ def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Exe
         model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
     model_s = forecaster.model_seconds
     chunks = forecaster.forecast_chunks(model_input, chunk_rows(len(owners)), pool, intervals.LIVE_METHODS)
-    out = publish(forecaster, batch, owners, chunks, delivery, version, worker_id, stats, then=then)
+    out = publish(forecaster, batch, owners, chunks, delivery, version, worker_id, stats, states, then=then)
     stats.add_seconds("model", forecaster.model_seconds - model_s)
     return out
 
@@ -73,12 +75,14 @@ def start_forecast(forecaster, batch: Batch, pool: Executor) -> tuple[np.ndarray
 
 
 def publish(forecaster, batch: Batch, owners: np.ndarray, chunks: Iterator, delivery: Delivery, version: str,
-            worker_id: str, stats: LiveStats | Timing, alias: str | None = None,
+            worker_id: str, stats: LiveStats | Timing, states: dict[str, SymbolState], alias: str | None = None,
             then: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Encode and send each chunk's forecasts as the model delivers them (a shadow's: with its
-    alias, to the shadow topic); the forecast and bounds of each tick of the batch."""
+    """Encode and send each chunk's forecasts as the model delivers them, with the intervals it
+    serves (online.py; a shadow's: with its alias, to the shadow topic); the forecast and bounds
+    of each tick of the batch."""
     forecasts, bounds = _none(batch, forecaster)
     fields = forecaster.interval_fields
+    online = OnlineIntervals(forecaster.calibration, version, states, batch)
     while True:
         with stats.timed("model_wait"):
             rows, forecast = next(chunks, (None, None))
@@ -87,6 +91,8 @@ def publish(forecaster, batch: Batch, owners: np.ndarray, chunks: Iterator, deli
         if then and rows.stop == len(owners):
             then()
         mine = owners[rows]
+        with stats.timed("intervals"):
+            forecast = online.adapt(forecast, mine)
         forecasts[mine] = forecast.price
         bounds[mine] = forecaster.bounds_matrix(forecast)
         with stats.timed("encode"):

@@ -137,7 +137,7 @@ class ShadowRun:
     def publish_and_score(self, delivery: Delivery, worker_id: str, stats: LiveStats) -> list[tuple]:
         slot, batch, timing = self.slot, self.batch, stats.prefixed("shadow_")
         forecasts, bounds = publish(slot.forecaster, batch, self.owners, self.chunks, delivery, slot.version,
-                                    worker_id, timing, alias=slot.alias)
+                                    worker_id, timing, slot.book.states, alias=slot.alias)
         with timing.timed("score"):
             return [c for symbol, step in batch.steps.items() for c in score_forecasts(
                 symbol, slot.book.states[symbol], step, forecasts[batch.accepted(symbol)],

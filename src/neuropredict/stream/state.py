@@ -29,7 +29,8 @@ NO_SEGMENT = -1
 class OpenForecast:
     """A forecast waiting for the price it forecast: the model version that made it, the price
     it was made at (persistence's forecast), its intervals (which: intervals.live_keys of its
-    version) and its segment (it is scored only within it)."""
+    version), its segment (it is scored only within it) and the online quantiles its served
+    intervals were made with (stream/online.py; none where they are static)."""
 
     forecast: float = math.nan
     version: str = ""
@@ -38,6 +39,7 @@ class OpenForecast:
     keys: tuple = ()
     session: int = NO_SEGMENT
     level: int = NO_SEGMENT
+    quantiles: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,11 +55,14 @@ class SymbolState:
     open: OpenForecast = field(default_factory=OpenForecast)
     last_day: int = NO_SEGMENT  # exchange day of the last accepted tick (cadence check)
     cadence_warned: bool = False
+    quantiles: dict[str, float] = field(default_factory=dict)  # level label -> the online quantile (online.py)
+    quantiles_version: str = ""  # ... of this version
 
     def carry(self, forecast: float, bounds: np.ndarray, keys: tuple, version: str, step: Advance) -> None:
         """After a batch: the forecast of its last accepted tick stays open."""
+        quantiles = dict(self.quantiles) if self.quantiles_version == version else {}
         self.open = OpenForecast(float(forecast), version, float(step.prices[-1]), bounds.copy(), keys,
-                                 int(step.sessions[-1]), int(step.levels[-1]))
+                                 int(step.sessions[-1]), int(step.levels[-1]), quantiles)
 
     def reopen(self, forecast: float, bounds: np.ndarray, keys: tuple, version: str) -> None:
         """After a rebuild: the forecast the last tick made (published before the stop) is open again."""
@@ -69,6 +74,7 @@ class SymbolState:
         guard counts price levels afresh); else none."""
         if len(self.prices) and previous.price == self.prices[-1]:
             self.open = dataclasses.replace(previous, session=self.session, level=self.level)
+            self.quantiles, self.quantiles_version = dict(previous.quantiles), previous.version  # go on from them
         else:
             self.open = dataclasses.replace(previous, forecast=math.nan)
 

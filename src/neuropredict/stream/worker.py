@@ -173,7 +173,7 @@ class Worker:
                 self.delivery.rekey(rec, symbol)
         shadows = []  # their model calls start once production's is done, their forecasts go after production's
         forecasts, bounds = forecast_and_publish(forecaster, batch, self.delivery, self._model_pool, self.version,
-                                                 self.worker_id, self.stats, then=lambda: shadows.extend(
+                                                 self.worker_id, self.stats, book.states, then=lambda: shadows.extend(
                                                      self.shadows.start(batch, self._model_pool, self.version,
                                                                         self.stats)))
         with timed("score"):
