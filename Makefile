@@ -37,8 +37,8 @@ $(STAMP): pyproject.toml requirements.lock
 kafka: setup  ## fetch Apache Kafka's broker and tools (pinned in serving/apache-kafka/pom.xml; not with KAFKA_HOME set)
 	$(BIN)/python -m neuropredict.apache_kafka
 
-demo: setup  ## the main job end to end (KEEP=1 leaves services running; INTERVAL=1m: the intraday model; BROKER=apache)
-	$(BIN)/neuropredict demo $(if $(KEEP),--keep) $(if $(INTERVAL),--interval $(INTERVAL)) $(if $(BROKER),--broker $(BROKER))
+demo: setup  ## the main job end to end (KEEP=1 leaves services running; INTERVAL=1m: the intraday model; VARIANT=regime-2020: trained through 2019, tested on 2020; BROKER=apache)
+	$(BIN)/neuropredict demo $(if $(KEEP),--keep) $(if $(INTERVAL),--interval $(INTERVAL)) $(if $(VARIANT),--variant $(VARIANT)) $(if $(BROKER),--broker $(BROKER))
 
 cluster: setup  ## serving/compose.yaml as processes: Apache Kafka, PostgreSQL, MLflow server, WORKERS workers (3); the test year through it
 	$(BIN)/neuropredict demo --workers $(or $(WORKERS),3) $(if $(KEEP),--keep)

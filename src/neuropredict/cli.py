@@ -361,12 +361,15 @@ def _demo(args: argparse.Namespace) -> int:
     from neuropredict import demo
 
     if args.workers:
-        if args.interval == "1m" or args.broker == "tansu":
+        if args.interval == "1m" or args.variant or args.broker == "tansu":
             raise NeuropredictError("demo --workers runs compose's topology: the daily model on Apache Kafka; "
-                                    "drop --interval 1m / --broker tansu (or drop --workers)")
+                                    "drop --interval 1m / --variant / --broker tansu (or drop --workers)")
         return demo.run_topology(args.workers, keep=args.keep)
-    if args.interval == "1m":
-        return demo.run_intraday(keep=args.keep, broker=args.broker or "tansu")
+    if args.interval == "1m" and args.variant not in (None, "intraday"):
+        raise NeuropredictError("--interval 1m is the intraday variant: drop one of --interval / --variant")
+    variant = "intraday" if args.interval == "1m" else args.variant
+    if variant:
+        return demo.run_variant(variant, keep=args.keep, broker=args.broker or "tansu")
     return demo.run(keep=args.keep, broker=args.broker or "tansu")
 
 
@@ -495,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the services it started running")
     p.add_argument("--interval", choices=["1d", "1m"],
                    help="1m: the intraday model (params-intraday.yaml), in its own workspace (default 1d)")
+    p.add_argument("--variant", help="a variant of the project (params-<variant>.yaml's keys over params.yaml) in "
+                                     "its own workspace: intraday, regime-2020 (trained through 2019, tested on 2020)")
     p.add_argument("--broker", choices=["tansu", "apache"],
                    help="tansu: the embedded broker (default); apache: a local Apache Kafka (Java 17+; fetched from "
                         "Maven Central on first use)")

@@ -28,7 +28,7 @@ from neuropredict import (
     workers,
 )
 from neuropredict.console import tool, tools_env
-from neuropredict.errors import ServiceError
+from neuropredict.errors import ConfigError, ServiceError
 from neuropredict.features import series_splits
 from neuropredict.files import read_json, write_json
 from neuropredict.procs import Service
@@ -129,19 +129,23 @@ def wait_until_scored(topics: Topics, expected_outputs: int, expected_dead: int,
         batches.close()
 
 
-def run_intraday(keep: bool = False, broker: str = "tansu") -> int:
-    """The demo on the intraday (1-minute) model: params.yaml with params-intraday.yaml's keys, in a
-    workspace of its own (its own DVC outputs and MLflow store), so the daily model is untouched."""
+def run_variant(variant: str, keep: bool = False, broker: str = "tansu") -> int:
+    """The demo on a variant (`intraday`: the 1-minute model; `regime-2020`: trained through 2019,
+    tested on 2020): params.yaml with params-<variant>.yaml's keys, in a workspace of its own (its
+    own DVC outputs and MLflow store), so the main model is untouched."""
     import os
 
     import yaml
 
     project = paths()
-    params = scratch.overlay(yaml.safe_load(project.params_file.read_text()),
-                             yaml.safe_load(project.intraday_params_file.read_text()))
+    overlay_file = project.variant_params_file(variant)
+    if not overlay_file.is_file():
+        raise ConfigError(f"no variant {variant!r}: {overlay_file.name} does not exist "
+                          f"(variants: {', '.join(project.variants()) or 'none'})")
+    params = scratch.overlay(yaml.safe_load(project.params_file.read_text()), yaml.safe_load(overlay_file.read_text()))
     params_from_dict(params)  # a bad key stops here, named
-    workspace = scratch.copy_project(project.root, project.intraday_dir, params)
-    print(f"intraday demo in {workspace} (params.yaml + {project.intraday_params_file.name}; its own DVC outputs "
+    workspace = scratch.copy_project(project.root, project.variant_dir(variant), params)
+    print(f"{variant} demo in {workspace} (params.yaml + {overlay_file.name}; its own DVC outputs "
           f"and MLflow store: `cd {workspace}` to look around)")
     env = scratch.scratch_env(workspace)
     if environment.kafka_is_external():  # a cluster of the user's own is used as for the daily demo
@@ -283,17 +287,19 @@ def _experiment_url(ui: str, name: str) -> str:
 
 def _interval_lines(result: dict[str, Any], worker_stats: dict[str, Any], tags: dict[str, str]) -> list[str]:
     """Per level: streamed coverage beside the offline test coverage, and the live interval score
-    beside the EWMA baseline's on the same ticks."""
+    beside the static interval's and the baselines' on the same ticks."""
     if not result.get("intervals"):
         return []
     pooled, lines = result["intervals"]["_pooled"], []
     for level in result["interval_levels"]:
         t = intervals.label(level)
         offline = f" (offline test {float(tags[f'test_coverage_{t}']):.1f} %)" if f"test_coverage_{t}" in tags else ""
-        ewma = worker_stats.get(f"live_ewma_interval_score_{t}")
-        versus = f" vs EWMA {ewma:.3f} %" if ewma is not None else ""
+        others = {name: worker_stats.get(f"live_{method}interval_score_{t}")
+                  for name, method in (("static", "conformal_"), ("EWMA", "ewma_"), ("GARCH", "garch_"))}
+        versus = ", ".join(f"{name} {v:.3f} %" for name, v in others.items() if v is not None)
         lines.append(f"{t} % interval{'':<3}coverage {pooled[f'coverage_{t}']:.1f} %{offline}, mean width "
-                     f"{pooled[f'width_{t}']:.2f} %, interval score {pooled[f'interval_score_{t}']:.3f} %{versus}")
+                     f"{pooled[f'width_{t}']:.2f} %, interval score {pooled[f'interval_score_{t}']:.3f} %"
+                     + (f" (vs {versus})" if versus else ""))
     return lines
 
 

@@ -29,15 +29,18 @@ class Paths:
     def params_file(self) -> Path:
         return self.root / "params.yaml"
 
-    @property
-    def intraday_params_file(self) -> Path:
-        """The keys of the intraday (1-minute) model that differ from params.yaml."""
-        return self.root / "params-intraday.yaml"
+    def variant_params_file(self, variant: str) -> Path:
+        """The keys of a variant (`intraday`: the 1-minute model; `regime-2020`: trained through
+        2019, tested on 2020) that differ from params.yaml."""
+        return self.root / f"params-{variant}.yaml"
 
-    @property
-    def intraday_dir(self) -> Path:
-        """The intraday demo's workspace: a project copy with its own outputs and MLflow store."""
-        return self.state_dir / "intraday"
+    def variant_dir(self, variant: str) -> Path:
+        """A variant's demo workspace: a project copy with its own outputs and MLflow store."""
+        return self.state_dir / variant
+
+    def variants(self) -> list[str]:
+        """The variants this project defines (its params-<variant>.yaml files)."""
+        return sorted(f.stem.removeprefix("params-") for f in self.root.glob("params-*.yaml"))
 
     @property
     def snapshot_dir(self) -> Path:
