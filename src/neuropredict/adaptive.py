@@ -1,23 +1,27 @@
 """Online calibration: the model's interval quantile, tracked per symbol and level as prices arrive.
 
 Split-conformal intervals are calibrated once, on the validation period; when volatility jumps
-they are too narrow until the model's scale catches up, and too wide after it calms. Quantile
-tracking (the P term of conformal PID control, Angelopoulos, Candès & Tibshirani 2023; with a
-fixed score set it is adaptive conformal inference, Gibbs & Candès 2021) moves the quantile
-after each realised price:
+they are too narrow until the model's scale catches up, and too wide after it calms. Adaptive
+conformal inference (Gibbs & Candès 2021) moves the interval after each realised price: with a
+step η, q <- max(0, q + η·(miss - α)), α = 1 - level. A miss widens the next interval by
+η·(1 - α), a hit narrows it by η·α, so over any stretch the share of misses tends to α. But the
+step decides everything: a small one is right in a calm year and far too slow in a crash, a
+large one the reverse (measured on 2024 and 2020, docs/pipeline.md).
 
-    q <- max(0, q + η · (miss - α)),   α = 1 - level,   η = step · q_registered
+So the step is not chosen: DtACI (Gibbs & Candès 2022, "Conformal inference for online prediction
+with arbitrary distribution shifts") runs one such tracker per step in STEPS side by side and
+serves their average weighted by how well each has done lately: each tracker's weight is
+multiplied by exp(-ETA · its pinball loss on the realised score), then mixed with the uniform
+SIGMA (fixed share, so a tracker out of favour can come back quickly when the market turns).
+ETA and SIGMA are the authors' published defaults; STEPS is their grid of eight doubling steps,
+as shares of the registered quantile. Losses are in units of the registered quantile, so the
+same settings serve every symbol and level.
 
-A miss widens the next interval by η·(1-α), a hit narrows it by η·α, so over any stretch the
-share of misses tends to α whatever the returns do (|misses/n - α| <= (q_max + η)/(η·n)). Why
-this and not ACI's update of α itself: it needs no stored score set (a float per symbol and
-level is the whole state, which the serving state carries) and never yields an infinite
-interval. It starts from the registered quantile, so a new version starts where its
-calibration left it.
-
-The interval is the static one's centre and scale with the tracked q in place of the
-registered one: last · exp(centre ± q · scale), centre and scale read back from the static
-bounds. Offline scoring (`serve`) and the worker (stream/online.py) both go through `track`.
+The state of one symbol and level is the trackers' quantiles and weights (2·len(STEPS) floats),
+starting from the registered quantile with equal weights; the worker carries it in its state
+topic. The trackers move on the score |return - centre| / scale of the static interval, whose
+centre and scale are read back from its bounds. Offline scoring (`serve`) and the worker
+(stream/online.py) both go through `track`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ import pandas as pd
 from neuropredict import intervals
 from neuropredict.intervals import Calibration
 
+STEPS = np.array([0.002 * 2**k for k in range(8)])  # 0.002 .. 0.256 of the registered quantile
+ETA = 2.72      # how fast the weights follow the trackers' recent losses
+SIGMA = 0.001   # the share of weight always spread evenly
+K = len(STEPS)
+
+
+def is_online(calibration: Calibration | None) -> bool:
+    return calibration is not None and calibration.online
+
+
+def start(q0: float, trackers: int = K) -> list[float]:
+    """A fresh state: every tracker at the registered quantile, equal weights."""
+    return [q0] * trackers + [1.0 / trackers] * trackers
+
 
 def centre_and_scale(last: np.ndarray, lower: np.ndarray, upper: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
     """The log-return centre and scale behind static bounds last · exp(centre ± q · scale)."""
@@ -35,22 +53,37 @@ def centre_and_scale(last: np.ndarray, lower: np.ndarray, upper: np.ndarray, q: 
     return (lo + hi) / 2.0, (hi - lo) / (2.0 * q)
 
 
-def track(q: float, step: float, level: float, centre: np.ndarray, scale: np.ndarray,
-          realised: np.ndarray) -> tuple[np.ndarray, float]:
-    """The quantile each forecast in turn is made with, and the one after the last: a row whose
-    realised log return is NaN (not yet known) leaves q where it is."""
-    used = np.empty(len(centre))
-    alpha = 1.0 - level
-    for i, (c, s, r) in enumerate(zip(centre.tolist(), scale.tolist(), realised.tolist())):
-        used[i] = q
-        if r == r:  # not NaN
-            miss = abs(r - c) > q * s
-            q = max(0.0, q + step * (miss - alpha))
-    return used, q
+def track(states: np.ndarray, q0: float, level: float, centre: np.ndarray, scale: np.ndarray,
+          realised: np.ndarray, steps: np.ndarray = STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """Several series at once, each a row: (S, 2K) states and (S, L) forecasts in time order ->
+    the quantile each forecast is served with, (S, L), and the states after. A NaN realised log
+    return (not known yet, or padding) leaves a state where it is. `steps`: the trackers' (one
+    step: plain ACI, as the benchmark compares)."""
+    k = len(steps)
+    q, w = states[:, :k].copy(), states[:, k:].copy()
+    used = np.empty(centre.shape)
+    alpha, steps = 1.0 - level, np.asarray(steps) * q0
+    for j in range(centre.shape[1]):
+        used[:, j] = np.sum(w * q, axis=1)
+        known = ~np.isnan(realised[:, j])
+        if not known.any():
+            continue
+        score = (np.abs(realised[known, j] - centre[known, j]) / scale[known, j])[:, None]
+        qk, wk = q[known], w[known]
+        over = (score - qk) / q0
+        loss = level * np.maximum(over, 0.0) + alpha * np.maximum(-over, 0.0)  # pinball at the level
+        q[known] = np.maximum(0.0, qk + steps * ((score > qk) - alpha))
+        wk = wk * np.exp(-ETA * loss)
+        w[known] = (1.0 - SIGMA) * wk / wk.sum(axis=1, keepdims=True) + SIGMA / k
+    return used, np.hstack([q, w])
 
 
-def is_online(calibration: Calibration | None) -> bool:
-    return calibration is not None and calibration.online_step > 0
+def padded(groups: list[np.ndarray], values: np.ndarray) -> np.ndarray:
+    """(S, L) of each group's values in order, NaN-padded (L: the longest group)."""
+    out = np.full((len(groups), max((len(g) for g in groups), default=0)), np.nan)
+    for i, g in enumerate(groups):
+        out[i, :len(g)] = values[g]
+    return out
 
 
 def with_static(bounds: dict[str, np.ndarray], levels) -> dict[str, np.ndarray]:
@@ -59,25 +92,28 @@ def with_static(bounds: dict[str, np.ndarray], levels) -> dict[str, np.ndarray]:
                          for p in levels for side in ("lower", "upper")}}
 
 
-def serve(rows: pd.DataFrame, calibration: Calibration | None) -> pd.DataFrame:
+def serve(rows: pd.DataFrame, calibration: Calibration | None, steps: np.ndarray = STEPS) -> pd.DataFrame:
     """Rows of consecutive forecasts (symbol, time, persistence, actual, the model's static bounds)
     with the intervals a worker serves: adaptive ones as the model's, the static ones as
-    `conformal`; each symbol tracked from the registered quantile at its first row. Unchanged
-    where the calibration is static."""
+    `conformal`; each symbol tracked from a fresh state at its first row. Unchanged where the
+    calibration is static."""
     if not is_online(calibration):
         return rows
     order = np.lexsort((rows["time"].to_numpy(), rows["symbol"].to_numpy()))
-    last, actual = rows["persistence"].to_numpy(np.float64), rows["actual"].to_numpy(np.float64)
     symbols = rows["symbol"].to_numpy()
+    groups = [order[symbols[order] == s] for s in np.unique(symbols)]
+    last, actual = rows["persistence"].to_numpy(np.float64), rows["actual"].to_numpy(np.float64)
     out = with_static({c: rows[c].to_numpy(np.float64) for c in rows.columns if c.startswith(("lower_", "upper_"))},
                       calibration.levels)
     for level in calibration.levels:
         q0 = calibration.quantiles["model"][intervals.label(level)]
-        lower, upper = (out[intervals.column(intervals.STATIC, side, level)].copy() for side in ("lower", "upper"))
-        for symbol in np.unique(symbols):
-            idx = order[symbols[order] == symbol]
-            centre, scale = centre_and_scale(last[idx], lower[idx], upper[idx], q0)
-            used, _ = track(q0, calibration.online_step * q0, level, centre, scale, np.log(actual[idx] / last[idx]))
-            lower[idx], upper[idx] = last[idx] * np.exp(centre - used * scale), last[idx] * np.exp(centre + used * scale)
-        out[intervals.column("model", "lower", level)], out[intervals.column("model", "upper", level)] = lower, upper
+        lower, upper = (out[intervals.column(intervals.STATIC, side, level)] for side in ("lower", "upper"))
+        centre, scale = centre_and_scale(last, lower, upper, q0)
+        used, _ = track(np.array([start(q0, len(steps))] * len(groups)), q0, level, padded(groups, centre),
+                        padded(groups, scale), padded(groups, np.log(actual / last)), steps)
+        served = np.empty(len(rows))
+        for i, g in enumerate(groups):
+            served[g] = used[i, :len(g)]
+        out[intervals.column("model", "lower", level)] = last * np.exp(centre - served * scale)
+        out[intervals.column("model", "upper", level)] = last * np.exp(centre + served * scale)
     return rows.assign(**out)

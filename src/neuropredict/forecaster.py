@@ -270,7 +270,7 @@ NETWORK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # the blends of network and EWMA 
 
 
 def calibrate(forecaster: Forecaster, rows: WindowSet, levels: Sequence[float], ewma_lambda: float,
-              period: str, min_coverage_p: float = 0.0, online_step: float = 0.0) -> Calibration:
+              period: str, min_coverage_p: float = 0.0, online: bool = False) -> Calibration:
     """Conformal quantiles of every method on `rows` (the validation period: never the test year).
 
     The model's scale blends the network's with EWMA's, sqrt(w · network² + (1 - w) · EWMA²): of
@@ -283,7 +283,7 @@ def calibrate(forecaster: Forecaster, rows: WindowSet, levels: Sequence[float], 
     tried = []
     for w in NETWORK_WEIGHTS:
         spreads = forecaster.spreads(batch, slice(None), outputs, ewma_lambda, w)
-        fitted = Calibration.fit(spreads, returns, levels, ewma_lambda, period, w, online_step)
+        fitted = Calibration.fit(spreads, returns, levels, ewma_lambda, period, w, online)
         least_p, score = intervals.blend_fit(spreads["model"], returns, rows.symbols, fitted)
         tried.append((least_p >= min_coverage_p, -score, least_p, fitted))
         log.info("calibration: network weight %.2f: least per-symbol coverage p %.3g, interval score %.3f %%",

@@ -14,7 +14,7 @@ the same way, so the comparison is between volatility forecasts, not calibration
 Both recursions start from the training variance and read the window alone (volatility.py), so
 the worker computes exactly what offline scoring does.
 
-With `online_step` > 0 the model's served interval is adaptive (adaptive.py): its quantile is
+With `online` on, the model's served interval is adaptive (adaptive.py): its quantile is
 tracked per symbol and level as prices arrive, widening after misses and narrowing after hits;
 `conformal` is then the static split-conformal interval it started from, scored beside it.
 
@@ -96,17 +96,17 @@ class Calibration:
     period: str  # the validation period it was fitted on
     rows: int
     network_weight: float = 1.0  # the model's scale: sqrt(w · network² + (1 - w) · EWMA²)
-    online_step: float = 0.0  # the adaptive intervals' step, a share of q (adaptive.py); 0: static only
+    online: bool = False  # the served interval's quantile tracked online (adaptive.py); else static
 
     @classmethod
     def fit(cls, spreads: dict[str, Spread], returns: np.ndarray, levels: Sequence[float], ewma_lambda: float,
-            period: str, network_weight: float = 1.0, online_step: float = 0.0) -> Calibration:
+            period: str, network_weight: float = 1.0, online: bool = False) -> Calibration:
         """Conformal quantiles of each method's scaled residuals on the validation rows."""
         quantiles = {}
         for method, spread in spreads.items():
             scores = np.abs(returns - spread.centre) / spread.scale
             quantiles[method] = {label(p): conformal_quantile(scores, p) for p in levels}
-        return cls(tuple(levels), quantiles, ewma_lambda, period, len(returns), network_weight, online_step)
+        return cls(tuple(levels), quantiles, ewma_lambda, period, len(returns), network_weight, online)
 
     def bounds(self, spreads: dict[str, Spread], last: np.ndarray) -> dict[str, np.ndarray]:
         """Price bounds of every method and level: last · exp(centre ± q · scale)."""
@@ -129,7 +129,7 @@ class Calibration:
             return None
         d = read_json(path)
         return cls(tuple(d["levels"]), d["quantiles"], d["ewma_lambda"], d["period"], d["rows"],
-                   d.get("network_weight", 1.0), d.get("online_step", 0.0))
+                   d.get("network_weight", 1.0), d.get("online", False))
 
 
 # ---- scoring ----
@@ -232,7 +232,7 @@ def live_keys(calibration: Calibration | None) -> tuple[tuple[str, float], ...]:
     """(method, level) of each interval a worker scores live, in the order of its bound columns."""
     if calibration is None:
         return ()
-    static = (STATIC,) if calibration.online_step > 0 else ()  # else the same as the model's
+    static = (STATIC,) if calibration.online else ()  # else the same as the model's
     return tuple((m, p) for m in LIVE_METHODS if m in (*calibration.quantiles, *static) for p in calibration.levels)
 
 

@@ -239,7 +239,7 @@ def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation:
         forecaster = Forecaster.load(folder)  # calibrate and score exactly what register will ship
         forecaster.calibration = calibrate(forecaster, validation, params.intervals.levels,
                                            params.intervals.ewma_lambda, periods.validation_period,
-                                           params.intervals.min_coverage_p, params.intervals.online_step)
+                                           params.intervals.min_coverage_p, params.intervals.online)
         forecaster.calibration.save(folder)
         rows[r.cell] = served_period(forecaster, series, periods.test_start, periods.end)
     return rows
@@ -248,7 +248,7 @@ def _save_and_score(results: list[CellResult], scaler: ReturnScaler, validation:
 def _calibration_summary(forecaster: Forecaster) -> dict[str, Any]:
     c = forecaster.calibration
     return {"method": "split-conformal on |return - centre| / scale", "period": c.period, "rows": c.rows,
-            "ewma_lambda": c.ewma_lambda, "network_weight": c.network_weight, "online_step": c.online_step,
+            "ewma_lambda": c.ewma_lambda, "network_weight": c.network_weight, "online": c.online,
             "garch": forecaster.scaler.garch, "quantiles": c.quantiles}
 
 

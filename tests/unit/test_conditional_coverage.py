@@ -55,7 +55,7 @@ def _regime_rows(n: int = 1000, jump_at: int = 500, seed: int = 4) -> tuple[pd.D
     sd = np.where(np.arange(n) < jump_at, 0.01, 0.03)
     r = sd * rng.standard_normal(n)
     last = 100 * np.exp(np.concatenate(([0.0], np.cumsum(r)[:-1])))
-    calibration = Calibration((0.8,), {"model": {"80": 1.2816}}, 0.94, "fit", n, 1.0, online_step=0.05)
+    calibration = Calibration((0.8,), {"model": {"80": 1.2816}}, 0.94, "fit", n, 1.0, online=True)
     scale = 0.01
     rows = pd.DataFrame({"symbol": "AAA", "time": np.arange(n), "persistence": last, "actual": last * np.exp(r),
                          "lower_80": last * np.exp(-1.2816 * scale), "upper_80": last * np.exp(1.2816 * scale)})
@@ -73,15 +73,35 @@ def test_the_online_quantile_recovers_coverage_after_volatility_triples():
     # on the calm half it stays what the registered quantile gave
     assert inside["model"][:500].mean() == pytest.approx(0.8, abs=0.05)
     # static: nothing changes
-    static = Calibration((0.8,), {"model": {"80": 1.2816}}, 0.94, "fit", 1000, 1.0, online_step=0.0)
+    static = Calibration((0.8,), {"model": {"80": 1.2816}}, 0.94, "fit", 1000, 1.0, online=False)
     assert adaptive.serve(rows[["symbol", "time", "persistence", "actual", "lower_80", "upper_80"]], static).equals(
         rows[["symbol", "time", "persistence", "actual", "lower_80", "upper_80"]])
 
 
-def test_a_miss_widens_the_next_interval_by_step_times_one_minus_alpha_and_a_hit_narrows_it():
-    used, after = adaptive.track(1.0, 0.1, 0.8, np.zeros(3), np.ones(3), np.array([2.0, 0.0, np.nan]))
-    np.testing.assert_allclose(used, [1.0, 1.08, 1.06])
-    assert after == pytest.approx(1.06)  # the unknown outcome leaves it
+def test_each_tracker_widens_after_a_miss_and_the_weights_move_to_the_trackers_with_the_lower_loss():
+    q0, state = 1.0, np.array([adaptive.start(1.0)])
+    used, after = adaptive.track(state, q0, 0.8, np.zeros((1, 3)), np.ones((1, 3)), np.array([[2.0, 0.0, np.nan]]))
+    assert used[0, 0] == pytest.approx(1.0)  # all trackers start at the registered quantile
+    q1 = 1.0 + adaptive.STEPS * 0.8  # the miss: each widens by its step times 1 - alpha ...
+    q2 = q1 - adaptive.STEPS * q0 * 0.2  # ... the hit narrows it by its step times alpha
+    np.testing.assert_allclose(after[0, :adaptive.K], q2)
+    weights = after[0, adaptive.K:]
+    assert weights.sum() == pytest.approx(1.0) and used[0, 2] == pytest.approx(float(weights @ q2))
+    # the score 0 after the miss: the trackers that widened least lose least on it
+    assert np.all(np.diff(weights) < 0)
+    # a NaN (the outcome not known yet) leaves the state where it is
+    _, same = adaptive.track(after, q0, 0.8, np.zeros((1, 1)), np.ones((1, 1)), np.array([[np.nan]]))
+    np.testing.assert_array_equal(same, after)
+
+
+def test_rows_of_several_series_are_tracked_independently():
+    rows, calibration = _regime_rows()
+    other = rows.assign(symbol="BBB", actual=rows["persistence"])  # never misses
+    both = adaptive.serve(pd.concat([rows, other], ignore_index=True), calibration)
+    alone = adaptive.serve(rows, calibration)
+    np.testing.assert_allclose(both.loc[both["symbol"] == "AAA", "lower_80"].to_numpy(), alone["lower_80"].to_numpy())
+    served, static = both.loc[both["symbol"] == "BBB", "lower_80"].to_numpy(), other["lower_80"].to_numpy()
+    assert served[0] == static[0] and (served[1:] > static[1:]).all()  # narrower after each hit
 
 
 def test_the_conditional_table_shows_the_static_interval_failing_in_the_turbulent_third():

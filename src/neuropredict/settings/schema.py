@@ -104,7 +104,7 @@ class IntervalParams(_Section):
     levels: _list(_num()) = (0.8, 0.95)  # in (0, 1), increasing: _check_consistency
     ewma_lambda: _num(0.0, 0.9999) = 0.94
     min_coverage_p: _num(0.0, 1.0) = 0.01
-    online_step: _num(0.0, 1.0) = 0.01  # the adaptive intervals' step, a share of the registered quantile; 0: off
+    online: bool = True  # the served interval's quantile tracked online (adaptive.py); false: static
 
 
 class RegisterParams(_Section):

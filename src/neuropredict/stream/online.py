@@ -1,8 +1,8 @@
 """The served intervals' online calibration, live: each symbol's tracked quantiles (adaptive.py)
 move with every realised price of the batch before its forecasts are published.
 
-The state is SymbolState.quantiles: per level, the quantile the open forecast was made with, its
-outcome still to come. A batch first settles the open forecast (the symbol's first accepted tick,
+The state is SymbolState.quantiles: per level, the trackers' quantiles and weights the open
+forecast's interval was made with (adaptive.py), its outcome still to come. A batch first settles the open forecast (the symbol's first accepted tick,
 in its segment, is its outcome), then tracks its own forecasts in turn: each realised by the next
 accepted tick in the same segment, the last one left open. The state goes to the state topic with
 the batch (stream/changelog.py), so a restart or a rewind goes on from the committed quantiles; a
@@ -36,28 +36,36 @@ class OnlineIntervals:
             if len(accepted) > 1:
                 same = (step.sessions[1:] == step.sessions[:-1]) & (step.levels[1:] == step.levels[:-1])
                 self.next_price[accepted[:-1]] = np.where(same, step.prices[1:], np.nan)
-            self._settle_open(states[symbol], step)
+        self._settle_opens()
 
-    def _settle_open(self, st: SymbolState, step) -> None:
-        """A new version starts from its registered quantiles; else the open forecast's outcome moves them."""
-        cal = self.calibration
-        if st.quantiles_version != self.version:
-            st.quantiles = {intervals.label(p): cal.quantiles["model"][intervals.label(p)] for p in cal.levels}
-            st.quantiles_version = self.version
-            return
-        o = st.open
-        if (not len(step.accepted) or math.isnan(o.forecast) or o.version != self.version
-                or (o.session, o.level) != (int(step.sessions[0]), int(step.levels[0]))):
-            return
-        actual = float(step.prices[0])
-        for level in cal.levels:
-            j = o.keys.index(("model", level))
-            miss = not o.bounds[2 * j] <= actual <= o.bounds[2 * j + 1]
-            tag = intervals.label(level)
-            st.quantiles[tag] = max(0.0, st.quantiles[tag] + self._eta(level) * (miss - (1.0 - level)))
+    def _q0(self, level: float) -> float:
+        return self.calibration.quantiles["model"][intervals.label(level)]
 
-    def _eta(self, level: float) -> float:
-        return self.calibration.online_step * self.calibration.quantiles["model"][intervals.label(level)]
+    def _settle_opens(self) -> None:
+        """A new version starts afresh; else each open forecast's outcome (the symbol's first
+        accepted tick, in its segment) moves the trackers."""
+        settled = []
+        for symbol, step in self.batch.steps.items():
+            st = self.states[symbol]
+            if st.quantiles_version != self.version:
+                st.quantiles = {intervals.label(p): adaptive.start(self._q0(p)) for p in self.calibration.levels}
+                st.quantiles_version = self.version
+                continue
+            o = st.open
+            if (len(step.accepted) and not math.isnan(o.forecast) and o.version == self.version
+                    and (o.session, o.level) == (int(step.sessions[0]), int(step.levels[0]))):
+                settled.append((st, o, math.log(float(step.prices[0]) / o.price)))
+        if not settled:
+            return
+        for level in self.calibration.levels:
+            tag, q0 = intervals.label(level), self._q0(level)
+            static = np.array([o.bounds[2 * o.keys.index((intervals.STATIC, level)) + np.arange(2)] for _, o, _ in settled])
+            prices = np.array([o.price for _, o, _ in settled])
+            centre, scale = adaptive.centre_and_scale(prices, static[:, 0], static[:, 1], q0)
+            _, after = adaptive.track(np.array([st.quantiles[tag] for st, _, _ in settled]), q0, level, centre[:, None],
+                                      scale[:, None], np.array([[r] for _, _, r in settled]))
+            for (st, _, _), state in zip(settled, after.tolist()):
+                st.quantiles[tag] = state
 
     def adapt(self, forecast: Forecast, ticks: np.ndarray) -> Forecast:
         """The chunk's forecasts (at these ticks, a symbol's in order, chunks in order) with the
@@ -65,20 +73,26 @@ class OnlineIntervals:
         if not self.on:
             return forecast
         bounds = adaptive.with_static(forecast.bounds, self.calibration.levels)
-        last = np.fromiter((self.batch.ticks[i].price for i in ticks.tolist()), np.float64, len(ticks))
+        all_ticks = self.batch.ticks
+        last = np.fromiter((all_ticks[i].price for i in ticks.tolist()), np.float64, len(ticks))
         realised = np.log(self.next_price[ticks] / last)
-        symbols = [self.batch.ticks[i].symbol for i in ticks.tolist()]
+        runs, start = [], 0  # each symbol's rows of the chunk (contiguous: owners are grouped by symbol)
+        for symbol, run in itertools.groupby(all_ticks[i].symbol for i in ticks.tolist()):
+            n = len(list(run))
+            runs.append((symbol, np.arange(start, start + n)))
+            start += n
+        groups = [rows for _, rows in runs]
         for level in self.calibration.levels:
-            tag, q0 = intervals.label(level), self.calibration.quantiles["model"][intervals.label(level)]
+            tag, q0 = intervals.label(level), self._q0(level)
             lower, upper = (bounds[intervals.column(intervals.STATIC, side, level)] for side in ("lower", "upper"))
             centre, scale = adaptive.centre_and_scale(last, lower, upper, q0)
-            used, start = np.empty(len(ticks)), 0
-            for symbol, run in itertools.groupby(symbols):
-                rows = slice(start, start + len(list(run)))
-                st = self.states[symbol]
-                used[rows], st.quantiles[tag] = adaptive.track(st.quantiles[tag], self._eta(level), level,
-                                                               centre[rows], scale[rows], realised[rows])
-                start = rows.stop
-            bounds[intervals.column("model", "lower", level)] = last * np.exp(centre - used * scale)
-            bounds[intervals.column("model", "upper", level)] = last * np.exp(centre + used * scale)
+            used, after = adaptive.track(np.array([self.states[s].quantiles[tag] for s, _ in runs]), q0, level,
+                                         adaptive.padded(groups, centre), adaptive.padded(groups, scale),
+                                         adaptive.padded(groups, realised))
+            served = np.empty(len(ticks))
+            for i, ((symbol, rows), state) in enumerate(zip(runs, after.tolist())):
+                served[rows] = used[i, :len(rows)]
+                self.states[symbol].quantiles[tag] = state
+            bounds[intervals.column("model", "lower", level)] = last * np.exp(centre - served * scale)
+            bounds[intervals.column("model", "upper", level)] = last * np.exp(centre + served * scale)
         return Forecast(forecast.price, bounds)
