@@ -14,13 +14,13 @@ import pandas as pd  # noqa: E402
 
 COLORS = {"lstm": "#1f77b4", "gru": "#ff7f0e", "persistence": "#7f7f7f", "actual": "#222222",
           "predicted": "#d62728", "model": "#d62728", "constant": "#7f7f7f", "ewma": "#2ca02c",
-          "aci": "#9467bd", "garch": "#8c564b"}
+          "conformal": "#ff9896", "garch": "#8c564b"}
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -133,24 +133,27 @@ def coverage_by_tercile(frame: pd.DataFrame, rows: int, path: Path, title: str) 
     levels = list(dict.fromkeys(frame["level"]))
     methods = list(dict.fromkeys(frame["method"]))
     terciles = list(dict.fromkeys(frame["tercile"]))
-    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 4.2), squeeze=False)
     width = 0.8 / len(methods)
+    names = {"model": "served (online)", "conformal": "static conformal"}
     for ax, level in zip(axes[0], levels):
-        nominal = float(level)
+        nominal, mine = float(level), frame[frame["level"] == level]
         ax.axhspan(nominal - 5, nominal + 5, color="grey", alpha=0.15, lw=0, label="nominal ± 5 points")
         ax.axhline(nominal, color="black", lw=0.8)
         for k, method in enumerate(methods):
-            mine = frame[(frame["level"] == level) & (frame["method"] == method)].set_index("tercile")
+            bars = mine[mine["method"] == method].set_index("tercile")
             ax.bar(np.arange(len(terciles)) + (k - (len(methods) - 1) / 2) * width,
-                   mine.loc[terciles, "coverage"], width, color=COLORS.get(method), label=method)
+                   bars.loc[terciles, "coverage"], width, color=COLORS.get(method), label=names.get(method, method))
         ax.set_xticks(range(len(terciles)), [f"{t} volatility" for t in terciles])
-        ax.set_ylim(nominal - 25, min(100, nominal + 12))
+        ax.set_ylim(min(nominal - 10, float(mine["coverage"].min()) - 3),
+                    min(100.5, max(nominal + 8, float(mine["coverage"].max()) + 2)))
         ax.set_ylabel("coverage (%)")
         ax.set_title(f"{level} % intervals ({rows} rows, a third each)", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, rect=(0, 0.07, 1, 1))
 
 
 def fan_chart(rows: pd.DataFrame, levels: Sequence[float], path: Path, title: str, max_symbols: int = 8) -> Path:
