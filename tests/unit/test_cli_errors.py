@@ -117,6 +117,8 @@ def test_status_into_a_pipe_closed_early_ends_quietly(tmp_path):
     (["promote", "3", "--rollback"], "--rollback returns to the previous production: give no VERSION with it"),
     (["promote"], "which version? `neuropredict promote VERSION`"),
     (["compare", "4"], "compare takes two versions"),
+    (["demo", "--variant", "regime-1929"], "no variant 'regime-1929': params-regime-1929.yaml does not exist"),
+    (["demo", "--interval", "1m", "--variant", "regime-2020"], "--interval 1m is the intraday variant"),
 ])
 def test_options_that_cannot_go_together_are_one_line(tmp_path, args, message):
     env = _project_with_snapshot(tmp_path)
