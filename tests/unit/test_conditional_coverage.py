@@ -114,3 +114,16 @@ def test_the_conditional_table_shows_the_static_interval_failing_in_the_turbulen
     frame = backtests.tercile_frame(table)
     assert len(frame) == 2 * 3 and set(frame["tercile"]) == set(backtests.TERCILES)
     assert "Kupiec p" in backtests.format_conditional(table)
+
+
+def test_the_scalar_and_the_vectorised_tracker_do_the_same_arithmetic():
+    """A few long series (a backlog) go through plain Python, many through NumPy: one result."""
+    rng = np.random.default_rng(5)
+    states = np.array([adaptive.start(1.2)] * 3)
+    centre, scale = rng.normal(0, 0.001, (3, 200)), np.full((3, 200), 0.02)
+    realised = rng.normal(0, 0.03, (3, 200))
+    realised[:, -1], realised[1, 150:] = np.nan, np.nan  # the open forecast, and a shorter series' padding
+    fast = adaptive._track_vectorised(states, 1.2, 0.95, centre, scale, realised, adaptive.STEPS)
+    slow = adaptive._track_scalar(states, 1.2, 0.95, centre, scale, realised, adaptive.STEPS)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
