@@ -2,8 +2,8 @@
 on 2020 (the COVID crash and its rebound), offline and streamed.
 
 It runs `neuropredict demo --variant regime-2020` (params-regime-2020.yaml over params.yaml, in its
-own workspace .neuropredict/regime-2020/: `dvc repro` there, then a worker on the embedded broker
-serves the replayed 2020 and `evaluate` scores the stream), then gathers its figures:
+own workspace .neuropredict/regime-2020/, made afresh: `dvc repro` there, then a worker on the
+embedded broker serves the replayed 2020 and `evaluate` scores the stream), then gathers its figures:
 
 - offline: the tune stage's metrics/intervals.json (every interval method's test scores, coverage
   by volatility tercile and after jumps, the backtests' p-values) and metrics/test.json;
@@ -43,11 +43,12 @@ def main() -> int:
     out = args.out or HERE / "results" / f"{args.variant}.json"
     command = f"python bench/regime.py --variant {args.variant}"
     stamp = tracking.measured(command, project.root)
+    workspace = project.variant_dir(args.variant)
+    shutil.rmtree(workspace, ignore_errors=True)  # its own store from scratch: production is this run's model
     done = subprocess.run([tool("neuropredict"), "demo", "--variant", args.variant], cwd=project.root)
     if done.returncode:
         print(f"the {args.variant} demo failed (exit {done.returncode}): no report written", file=sys.stderr)
         return done.returncode
-    workspace = project.variant_dir(args.variant)
     offline = read_json(workspace / "metrics" / "intervals.json")
     streamed = read_json(workspace / "reports" / "evaluate" / "report.json")
     write_json(out, {
