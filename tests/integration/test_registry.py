@@ -97,7 +97,10 @@ def test_intervals_miscalibrated_on_validation_fail_the_gate(trained_project, tm
     decision = load_json(root / "metrics/register.json")
     assert decision["promoted"] is False and "intervals miscalibrated on validation" in decision["reason"]
     assert re.search(r"AAPL 80 %: \d+\.\d % \(p = ", decision["reason"])
-    assert decision["validation_min_coverage_p_80"] < 0.01 and decision["test_coverage_80"] < 40
+    assert decision["validation_min_coverage_p_80"] < 0.01
+    # served on the test period, the online calibration widens them back (statically they cover < 40 %):
+    # the gate's check is on validation, where the static calibration is what it is
+    assert decision["test_coverage_80"] > 50
 
 
 def test_a_worse_model_stays_challenger_and_promote_moves_production(trained_project, tmp_path, use_project):
