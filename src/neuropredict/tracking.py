@@ -84,9 +84,16 @@ def setup(experiment: str = contracts.EXPERIMENT_NAME, root: Path | None = None)
 
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.2) -> T:
-    """Run fn, retrying while SQLite says `database is locked` (one writer at a time)."""
+    """Run fn, retrying while SQLite says `database is locked` (one writer at a time), or while
+    another process is creating a new store's tables (MLflow's migration: `_alembic_tmp_...
+    already exists`, seen when `up --guard` and `status` open a fresh store at once)."""
     return retry.retry(fn, "MLflow store busy", retry.Backoff(first_delay_s, 5.0), attempts=attempts,
-                       retry_if=lambda exc: "locked" in str(exc).lower(), level=logging.INFO)
+                       retry_if=_store_busy, level=logging.INFO)
+
+
+def _store_busy(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "_alembic_tmp" in text
 
 
 def git_commit(root: Path | None = None) -> str:

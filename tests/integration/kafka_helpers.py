@@ -259,7 +259,7 @@ def signal_mid_stream(root, env: dict, stream, ticks, serving_params, sig, log_p
     first = worker_process(root, env, stream, log_path, "--idle-timeout-s", "300")
     sender = Sender(ticks, stream, rate=150, serving=serving_params)
     try:
-        wait_for(lambda: serving(log_path), what="the first worker to join")
+        wait_for(lambda: serving(log_path), 240, what="the first worker to join")  # a loaded machine: TF's start
         sender.start()
         published = TopicCounter(stream, stream.topics.predictions)
         wait_for(lambda: published() > 100, every_s=0.05, what="the first worker to publish")

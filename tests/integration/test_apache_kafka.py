@@ -120,7 +120,7 @@ def test_a_worker_sigkilled_mid_transaction_is_fenced_and_nothing_is_lost_or_see
     first = worker_process(root, env, stream, log_path, "--idle-timeout-s", "30")
     try:
         published = TopicCounter(stream, stream.topics.predictions)
-        wait_for(lambda: published() > 100, every_s=0.05, what="the first worker's first committed batches")
+        wait_for(lambda: published() > 100, 240, every_s=0.05, what="the first worker's first committed batches")
         assert "exactly-once" in log_path.read_text()
         _freeze_mid_transaction(first, stream)
         first.send_signal(signal.SIGKILL)

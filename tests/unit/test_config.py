@@ -110,3 +110,23 @@ def test_the_environment_prefix_wins_over_params(monkeypatch, tiny_params):
     tiny_params["kafka"]["topic_prefix"] = "no spaces"
     with pytest.raises(ConfigError, match="'kafka.topic_prefix' is 'no spaces'"):
         params_from_dict(tiny_params)
+
+
+def test_a_store_another_process_is_creating_is_retried_not_a_traceback():
+    """`up --guard` and `status` opening a fresh SQLite store at once: MLflow's migration in the
+    other process shows as `_alembic_tmp_... already exists`; it is retried like a locked store."""
+    import sqlite3
+
+    from neuropredict import tracking
+
+    calls = []
+
+    def opening():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("table _alembic_tmp_model_version_tags already exists")
+        return "opened"
+
+    assert tracking.with_retry(opening, first_delay_s=0.01) == "opened" and len(calls) == 3
+    with pytest.raises(sqlite3.OperationalError, match="no such column"):
+        tracking.with_retry(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("no such column: x")))
