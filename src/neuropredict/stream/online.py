@@ -2,9 +2,10 @@
 move with every realised price of the batch before its forecasts are published.
 
 The state is SymbolState.quantiles: per level, the trackers' quantiles and weights the open
-forecast's interval was made with (adaptive.py), its outcome still to come. A batch first settles the open forecast (the symbol's first accepted tick,
-in its segment, is its outcome), then tracks its own forecasts in turn: each realised by the next
-accepted tick in the same segment, the last one left open. The state goes to the state topic with
+forecast's interval was made with (adaptive.py), its outcome still to come. A batch first settles
+the open forecast (the symbol's first accepted tick, in its segment, is its outcome), then tracks
+its own forecasts in turn: each realised by the next accepted tick in the same segment, the last
+one left open. The state goes to the state topic with
 the batch (stream/changelog.py), so a restart or a rewind goes on from the committed quantiles; a
 new version starts from its own registered ones. Exactly what `adaptive.serve` does offline.
 """
