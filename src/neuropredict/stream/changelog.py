@@ -2,8 +2,9 @@
 ticks (with the input offsets they came from) and its open forecast (with the online quantiles
 its intervals were made with), keyed by symbol, in the partition of the input it came from. A
 record per symbol a batch touched is written with the batch (in its transaction under
-exactly-once); the topic is compacted, so the newest record per symbol stays. A worker restores a partition from it: the ticks before the group's committed
-offset, replayed through the same rules as live ones. So a restart needs no warm-up whatever the
+exactly-once); the topic is compacted, so the newest record per symbol stays. A worker restores
+a partition from it: the ticks before the group's committed offset, replayed through the same
+rules as live ones. So a restart needs no warm-up whatever the
 input topic's retention. A restore reads the partition back from its end only until it holds
 the newest record of every symbol the newest record lists (its `roster`: the partition's symbols
 then), so it reads a few records per symbol however long the history, compacted or not yet.
