@@ -168,13 +168,13 @@ def require_free(port: int, variable: str) -> None:
         raise ServiceError(f"port {port} is already in use: stop what runs there, or set {variable} to a free port")
 
 
-def http_status(url: str, headers: dict[str, str] | None = None) -> int | None:
-    """The HTTP status of a GET (None: nothing answered)."""
+def http_status(url: str, headers: dict[str, str] | None = None, timeout_s: float = 2) -> int | None:
+    """The HTTP status of a GET (None: nothing answered within timeout_s)."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code

@@ -182,9 +182,13 @@ def test_unkeyed_and_miskeyed_ticks_are_rekeyed_and_scored_as_keyed_ones(trained
     assert all(reason.startswith("out of order") for reason in dead.values()), dead
     if workers == 1:
         assert not dead  # one worker re-keys in time order
-    else:  # two workers re-key independently: a few ticks can interleave; late ones are dead letters
+    else:  # two workers re-key independently: some ticks can interleave; late ones are dead letters
         print(f"unkeyed feed, two workers: {len(dead)} of {len(ticks)} ticks re-keyed out of order")
-        assert len(dead) <= len(ticks) // 20
+        # how many interleave depends on the machine's load (CI runs saw 2, 19 and 20 of 348): bound only
+        # what ordering guarantees, i.e. only re-keyed symbols, and far from the half a lost order gives
+        late = {messages.parse_tick(value).symbol for _, _, value in _dead_letters(stream)}
+        assert late <= {s for s, k in by_symbol.items() if k != b""}, late
+        assert len(dead) <= rekeyed // 4
     keyed_positions = _keyed_positions(stream)  # once: it reads the whole topic
     keyed = {where: t for where, t in inputs(stream).items() if not isinstance(t, str)
              and where in keyed_positions and where not in dead}

@@ -201,9 +201,10 @@ def test_an_unauthenticated_client_is_refused(team):
     def basic(user: str, password: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
-    assert http_status(api) == 401
-    assert http_status(api, basic("admin", "not-the-password")) == 401
-    assert http_status(api, basic("admin", team.password)) == 200
+    # checking a password hashes it on purpose slowly: a loaded CI run took over the 2 s a probe waits
+    assert http_status(api, timeout_s=60) == 401
+    assert http_status(api, basic("admin", "not-the-password"), timeout_s=60) == 401
+    assert http_status(api, basic("admin", team.password), timeout_s=60) == 200
     anonymous = {k: v for k, v in team.env.items() if not k.startswith("MLFLOW_TRACKING_")}
     refused = run(["neuropredict", "models"], team.root, {**anonymous, "MLFLOW_TRACKING_URI": team.server}, check=False)
     assert refused.returncode == 1
