@@ -9,8 +9,14 @@ One run, side by side (this machine is shared and noisy: read the ratios):
      cProfile of the worker thread with --profile);
   C. tick-to-prediction latency (Kafka CreateTime of the input -> of the output) at a fixed offered
      rate, p50/p95/p99;
-  A and C run for each setup: Tansu at-least-once, Apache Kafka at-least-once, Apache Kafka
-  exactly-once (one transaction per batch), each on a fresh private broker, warmed up first by
+  K. the client ceiling: the same backlog through a bare consume->produce loop with the worker's
+     own client and settings and guarantee (bare_loop.py: decode, one output of the worker's size
+     per record, flush, commit or a transaction per batch; no model), before and after A; and the
+     same loop with confluent-kafka where it is importable (an outside anchor, not a dependency);
+  C also times when a read_committed reader sees each forecast (under exactly-once, only once its
+     transaction commits; the CreateTime of the output is when it was sent);
+  A, K and C run for each setup: Tansu at-least-once, Apache Kafka at-least-once, Apache Kafka
+  exactly-once (transactions), each on a fresh private broker, warmed up first by
   the backlog sent through it once (a fresh JVM compiles its hot paths on the worker's cores);
   B. once, the same stream through a loop written the way the seed's consumer.py did it (one
      `model.predict` per message), for `--seed-ticks` scored messages.
@@ -39,6 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import orjson
+from bare_loop import confluent_loop, confluent_version, kafka_python_loop
 
 from neuropredict import (  # noqa: E402  (sets quiet library defaults)
     brokers,
@@ -62,6 +70,7 @@ HERE = Path(__file__).resolve().parent
 TOPICS = Topics()  # a private broker per setup: the default names
 SEED_TOPIC = "bench_seed_predictions"
 WARMUP_TOPIC = "bench_warmup"
+BARE_TOPIC = "bench_bare_outputs"  # + the round: the bare loops' outputs
 OVERLAPPED = ("model",)
 SHADOW_ALIAS = "challenger"  # phase S: the worker also scores one version in shadow
 
@@ -75,6 +84,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rate-seconds", type=float, default=20.0, help="length of the latency phase")
     ap.add_argument("--profile", action="store_true", help="cProfile the worker thread in phase A")
     ap.add_argument("--brokers", default="tansu,apache", help="comma-separated: tansu, apache")
+    ap.add_argument("--no-confluent", action="store_true", help="skip the confluent-kafka anchor even if importable")
     ap.add_argument("--no-intervals", action="store_true",
                     help="serve the production model without its interval calibration (what intervals cost)")
     ap.add_argument("--shadow-rounds", type=int, default=3,
@@ -159,9 +169,14 @@ def warm_up_broker(params, bootstrap: str, ticks) -> None:
         reader.read_all([WARMUP_TOPIC])
 
 
+def publish_backlog(params, bootstrap: str, ticks, topics: Topics = TOPICS) -> dict:
+    return producer.publish(ticks, topics.prices, bootstrap=bootstrap, serving=params.serving)
+
+
 def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool, topics: Topics = TOPICS,
-                     shadow=None, metrics_port: int | None = None) -> tuple[Worker, dict]:
-    sent = producer.publish(ticks, topics.prices, bootstrap=bootstrap, serving=params.serving)
+                     shadow=None, metrics_port: int | None = None, sent: dict | None = None) -> tuple[Worker, dict]:
+    """The worker on the backlog (published first unless `sent` says it already was)."""
+    sent = sent or publish_backlog(params, bootstrap, ticks, topics)
     worker = Worker(params, bootstrap=bootstrap, topics=topics, report_to_mlflow=False, pinned_version=version)
     if shadow is not None:
         worker.shadows.pin(SHADOW_ALIAS, shadow)
@@ -196,6 +211,58 @@ def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool,
     }
     result["_thread"], result["_profile"] = thread, prof
     return worker, result
+
+
+def output_template(forecaster, version: str) -> dict:
+    """The fields of the worker's output message beyond the input's own, as it encodes them: the bare
+    loops send the input merged with these, so their outputs weigh what the worker's do."""
+    tick = messages.Tick("2024-01-02 16:00:00", "AAPL.2", 123.456789, 0.0)
+    bounds = {f: 123.456789 for f in forecaster.interval_fields}
+    value = messages.encode_prediction(tick, 123.456789, version, 3, 123456, "bench-host-12345-1", bounds)
+    return {k: v for k, v in orjson.loads(value).items() if k not in ("timestamp", "symbol")}
+
+
+def phase_client_ceiling(params, bootstrap: str, n: int, template: dict, transactional: bool, round_: int,
+                         confluent: bool = False) -> dict:
+    """K. the bare consume->produce loop over the backlog already in the input topic (a new group
+    reads it from the start), into a topic of its own: kafka-python, or confluent-kafka."""
+    sink = f"{BARE_TOPIC}-{'confluent' if confluent else 'kp'}-{round_}"
+    kafka_io.ensure_topics(params.kafka, bootstrap, [sink])
+    loop = confluent_loop if confluent else kafka_python_loop
+    return loop(bootstrap, params.serving, TOPICS.prices, sink, n, template, transactional)
+
+
+class VisibilityWatcher:
+    """A read_committed reader of the output topic from its end, on a thread of its own: the wall
+    clock (ms) at which each forecast, by its input (partition, offset), became visible to it."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        from kafka import TopicPartition
+
+        self.consumer = kafka_io.consumer(None, bootstrap, 50_000, fetch_max_wait_ms=10)
+        parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_end(*parts)
+        for tp in parts:
+            self.consumer.position(tp)  # resolve the end now, before any forecast of the phase
+        self.seen_ms: dict[tuple[int, int], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="visibility")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            polled = self.consumer.poll(timeout_ms=50)
+            now_ms = time.time() * 1000
+            for records in polled.values():
+                for r in records:
+                    v = orjson.loads(r.value)
+                    self.seen_ms.setdefault((v["input_partition"], v["input_offset"]), now_ms)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.consumer.close()
 
 
 def phase_seed_loop(params, bootstrap: str, forecaster, n_scored: int) -> dict:
@@ -241,20 +308,26 @@ def phase_latency(params, bootstrap: str, worker: Worker, ticks, rate: float, se
     n = min(len(ticks), int(rate * seconds))
     since_ms = int(time.time() * 1000)
     before = worker.stats.consumed
+    watcher = VisibilityWatcher(bootstrap, topics.predictions)
     sent = producer.publish(ticks[:n], topics.prices, bootstrap=bootstrap, rate=rate, serving=params.serving)
     retry.wait_until(lambda: worker.stats.consumed >= before + n, 60, "the latency phase's ticks", every_s=0.05)
     with kafka_io.TopicReader(bootstrap) as reader:
         created = {(r.partition, r.offset): r.timestamp
                    for r in reader.read_all([topics.prices]) if r.timestamp >= since_ms}
         outputs = [r for r in reader.read_all([topics.predictions]) if r.timestamp >= since_ms]
-    lat = []
+    retry.wait_until(lambda: len(watcher.seen_ms) >= len(outputs), 30, "the watcher to see every forecast")
+    watcher.stop()
+    lat, visible = [], []
     for r in outputs:
         v = json.loads(r.value)
-        t_in = created.get((v["input_partition"], v["input_offset"]))
+        where = (v["input_partition"], v["input_offset"])
+        t_in = created.get(where)
         if t_in is not None:
             lat.append(r.timestamp - t_in)
+            if where in watcher.seen_ms:
+                visible.append(watcher.seen_ms[where] - t_in)
     return {"offered_ticks_per_s": rate, "achieved_offer_ticks_per_s": sent["ticks_per_s"],
-            "seconds": sent["seconds"], **percentiles(lat)}
+            "seconds": sent["seconds"], **percentiles(lat), "visible_ms": percentiles(visible)}
 
 
 def phase_shadow(params, ticks, version: str, shadow, rounds: int, rate: float, seconds: float) -> dict:
@@ -388,6 +461,8 @@ def main() -> int:
     symbols = len({t[1] for t in ticks})
     print(f"M. the model alone on the windows of {len(ticks)} ticks ...", flush=True)
     loaded.forecaster.warm_up()
+    template = output_template(loaded.forecaster, version)
+    with_confluent = not args.no_confluent and confluent_version() is not None
     m = phase_model_ceiling(loaded.forecaster, ticks, params.serving.max_poll_records)
     print(f"   {m['model_ceiling_windows_per_s']:,.0f} windows/s", flush=True)
     runs, seed, prof, last_worker = {}, None, None, None
@@ -399,9 +474,20 @@ def main() -> int:
             try:
                 kafka_io.ensure_topics(params.kafka, broker.bootstrap, (SEED_TOPIC, WARMUP_TOPIC))
                 warm_up_broker(params, broker.bootstrap, ticks)
+                sent = publish_backlog(run_params, broker.bootstrap, ticks)
+                transactional = guarantee == "exactly_once"
+                bare = [phase_client_ceiling(run_params, broker.bootstrap, len(ticks), template, transactional, 0)]
+                print(f"K. {label}: bare kafka-python loop {bare[0]['ticks_per_s']:,.0f} ticks/s", flush=True)
                 print(f"A. {label}: worker on a backlog of {len(ticks)} ticks of {symbols} symbols ...", flush=True)
-                worker, a = phase_throughput(run_params, broker.bootstrap, ticks, version, args.profile)
+                worker, a = phase_throughput(run_params, broker.bootstrap, ticks, version, args.profile, sent=sent)
                 print(f"   {a['throughput_ticks_per_s']:,.0f} ticks/s end to end ({a['guarantee']})", flush=True)
+                bare.append(phase_client_ceiling(run_params, broker.bootstrap, len(ticks), template, transactional, 1))
+                print(f"K. {label}: bare kafka-python loop again {bare[1]['ticks_per_s']:,.0f} ticks/s", flush=True)
+                anchor = None
+                if with_confluent:
+                    anchor = phase_client_ceiling(run_params, broker.bootstrap, len(ticks), template, transactional,
+                                                  2, confluent=True)
+                    print(f"K. {label}: bare confluent-kafka loop {anchor['ticks_per_s']:,.0f} ticks/s", flush=True)
                 if seed is None:
                     print(f"B. the seed's per-message loop on {args.seed_ticks} scored ticks ...", flush=True)
                     seed = phase_seed_loop(params, broker.bootstrap, loaded.forecaster, args.seed_ticks)
@@ -418,11 +504,17 @@ def main() -> int:
             finally:
                 broker.stop()
         saturation = percentiles(list(worker.stats.latencies_ms)[: len(ticks)])
+        ceiling = float(np.mean([b["ticks_per_s"] for b in bare]))
         runs[label] = {"broker": broker_kind, "guarantee": a["guarantee"],
                        "throughput_ticks_per_s": a["throughput_ticks_per_s"],
                        "of_model_ceiling": a["throughput_ticks_per_s"] / m["model_ceiling_windows_per_s"],
+                       "client_ceiling_ticks_per_s": ceiling,
+                       "of_client_ceiling": a["throughput_ticks_per_s"] / ceiling,
+                       "client_ceiling_rounds": bare,
+                       "confluent_ticks_per_s": anchor and anchor["ticks_per_s"], "confluent_phase": anchor,
                        "latency_ms": {k: c[k] for k in ("p50", "p95", "p99", "n", "offered_ticks_per_s",
                                                         "achieved_offer_ticks_per_s")},
+                       "visible_latency_ms": c["visible_ms"],
                        "saturation_latency_to_commit_ms": saturation, "throughput_phase": a, "latency_phase": c}
         last_worker = worker
     shadow = None
@@ -449,6 +541,11 @@ def main() -> int:
         "settings": {k: getattr(params.serving, k) for k in ("max_poll_records", "producer_linger_ms",
                                                               "producer_batch_bytes", "compression")},
         "symbols": symbols, "smoke": args.smoke, "apache_kafka": _apache_version(args.brokers),
+        "clients": {"kafka-python": _kafka_python_version(),
+                    "confluent-kafka": confluent_version() if with_confluent else None,
+                    "note": "confluent-kafka is an outside anchor for the bare loop only, not a dependency"},
+        "output_bytes": len(orjson.dumps({**template, "timestamp": "2024-01-02 16:00:00", "symbol": "AAPL.2",
+                                          "price": 123.456789})),
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "measured": tracking.measured(" ".join(["python", *sys.argv])),
@@ -472,15 +569,18 @@ def main() -> int:
 
 
 def ratios(runs: dict, shadow: dict | None = None, endpoint: dict | None = None) -> dict:
-    """The issues' targets, as ratios of one run: Apache at-least-once of the model ceiling,
-    exactly-once of at-least-once (throughput), exactly-once p99 over at-least-once p99; one
+    """The issues' targets, as ratios of one run: each setup's worker of its client ceiling; Apache
+    at-least-once of the model ceiling, exactly-once of at-least-once (throughput), exactly-once p99
+    over at-least-once p99 (output CreateTime, and when a read_committed reader sees it); one
     shadow version beside none (throughput, p99); the metrics endpoint scraped beside none."""
-    out = {}
+    out = {f"{label.replace('/', '_')}_of_client_ceiling": run["of_client_ceiling"] for label, run in runs.items()}
     alo, eos = runs.get("apache/at_least_once"), runs.get("apache/exactly_once")
     if alo and eos:
         out |= {"apache_at_least_once_of_model_ceiling": alo["of_model_ceiling"],
                 "exactly_once_of_at_least_once_throughput": eos["throughput_ticks_per_s"] / alo["throughput_ticks_per_s"],
-                "exactly_once_over_at_least_once_p99": eos["latency_ms"]["p99"] / alo["latency_ms"]["p99"]}
+                "exactly_once_over_at_least_once_p99": eos["latency_ms"]["p99"] / alo["latency_ms"]["p99"],
+                "exactly_once_over_at_least_once_visible_p99": eos["visible_latency_ms"]["p99"]
+                / alo["visible_latency_ms"]["p99"]}
     if shadow:
         out |= {"one_shadow_of_none_throughput": shadow["one_of_none_throughput"],
                 "one_shadow_over_none_p99": shadow["one_over_none_p99"]}
@@ -488,6 +588,12 @@ def ratios(runs: dict, shadow: dict | None = None, endpoint: dict | None = None)
         out |= {"endpoint_on_of_off_throughput": endpoint["on_of_off_throughput"],
                 "endpoint_on_over_off_p99": endpoint["on_over_off_p99"]}
     return {"ratios": out} if out else {}
+
+
+def _kafka_python_version() -> str:
+    import kafka
+
+    return kafka.__version__
 
 
 def _apache_version(brokers: list[str]) -> str | None:
@@ -501,11 +607,14 @@ def table(r: dict) -> str:
                  f"{r['model']['cell']} W={r['model']['window']}, {r['machine']['cpu_count']} CPUs shared with the broker)",
              f"{'model ceiling (model call alone)':<44}{r['model_ceiling_windows_per_s']:>10,.0f} windows/s",
              f"{'seed loop (model.predict per message)':<44}{r['seed_loop_ticks_per_s']:>10,.1f} ticks/s",
-             f"{'setup':<32}{'ticks/s':>10}{'of ceiling':>12}   latency at {r['latency_offered_ticks_per_s']:g} ticks/s"]
+             f"{'setup':<28}{'ticks/s':>9}{'of model':>10}{'client':>9}{'of client':>11}{'confluent':>11}"
+             f"   latency at {r['latency_offered_ticks_per_s']:g} ticks/s (sent; visible)"]
     for label, run in r["runs"].items():
-        lat = run["latency_ms"]
-        lines.append(f"{label:<32}{run['throughput_ticks_per_s']:>10,.0f}{100 * run['of_model_ceiling']:>11.0f} %"
-                     f"   p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms")
+        lat, vis = run["latency_ms"], run["visible_latency_ms"]
+        anchor = f"{run['confluent_ticks_per_s']:>11,.0f}" if run["confluent_ticks_per_s"] else f"{'-':>11}"
+        lines.append(f"{label:<28}{run['throughput_ticks_per_s']:>9,.0f}{100 * run['of_model_ceiling']:>8.0f} %"
+                     f"{run['client_ceiling_ticks_per_s']:>9,.0f}{100 * run['of_client_ceiling']:>9.0f} %{anchor}"
+                     f"   p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} ms; p50 {vis['p50']:.1f} p99 {vis['p99']:.1f} ms")
     for key, value in r.get("ratios", {}).items():
         lines.append(f"  {key:<50}{value:>8.2f}")
     a = r["throughput_phase"]

@@ -23,7 +23,14 @@ def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path
     assert set(report["ratios"]) == {"apache_at_least_once_of_model_ceiling", "exactly_once_of_at_least_once_throughput",
                                      "exactly_once_over_at_least_once_p99", "one_shadow_of_none_throughput",
                                      "one_shadow_over_none_p99", "endpoint_on_of_off_throughput",
-                                     "endpoint_on_over_off_p99"}
+                                     "endpoint_on_over_off_p99", "exactly_once_over_at_least_once_visible_p99",
+                                     "tansu_at_least_once_of_client_ceiling", "apache_at_least_once_of_client_ceiling",
+                                     "apache_exactly_once_of_client_ceiling"}
+    for label, run in runs.items():  # the bare loop read the whole backlog, before and after the worker
+        assert [r["consumed"] for r in run["client_ceiling_rounds"]] == [run["throughput_phase"]["ticks"]] * 2, label
+        assert run["of_client_ceiling"] == run["throughput_ticks_per_s"] / run["client_ceiling_ticks_per_s"] > 0
+        sent, seen = run["latency_ms"], run["visible_latency_ms"]  # a reader sees a forecast after it was sent
+        assert seen["n"] == sent["n"] > 0 and seen["p50"] >= sent["p50"], label
     shadow = report["shadow_phase"]["rounds"]  # the shadow scored the same backlog; none without one
     assert shadow["one"][0]["shadow_scored"] > 0 and shadow["none"][0]["shadow_scored"] == 0
     endpoint = report["endpoint_phase"]["rounds"]  # scraped while it ran; never without an endpoint
