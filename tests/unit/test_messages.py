@@ -1,5 +1,6 @@
 import pytest
 
+from neuropredict import messages
 from neuropredict.messages import Tick, encode_prediction, encode_tick, parse_tick
 
 
@@ -27,6 +28,32 @@ def test_seed_format_parses_and_extra_fields_are_allowed():
 def test_malformed_ticks_get_a_reason(raw, reason):
     result = parse_tick(raw)
     assert isinstance(result, str) and reason in result
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"timestamp": "2025-02-27 21:54:55", "symbol": "AAPL", "price": 242.08}',
+    b'{"timestamp": "2025-02-27T21:54:55+00:00", "symbol": "AAPL", "price": 242}',  # an offset: exchange clock
+    b'{"timestamp": "2025-02-27", "symbol": " AAPL ", "price": 1e-9, "extra": [1]}',
+    b'{"timestamp": "2025-02-27 21:54:55", "symbol": "   ", "price": 1.0}',
+    b'{"timestamp": "2025-02-27 21:54:55", "symbol": "' + b"X" * 33 + b'", "price": 1.0}',
+    b'{"timestamp": "2025-02-27 21:54:55", "symbol": ["AAPL"], "price": 1.0}',
+    b'{"timestamp": "2025-02-27 21:54:55", "symbol": "AAPL", "price": null}',
+    b'{"timestamp": "2025-02-30 21:54:55", "symbol": "AAPL", "price": 1.0}',
+    b'"a string"', b"42", b"", None,
+])
+def test_the_short_path_parses_exactly_as_the_full_checks(raw):
+    for _ in range(2):  # the second time from the timestamp cache
+        fast, full = parse_tick(raw), messages._malformed(raw)
+        assert fast == full
+        if isinstance(full, Tick):
+            assert fast.time_s == full.time_s == messages.clock_seconds(full.timestamp)
+
+
+def test_the_timestamp_cache_stays_bounded():
+    for second in range(messages._SECONDS_MAX + 10):
+        assert isinstance(parse_tick(encode_tick(f"2025-02-27 21:{second // 60 % 60:02d}:{second % 60:02d}.{second}",
+                                                 "AAPL", 1.0)), Tick)
+    assert len(messages._SECONDS) <= messages._SECONDS_MAX
 
 
 def test_prediction_carries_the_contract_fields_and_the_input_position():
