@@ -151,6 +151,34 @@ def test_a_worker_sigkilled_mid_transaction_is_fenced_and_nothing_is_lost_or_see
                          described)
 
 
+def test_a_transaction_holds_the_batches_of_its_commit_interval_and_a_stop_commits_the_open_one(
+        trained_project, tmp_path, apache_stream, monkeypatch):
+    root = copy_project(trained_project, tmp_path / "copy")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["serving"].update(max_poll_records=20, commit_interval_ms=1000)
+    write_params(root, raw)
+    params = load_params(root / "params.yaml")
+    for key, value in project_env(root).items():
+        monkeypatch.setenv(key, value)
+    stream = apache_stream
+    ticks = replay(root, params, start="2024-09-01", symbols=["AAPL", "MSFT"])
+    w = WorkerThread(params, stream)
+    assert w.worker.guarantee == "exactly_once"
+    wait_for(lambda: len(w.owned()) == 4, what="the worker to own the partitions")
+    feed = Sender(ticks, stream, rate=100, serving=params.serving)
+    feed.start()
+    feed.join(120)
+    wait_for(lambda: w.stats.polled >= len(ticks), what="every tick to be polled")
+    w.stop()  # most likely inside a transaction: the stop commits it
+    transactions, batches = w.worker.delivery.transactions, w.stats.batches
+    print(f"{batches} batches in {transactions['committed']} transactions over {len(ticks) / 100:.1f} s")
+    assert transactions["aborted"] == 0 and w.stats.consumed == len(ticks)
+    assert transactions["committed"] <= batches / 4  # several polls per transaction, not one each
+    found, where = inputs(stream), positions(predictions(stream))
+    warm = warmup_positions(found, params.featurize.window)
+    assert len(where) == len(set(where)) and set(where) | warm == set(found)  # each forecast once, none lost
+
+
 def read_topic_uncommitted(stream) -> list:
     """The predictions topic as a read_uncommitted reader sees it: aborted records included."""
     with kafka_io.TopicReader(stream.bootstrap) as reader:

@@ -3,10 +3,13 @@ acknowledges all of them, then commit the consumed offsets. When anything fails 
 committed and the worker rewinds to the last commit.
 
 Two guarantees (serving.guarantee):
-- exactly_once: the batch is one Kafka transaction: its outputs and its consumed offsets commit
-  together or not at all; a failed batch is aborted, and read_committed readers (every reader
-  here) never see it. The consumer's group generation goes with the offsets (KIP-447): a worker
-  that lost its partitions in a rebalance cannot commit them (a zombie is fenced).
+- exactly_once: a Kafka transaction holds the batches of up to serving.commit_interval_ms (as
+  Kafka Streams' commit.interval.ms under exactly-once; 0: one per batch): their outputs and
+  consumed offsets commit together or not at all; a failed transaction is aborted, and
+  read_committed readers (every reader here) never see it. A commit takes ~35 ms that the loop
+  waits: paid by every small batch, it was most of the latency at a low rate; a reader sees a
+  forecast up to the interval later. The consumer's group generation goes with the offsets
+  (KIP-447): a worker that lost its partitions in a rebalance cannot commit them (a zombie is fenced).
 - at_least_once: offsets commit after every send is acknowledged; a batch that failed after some
   sends is sent again (duplicates, never losses). On a broker whose transactions do not isolate
   (the embedded one) the worker uses this and says so.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from kafka.errors import (
@@ -54,20 +58,18 @@ PERMANENT_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, In
                            InvalidTimestampError)
 
 
-class Delivery:
-    """Sends, acknowledges, then commits or reports the failure: one batch at a time."""
+class Outbox:
+    """A batch's records on their way: forecasts, state, dead letters and re-keyed ticks sent, then
+    acknowledged (a record refused for what it is replaced, not retried forever)."""
 
-    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool, flush_timeout_s: float,
-                 topics: Topics):
-        self.make_producer, self.consumer, self.transactional = make_producer, consumer, transactional
-        self.topics = topics
+    def __init__(self, make_producer: Callable[[], object], topics: Topics, flush_timeout_s: float):
+        self.make_producer, self.topics = make_producer, topics
         # a flush never waits forever (kafka-python's flush() has no bound of its own; after a
         # broker failure a batch waits on the sender, see _within for the transaction calls)
         self.flush_timeout_s = flush_timeout_s
         self.producer = make_producer()
         for topic in (topics.predictions, topics.dead_letters):  # metadata now, not on the first send
             self.producer.partitions_for(topic)
-        self._in_transaction = False
         self._futures: list = []
         self._dead: list = []  # (future, record, reason) of each dead letter
         self._rekeyed: list = []  # (future, record) of each tick sent back under its symbol
@@ -76,13 +78,7 @@ class Delivery:
         # Exactly-once: a record the broker refused fails its whole transaction, so the retried
         # batch must know it: (topic, partition, offset) -> why, for what replaces it then.
         self._refused: dict[tuple[str, int, int], str] = {}
-        self.transactions = {"committed": 0, "aborted": 0}  # exactly-once: what became of each
-
-    def begin(self) -> None:
-        self._futures, self._dead, self._rekeyed = [], [], []
-        if self.transactional:
-            self._in_transaction = True  # first: if beginning fails, the rewind's abort replaces the producer
-            self.producer.begin_transaction()
+        self.transactional = False
 
     def publish(self, keyed_values: list[tuple[bytes, bytes]], shadow: bool = False) -> None:
         """Forecasts (a shadow's: to the shadow topic), key = symbol. The partition is the default
@@ -97,6 +93,15 @@ class Delivery:
         transaction, so the state and the offsets commit together."""
         send, topic = self.producer.send, self.topics.serving_state
         self._futures += [send(topic, key=key, value=value, partition=p) for p, key, value in records]
+
+    def reroute(self, batch) -> list[tuple]:
+        """The batch's dead letters and re-keyed ticks; returns the dead letters (record, reason)."""
+        dead = batch.dead_letters()
+        for rec, reason in dead:
+            self.dead_letter(rec, reason)
+        for rec, symbol in batch.to_rekey():
+            self.rekey(rec, symbol)
+        return dead
 
     def dead_letter(self, rec, reason: str) -> None:
         """The original bytes (the first DEAD_LETTER_MAX_BYTES of an oversized one) with the reason."""
@@ -165,6 +170,68 @@ class Delivery:
             return f"publishing timed out (not acknowledged within {self.flush_timeout_s:g} s)"
         return None
 
+    def _send_trace(self, rec, reason: str, error: str):
+        size = len(rec.key or b"") + len(rec.value or b"")
+        key, value, headers = messages.unsendable_trace(reason, rec.topic, rec.partition, rec.offset, size, error)
+        return self.producer.send(self.topics.dead_letters, key=key, value=value, headers=headers)
+
+    def _partition(self, topic: str, key: bytes) -> int:
+        part = self._partitions.get((topic, key))
+        if part is None:
+            count = len(self.producer.partitions_for(topic))
+            part = self._partitions[(topic, key)] = (murmur2(key) & 0x7FFFFFFF) % count
+        return part
+
+
+class Delivery(Outbox):
+    """Sends (Outbox), acknowledges, then commits or reports the failure; rewinds after one."""
+
+    def __init__(self, make_producer: Callable[[], object], consumer, transactional: bool, flush_timeout_s: float,
+                 topics: Topics, commit_interval_s: float = 0.0):
+        super().__init__(make_producer, topics, flush_timeout_s)
+        self.consumer, self.transactional = consumer, transactional
+        self.commit_interval_s = commit_interval_s if transactional else 0.0  # at-least-once: every batch
+        self._began = 0.0  # when the open transaction began (monotonic)
+        self._in_transaction = False
+        self.held: list = []  # what to count of each batch sent since the last commit (hold, settle)
+        self.transactions = {"committed": 0, "aborted": 0}  # exactly-once: what became of each
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def begin(self) -> None:
+        """Before a batch's sends: a new transaction, unless one is open (its commit is not due)."""
+        if self._in_transaction:
+            return
+        self._futures, self._dead, self._rekeyed = [], [], []
+        if self.transactional:
+            self._in_transaction = True  # first: if beginning fails, the rewind's abort replaces the producer
+            self._began = time.monotonic()
+            self.producer.begin_transaction()
+
+    def commit_due(self) -> bool:
+        """Whether what was sent should be acknowledged and committed now (at-least-once: always)."""
+        return not self._in_transaction or time.monotonic() - self._began >= self.commit_interval_s
+
+    def hold(self, counts) -> None:
+        """A batch is sent: what to count of it once it is committed."""
+        self.held.append(counts)
+
+    def settle(self, timing, count: Callable[..., None]) -> str | None:
+        """Acknowledge, then commit, everything sent since the last commit, then count(*held) for each
+        batch it holds; else what failed (nothing committed, nothing counted)."""
+        with timing.timed("ack"):
+            failure = self.acknowledge()
+        if failure:
+            return failure
+        with timing.timed("commit"):
+            self.commit()
+        held, self.held = self.held, []
+        for counts in held:
+            count(*counts)
+        return None
+
     def commit(self) -> None:
         """The consumed offsets: in the batch's transaction (with the group's generation, which
         fences a zombie), else directly."""
@@ -183,6 +250,7 @@ class Delivery:
         """Abort the open transaction, if any. A producer that cannot abort (fenced by a newer
         one, or its state is unknown) is replaced: a new one with the same transactional id
         aborts whatever the old one left open."""
+        self.held = []
         if not self._in_transaction:
             return
         self.transactions["aborted"] += 1
@@ -218,18 +286,6 @@ class Delivery:
                         retry_on=(KafkaError, ServiceError), stop=stop_event)
         except (KafkaError, ServiceError):  # raised only once stopped: the worker is closing anyway
             pass
-
-    def _send_trace(self, rec, reason: str, error: str):
-        size = len(rec.key or b"") + len(rec.value or b"")
-        key, value, headers = messages.unsendable_trace(reason, rec.topic, rec.partition, rec.offset, size, error)
-        return self.producer.send(self.topics.dead_letters, key=key, value=value, headers=headers)
-
-    def _partition(self, topic: str, key: bytes) -> int:
-        part = self._partitions.get((topic, key))
-        if part is None:
-            count = len(self.producer.partitions_for(topic))
-            part = self._partitions[(topic, key)] = (murmur2(key) & 0x7FFFFFFF) % count
-        return part
 
 
 def _within(timeout_s: float, what: str, call: Callable[[], object]) -> None:

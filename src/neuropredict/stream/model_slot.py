@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from neuropredict import registry
+from neuropredict.forecaster import limit_threads
 from neuropredict.kafka_io import TopicReader
 from neuropredict.stream import restore
 from neuropredict.stream.changelog import Changelog
@@ -44,8 +45,11 @@ class ModelSlot:
     def forecaster(self):
         return self.served.forecaster
 
-    def load(self) -> None:
-        """The first model, warmed up (a missing one raises ModelNotFoundError)."""
+    def load(self, model_threads: int | None = None) -> None:
+        """The first model, warmed up (a missing one raises ModelNotFoundError); model_threads:
+        TensorFlow's threads, set before it starts (a serving process's first load)."""
+        if model_threads is not None:
+            limit_threads(model_threads)
         self.adopt(registry.load(self.model_name, self.alias, version=self.pinned_version))
 
     def adopt(self, served: registry.ServedModel) -> None:

@@ -109,9 +109,9 @@ def _none(batch: Batch, forecaster) -> tuple[np.ndarray, np.ndarray]:
 def encode(batch: Batch, ticks: np.ndarray, forecast, fields: tuple, version: str,
            worker_id: str, alias: str | None = None) -> list[tuple[bytes, bytes]]:
     """(key, value) of the output message of each forecast tick, key = symbol."""
-    published = (np.column_stack([forecast.bounds[f] for f in fields]).tolist() if fields
-                 else [()] * len(ticks))
-    encode_one, all_ticks, records = messages.encode_prediction, batch.ticks, batch.records
-    return [(all_ticks[i].symbol.encode(), encode_one(all_ticks[i], p, version, records[i].partition,
-                                                      records[i].offset, worker_id, dict(zip(fields, b)), alias))
-            for i, p, b in zip(ticks.tolist(), forecast.price.tolist(), published)]
+    index = ticks.tolist()
+    chosen, records = [batch.ticks[i] for i in index], [batch.records[i] for i in index]
+    values = messages.encode_predictions(chosen, forecast.price.tolist(), {f: forecast.bounds[f].tolist() for f in fields},
+                                         version, [r.partition for r in records], [r.offset for r in records],
+                                         worker_id, alias)
+    return list(zip([t.symbol.encode() for t in chosen], values))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuropredict import intervals
+from neuropredict.stream.batch import Batch
 from neuropredict.stream.state import Advance, SymbolState
 
 Keys = tuple[tuple[str, float], ...]  # (method, level) of each scored interval: intervals.live_keys
@@ -50,3 +51,10 @@ def score_forecasts(symbol: str, st: SymbolState, step: Advance, forecasts: np.n
                 interval_sums(actual[ok], prev_price[ok], prev_bounds[ok], keys)))
     st.carry(forecasts[-1], bounds[-1], keys, version, step)
     return out
+
+
+def score_batch(batch: Batch, states: dict[str, SymbolState], forecasts: np.ndarray, bounds: np.ndarray,
+                keys: Keys, version: str) -> list[tuple]:
+    """score_forecasts of each symbol of the batch (forecasts and bounds: one row per tick of it)."""
+    return [c for symbol, step in batch.steps.items() for c in score_forecasts(
+        symbol, states[symbol], step, forecasts[batch.accepted(symbol)], bounds[batch.accepted(symbol)], keys, version)]

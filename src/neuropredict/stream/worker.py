@@ -2,8 +2,9 @@
 forecast and publish (predict), commit (delivery), score (scoring). One member of the group.
 
 - The model and the symbols' state: model_slot (the alias watch, hot swaps, restore on assignment).
-- Delivery: exactly-once (a Kafka transaction per batch) where the broker isolates transactions,
-  else at-least-once; offsets commit only with, or after, every output.
+- Delivery: exactly-once (a Kafka transaction over the batches of up to serving.commit_interval_ms)
+  where the broker isolates transactions, else at-least-once; offsets commit only with, or after,
+  every output. A model swap or a restore happens between transactions, never inside one.
 - Live metrics: stats, on their way to MLflow from a background thread (reporter).
 """
 
@@ -17,7 +18,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,6 @@ from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from neuropredict import kafka_io, retry, tracking
-from neuropredict.forecaster import limit_threads
 from neuropredict.settings import environment
 from neuropredict.settings.contracts import PRODUCTION_ALIAS, Topics
 from neuropredict.settings.schema import Params
@@ -38,7 +37,7 @@ from neuropredict.stream.model_slot import ModelSlot
 from neuropredict.stream.predict import forecast_and_publish
 from neuropredict.stream.reporter import MlflowReporter
 from neuropredict.stream.rules import TickRules
-from neuropredict.stream.scoring import score_forecasts
+from neuropredict.stream.scoring import score_batch
 from neuropredict.stream.shadow import Shadows
 from neuropredict.stream.stats import LiveStats, summary
 
@@ -94,22 +93,17 @@ class Worker:
         self.shadows.watch(self.serving.alias_poll_interval_s)
         if self.reporter:
             self.reporter.start()
-        log.info("worker: group %s, Kafka %s (%s), model %s v%s (window %d), batches of up to %d", self.topics.group,
-                 self.bootstrap, self.guarantee.replace("_", "-"), self.model.model_name, self.version,
-                 self.model.book.window, self.serving.max_poll_records)
+        log.info(_started(self))
         freeze_long_lived_objects()
 
     def _connect(self) -> None:
         if not self.model.loaded:
-            limit_threads(self.serving.model_threads)
-            self.model.load()
+            self.model.load(self.serving.model_threads)
         self.consumer = kafka_io.consumer(self.topics.group, self.bootstrap, self.serving.max_poll_records,
                                           fetch_max_wait_ms=self.serving.fetch_max_wait_ms)
-        make_producer, transactional = _producers(self.serving, self.bootstrap, self.topics, self.worker_id)
-        self.delivery = Delivery(make_producer, self.consumer, transactional, 2 * self.serving.delivery_timeout_ms / 1000,
-                                 self.topics)
+        self.delivery = _delivery(self.serving, self.bootstrap, self.topics, self.worker_id, self.consumer)
         self.consumer.subscribe([self.topics.prices], listener=Rebalance(self))
-        self.reader = kafka_io.TopicReader(self.bootstrap, isolated=transactional)
+        self.reader = kafka_io.TopicReader(self.bootstrap, isolated=self.delivery.transactional)
 
     def run(self, max_messages: int | None = None, timeout_s: float | None = None,
             idle_timeout_s: float | None = None) -> LiveStats:
@@ -124,14 +118,11 @@ class Worker:
                                             max_records=self.serving.max_poll_records)
                 self.stats.note_poll(polled, self.consumer, time.perf_counter() - polled_at)
                 try:
-                    if self.model.maybe_swap(self.reader, self.consumer):  # between two batches
-                        self.stats.swaps += 1
-                        self.status.set(self.status.phase, version=self.version)
-                    self.shadows.maybe_swap(self.reader, self.consumer, self.version)
-                    if self._to_restore:
-                        assigned, self._to_restore = set(self._to_restore), set()
-                        self._restore(assigned)
-                        limits.had_data()  # idle counts from when input could first arrive (a slow join is not idle)
+                    if self.delivery.held and (self._to_restore or self.delivery.commit_due()):
+                        with self.stats.busy():
+                            self._commit()
+                    if not self.delivery.in_transaction:  # between transactions: state may be rebuilt
+                        self._between_transactions(limits)
                     if polled:
                         with self.stats.busy():
                             self._process(polled)
@@ -139,9 +130,21 @@ class Worker:
                 except KafkaError as exc:  # broker gone or group rebalanced mid-batch: nothing was committed
                     self._rewind(f"{type(exc).__name__}: {exc}")
                 self._report()
+            if self.delivery.held:  # stopped between batches (not by an error in one): finish the transaction
+                self._commit()
         finally:
             self.close()
         return self.stats
+
+    def _between_transactions(self, limits: Limits) -> None:  # swaps, restores: from the committed topics
+        if self.model.maybe_swap(self.reader, self.consumer):
+            self.stats.swaps += 1
+            self.status.set(self.status.phase, version=self.version)
+        self.shadows.maybe_swap(self.reader, self.consumer, self.version)
+        if self._to_restore:
+            assigned, self._to_restore = set(self._to_restore), set()
+            self._restore(assigned)
+            limits.had_data()  # idle counts from when input could first arrive (a slow join is not idle)
 
     def close(self) -> None:
         self.model.stop()
@@ -166,32 +169,28 @@ class Worker:
                            for symbol, idx in batch.by_symbol.items()}
             book.warn_once(batch.steps, self.rules.level_shift_ticks, self.version)
         with timed("produce"):
-            dead = batch.dead_letters()
-            for rec, reason in dead:
-                self.delivery.dead_letter(rec, reason)
-            for rec, symbol in batch.to_rekey():
-                self.delivery.rekey(rec, symbol)
+            dead = self.delivery.reroute(batch)
         shadows = []  # their model calls start once production's is done, their forecasts go after production's
         forecasts, bounds = forecast_and_publish(forecaster, batch, self.delivery, self._model_pool, self.version,
                                                  self.worker_id, self.stats, book.states, then=lambda: shadows.extend(
                                                      self.shadows.start(batch, self._model_pool, self.version,
                                                                         self.stats)))
         with timed("score"):
-            scores = [c for symbol, step in batch.steps.items() for c in score_forecasts(
-                symbol, book.states[symbol], step, forecasts[batch.accepted(symbol)], bounds[batch.accepted(symbol)],
-                forecaster.live_keys, self.version)]
+            scores = score_batch(batch, book.states, forecasts, bounds, forecaster.live_keys, self.version)
         shadow_scores = self.shadows.finish(shadows, self.delivery, self.worker_id, self.stats)
         self.delivery.save_state(self.changelog.records(batch.by_symbol, book.states))
-        with timed("ack"):
-            failure = self.delivery.acknowledge()
+        self.delivery.hold((batch, [reason for _, reason in dead], scores, shadow_scores))
+        if self.delivery.commit_due():
+            self._commit()
+
+    def _commit(self) -> None:
+        """What was sent since the last commit, committed, then counted (nothing is counted before)."""
+        failure = self.delivery.settle(self.stats, count=self.stats.add_batch)
         if failure:
-            return self._rewind(failure)
-        with timed("commit"):
-            self.delivery.commit()
-        self.stats.add_batch(batch, [reason for _, reason in dead], scores, shadow_scores)
+            self._rewind(failure)
 
     def _rewind(self, why: str) -> None:
-        """Nothing of the failed batch was committed: back to the last commit, windows rebuilt."""
+        """Nothing since the last commit was committed: back to it, windows rebuilt."""
         self.stats.rewinds += 1
         log.warning("%s; rewinding to the last committed offsets", why)
         self.delivery.rewind(self.stop_event, then=self._restore)
@@ -217,6 +216,14 @@ class Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked) -> None:
+        # An open transaction holds outputs of partitions going to another worker, which reads them
+        # again from the last commit: abort it (kafka-python's assignors are eager: every partition
+        # is revoked, and each assigned one is rebuilt from the committed topics).
+        delivery = self.worker.delivery
+        if delivery is not None and delivery.in_transaction:
+            log.info("rebalance: aborting the open transaction (%d batches): read again from the last commit",
+                     len(delivery.held))
+            delivery.abort()
         self.worker._to_restore.difference_update(revoked)
         self.worker.model.book.drop(tp.partition for tp in revoked)
         self.worker.changelog.drop(tp.partition for tp in revoked)
@@ -249,6 +256,13 @@ class Limits:
                 or (self.idle_timeout_s is not None and now - self.last_data > self.idle_timeout_s))
 
 
+def _started(worker: Worker) -> str:
+    interval = f", transactions of up to {worker.serving.commit_interval_ms} ms" if worker.delivery.commit_interval_s else ""
+    return (f"worker: group {worker.topics.group}, Kafka {worker.bootstrap} ({worker.guarantee.replace('_', '-')})"
+            f"{interval}, model {worker.model.model_name} v{worker.version} (window {worker.model.book.window}), "
+            f"batches of up to {worker.serving.max_poll_records}")
+
+
 def freeze_long_lived_objects() -> None:
     """TensorFlow, MLflow and pandas leave ~10^6 long-lived objects: a full garbage collection
     walks them all (measured: ~0.3 s stalls inside a batch). Freeze them out of the GC."""
@@ -256,13 +270,14 @@ def freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def _producers(serving, bootstrap: str, topics: Topics, worker_id: str) -> tuple[Callable[[], Any], bool]:
-    """How the batch's producer is made (transactional under exactly-once where the broker
-    isolates transactions), once the state topic is known to be there; and whether transactional."""
+def _delivery(serving, bootstrap: str, topics: Topics, worker_id: str, consumer) -> Delivery:
+    """The worker's delivery, once the state topic is known to be there: its producer transactional
+    under exactly-once where the broker isolates transactions."""
     kafka_io.require_state_topic(bootstrap, topics)
     transactional = _transactional(serving.guarantee, bootstrap)
     tid = f"{topics.group}-{worker_id}" if transactional else None
-    return (lambda: kafka_io.producer(bootstrap, serving, transactional_id=tid)), transactional
+    return Delivery(lambda: kafka_io.producer(bootstrap, serving, transactional_id=tid), consumer, transactional,
+                    2 * serving.delivery_timeout_ms / 1000, topics, serving.commit_interval_ms / 1000)
 
 
 def _transactional(guarantee: str, bootstrap: str) -> bool:
