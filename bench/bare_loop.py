@@ -63,7 +63,7 @@ def confluent_version() -> str | None:
         import confluent_kafka
     except ImportError:
         return None
-    return confluent_kafka.version()[0]
+    return confluent_kafka.__version__
 
 
 def confluent_loop(bootstrap: str, serving, source: str, sink: str, n: int, template: dict,
