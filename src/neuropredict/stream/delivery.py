@@ -7,7 +7,7 @@ Two guarantees (serving.guarantee):
   Kafka Streams' commit.interval.ms under exactly-once; 0: one per batch): their outputs and
   consumed offsets commit together or not at all; a failed transaction is aborted, and
   read_committed readers (every reader here) never see it. A commit takes ~35 ms that the loop
-  waits: paid by every small batch, it was most of the latency at a low rate; a reader sees a
+  waits: the interval pays it once per interval, not once per small batch, and a reader sees a
   forecast up to the interval later. The consumer's group generation goes with the offsets
   (KIP-447): a worker that lost its partitions in a rebalance cannot commit them (a zombie is fenced).
 - at_least_once: offsets commit after every send is acknowledged; a batch that failed after some
