@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from kafka import TopicPartition
 
 from neuropredict import apache_kafka, brokers, kafka_io, messages, procs
@@ -27,6 +26,7 @@ from tests.conftest import (
     TINY_PARAMS,
     Stream,
     copy_project,
+    copy_with_params,
     distinct_ports,
     project_env,
     require_apache_kafka,
@@ -56,15 +56,6 @@ from tests.integration.kafka_helpers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def _small_batches(trained_project, tmp_path, records: int = 40):
-    """A copy of the trained project whose worker polls small batches (many transactions)."""
-    root = copy_project(trained_project, tmp_path / "copy")
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["serving"]["max_poll_records"] = records
-    write_params(root, raw)
-    return root, load_params(root / "params.yaml")
 
 
 def _open_transaction(stream) -> bool:
@@ -110,7 +101,8 @@ def _group_lag(stream) -> dict[int, int]:
 
 def test_a_worker_sigkilled_mid_transaction_is_fenced_and_nothing_is_lost_or_seen_twice(
         trained_project, tmp_path, apache_stream):
-    root, params = _small_batches(trained_project, tmp_path)
+    # small batches: many transactions
+    root, params = copy_with_params(trained_project, tmp_path / "copy", {"serving": {"max_poll_records": 40}})
     stream = apache_stream
     # the same worker name after the restart: its first transaction fences the killed one's
     env = {**project_env(root), "NEUROPREDICT_WORKER_ID": "worker-a"}
@@ -152,14 +144,10 @@ def test_a_worker_sigkilled_mid_transaction_is_fenced_and_nothing_is_lost_or_see
 
 
 def test_a_transaction_holds_the_batches_of_its_commit_interval_and_a_stop_commits_the_open_one(
-        trained_project, tmp_path, apache_stream, monkeypatch):
-    root = copy_project(trained_project, tmp_path / "copy")
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["serving"].update(max_poll_records=20, commit_interval_ms=1000)
-    write_params(root, raw)
-    params = load_params(root / "params.yaml")
-    for key, value in project_env(root).items():
-        monkeypatch.setenv(key, value)
+        trained_project, tmp_path, apache_stream, use_project):
+    root, params = copy_with_params(trained_project, tmp_path / "copy",
+                                    {"serving": {"max_poll_records": 20, "commit_interval_ms": 1000}})
+    use_project(root)
     stream = apache_stream
     ticks = replay(root, params, start="2024-09-01", symbols=["AAPL", "MSFT"])
     w = WorkerThread(params, stream)

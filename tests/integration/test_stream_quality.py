@@ -178,7 +178,8 @@ def test_unkeyed_and_miskeyed_ticks_are_rekeyed_and_scored_as_keyed_ones(trained
     for w in running:
         w.stop()
     assert sum(w.stats.rekeyed for w in running) == rekeyed
-    dead = {(int(h["source_partition"]), int(h["source_offset"])): h["reason"] for h, _, _ in _dead_letters(stream)}
+    letters = _dead_letters(stream)
+    dead = {(int(h["source_partition"]), int(h["source_offset"])): h["reason"] for h, _, _ in letters}
     assert all(reason.startswith("out of order") for reason in dead.values()), dead
     if workers == 1:
         assert not dead  # one worker re-keys in time order
@@ -186,7 +187,7 @@ def test_unkeyed_and_miskeyed_ticks_are_rekeyed_and_scored_as_keyed_ones(trained
         print(f"unkeyed feed, two workers: {len(dead)} of {len(ticks)} ticks re-keyed out of order")
         # how many interleave depends on the machine's load (CI runs saw 2, 19 and 20 of 348): bound only
         # what ordering guarantees, i.e. only re-keyed symbols, and far from the half a lost order gives
-        late = {messages.parse_tick(value).symbol for _, _, value in _dead_letters(stream)}
+        late = {messages.parse_tick(value).symbol for _, _, value in letters}
         assert late <= {s for s, k in by_symbol.items() if k != b""}, late
         assert len(dead) <= rekeyed // 4
     keyed_positions = _keyed_positions(stream)  # once: it reads the whole topic

@@ -233,7 +233,7 @@ class Delivery(Outbox):
         return None
 
     def commit(self) -> None:
-        """The consumed offsets: in the batch's transaction (with the group's generation, which
+        """The consumed offsets: in the open transaction (with the group's generation, which
         fences a zombie), else directly."""
         if not self.transactional:
             self.consumer.commit()
