@@ -135,7 +135,7 @@ class ServingParams(_Section):
     delivery_timeout_ms: _int(1000, 3_600_000) = 30_000
     level_shift_ticks: _int(2, 10_000) = 5  # 1 would make every spike a new level
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    commit_interval_ms: _int(0, 60_000) = 100  # exactly-once: a transaction holds the batches of this long
+    commit_interval_ms: _int(0, 60_000) = 0  # exactly-once: a transaction holds the batches of this long
     # versions scored beside production on the same ticks, into their own topic ([]: none)
     shadow_aliases: Annotated[tuple[Text, ...], AfterValidator(_distinct)] = ("challenger",)
 
