@@ -55,13 +55,15 @@ def centre_and_scale(last: np.ndarray, lower: np.ndarray, upper: np.ndarray, q: 
     return (lo + hi) / 2.0, (hi - lo) / (2.0 * q)
 
 
-def track(states: np.ndarray, q0: float, level: float, centre: np.ndarray, scale: np.ndarray,
+def track(states: np.ndarray, q0, level, centre: np.ndarray, scale: np.ndarray,
           realised: np.ndarray, steps: np.ndarray = STEPS) -> tuple[np.ndarray, np.ndarray]:
     """Several series at once, each a row: (S, 2K) states and (S, L) forecasts in time order ->
-    the quantile each forecast is served with, (S, L), and the states after. A NaN realised log
-    return (not known yet, or padding) leaves a state where it is. `steps`: the trackers' (one
-    step: plain ACI, as the benchmark compares). Many series step together in NumPy; a few long
-    ones (a backlog of one symbol) in plain Python, ~6x faster there: the same arithmetic."""
+    the quantile each forecast is served with, (S, L), and the states after. q0 and level: one
+    for every row, or one per row (a worker tracks each level's series in one call). A NaN
+    realised log return (not known yet, or padding) leaves a state where it is. `steps`: the
+    trackers' (one step: plain ACI, as the benchmark compares). Many series step together in
+    NumPy; a few long ones (a backlog of one symbol) in plain Python, ~6x faster there: the same
+    arithmetic."""
     track_rows = _track_vectorised if len(states) >= VECTORISE_FROM else _track_scalar
     return track_rows(states, q0, level, centre, scale, realised, np.asarray(steps, dtype=np.float64))
 
@@ -69,31 +71,47 @@ def track(states: np.ndarray, q0: float, level: float, centre: np.ndarray, scale
 VECTORISE_FROM = 6  # series: below, a NumPy call per step costs more than the arithmetic
 
 
+def _per_row(value, rows: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (rows,))
+
+
 def _track_vectorised(states, q0, level, centre, scale, realised, steps):
-    k = len(steps)
+    """The scalar arithmetic (same association: a miss's and a hit's move and weight factor per
+    row), a step for every series at once; each step's NumPy calls are the cost, so the scores
+    and which are known are computed for all steps first."""
+    k, rows = len(steps), len(states)
     q, w = states[:, :k].copy(), states[:, k:].copy()
+    q0, level = _per_row(q0, rows)[:, None], _per_row(level, rows)[:, None]
+    alpha = 1.0 - level
+    up, down = steps * q0 * level, steps * q0 * alpha
+    miss_factor, hit_factor = -ETA * level, ETA * alpha
+    with np.errstate(invalid="ignore"):  # NaN: not known yet, or padding
+        scores = np.abs(realised - centre) / scale
+    known = ~np.isnan(realised)
+    all_known, any_known = known.all(axis=0), known.any(axis=0)
     used = np.empty(centre.shape)
-    alpha, steps = 1.0 - level, steps * q0
     for j in range(centre.shape[1]):
         used[:, j] = np.sum(w * q, axis=1)
-        known = ~np.isnan(realised[:, j])
-        if not known.any():
+        if not any_known[j]:
             continue
-        score = (np.abs(realised[known, j] - centre[known, j]) / scale[known, j])[:, None]
-        qk, wk = q[known], w[known]
-        over = (score - qk) / q0
-        loss = level * np.maximum(over, 0.0) + alpha * np.maximum(-over, 0.0)  # pinball at the level
-        q[known] = np.maximum(0.0, qk + steps * ((score > qk) - alpha))
-        wk = wk * np.exp(-ETA * loss)
-        w[known] = (1.0 - SIGMA) * wk / wk.sum(axis=1, keepdims=True) + SIGMA / k
+        r = slice(None) if all_known[j] else known[:, j]  # all known: views, no copies
+        score, qk = scores[r, j][:, None], q[r]
+        over = (score - qk) / q0[r]
+        miss = over > 0
+        wk = w[r] * np.exp(np.where(miss, miss_factor[r], hit_factor[r]) * over)
+        q[r] = np.where(miss, qk + up[r], np.maximum(0.0, qk - down[r]))
+        w[r] = (1.0 - SIGMA) * wk / wk.sum(axis=1, keepdims=True) + SIGMA / k
     return used, np.hstack([q, w])
 
 
 def _track_scalar(states, q0, level, centre, scale, realised, steps):
-    k, alpha, exp = len(steps), 1.0 - level, math.exp
-    up, down = (steps * q0 * level).tolist(), (steps * q0 * alpha).tolist()  # a miss's and a hit's move
+    k, exp = len(steps), math.exp
     used, after = np.empty(centre.shape), np.empty(states.shape)
+    q0, level = _per_row(q0, len(states)).tolist(), _per_row(level, len(states)).tolist()
     for i, state in enumerate(states.tolist()):
+        q0_i, level_i = q0[i], level[i]
+        alpha = 1.0 - level_i
+        up, down = (steps * q0_i * level_i).tolist(), (steps * q0_i * alpha).tolist()  # a miss's and a hit's move
         q, w, row = state[:k], state[k:], used[i]
         for j, (c, s, r) in enumerate(zip(centre[i].tolist(), scale[i].tolist(), realised[i].tolist())):
             row[j] = sum(a * b for a, b in zip(w, q))
@@ -101,9 +119,9 @@ def _track_scalar(states, q0, level, centre, scale, realised, steps):
                 continue
             score = abs(r - c) / s
             for m in range(k):
-                over = (score - q[m]) / q0
+                over = (score - q[m]) / q0_i
                 if over > 0:
-                    w[m] *= exp(-ETA * level * over)
+                    w[m] *= exp(-ETA * level_i * over)
                     q[m] += up[m]
                 else:
                     w[m] *= exp(ETA * alpha * over)

@@ -127,3 +127,21 @@ def test_the_scalar_and_the_vectorised_tracker_do_the_same_arithmetic():
     slow = adaptive._track_scalar(states, 1.2, 0.95, centre, scale, realised, adaptive.STEPS)
     for a, b in zip(fast, slow):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("series", [2, 8])  # the scalar path below VECTORISE_FROM rows in all, NumPy above
+def test_levels_tracked_in_one_call_match_each_level_tracked_alone(series):
+    """A worker moves every level's trackers in one call (a quantile and a level per row): the
+    same states and served quantiles, to the bit, as one call per level."""
+    rng = np.random.default_rng(7)
+    centre, scale = rng.normal(0, 0.001, (series, 40)), np.full((series, 40), 0.02)
+    realised = rng.normal(0, 0.03, (series, 40))
+    realised[:, -1] = np.nan
+    levels, q0 = (0.8, 0.95), (1.1, 1.9)
+    alone = [adaptive.track(np.array([adaptive.start(q)] * series), q, p, centre, scale, realised)
+             for q, p in zip(q0, levels)]
+    used, after = adaptive.track(np.array([adaptive.start(q) for q in q0 for _ in range(series)]),
+                                 np.repeat(q0, series), np.repeat(levels, series),
+                                 np.vstack([centre, centre]), np.vstack([scale, scale]), np.vstack([realised, realised]))
+    np.testing.assert_array_equal(used, np.vstack([u for u, _ in alone]))
+    np.testing.assert_array_equal(after, np.vstack([a for _, a in alone]))

@@ -12,7 +12,6 @@ new version starts from its own registered ones. Exactly what `adaptive.serve` d
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -32,6 +31,10 @@ class OnlineIntervals:
             return
         self.calibration, self.version, self.states, self.batch = calibration, version, states, batch
         self.next_price = np.full(len(batch.ticks), np.nan)  # the price each tick's forecast is realised at
+        self.symbols = list(batch.steps)
+        self.symbol_code = np.zeros(len(batch.ticks), dtype=np.int64)  # each tick's symbol, as its index
+        for code, symbol in enumerate(self.symbols):
+            self.symbol_code[batch.by_symbol[symbol]] = code
         for symbol, step in batch.steps.items():
             accepted = batch.accepted(symbol)
             if len(accepted) > 1:
@@ -77,23 +80,28 @@ class OnlineIntervals:
         all_ticks = self.batch.ticks
         last = np.fromiter((all_ticks[i].price for i in ticks.tolist()), np.float64, len(ticks))
         realised = np.log(self.next_price[ticks] / last)
-        runs, start = [], 0  # each symbol's rows of the chunk (contiguous: owners are grouped by symbol)
-        for symbol, run in itertools.groupby(all_ticks[i].symbol for i in ticks.tolist()):
-            n = len(list(run))
-            runs.append((symbol, np.arange(start, start + n)))
-            start += n
-        groups = [rows for _, rows in runs]
-        for level in self.calibration.levels:
-            tag, q0 = intervals.label(level), self._q0(level)
-            lower, upper = (bounds[intervals.column(intervals.STATIC, side, level)] for side in ("lower", "upper"))
-            centre, scale = adaptive.centre_and_scale(last, lower, upper, q0)
-            used, after = adaptive.track(np.array([self.states[s].quantiles[tag] for s, _ in runs]), q0, level,
-                                         adaptive.padded(groups, centre), adaptive.padded(groups, scale),
-                                         adaptive.padded(groups, realised))
+        codes = self.symbol_code[ticks]
+        by_code = np.argsort(codes, kind="stable")  # each symbol's rows of the chunk, in time order
+        groups = np.split(by_code, np.flatnonzero(np.diff(codes[by_code])) + 1)
+        runs = [(self.symbols[codes[rows[0]]], rows) for rows in groups]
+        levels = self.calibration.levels
+        tags = [intervals.label(level) for level in levels]
+        static = [adaptive.centre_and_scale(last, *(bounds[intervals.column(intervals.STATIC, side, level)]
+                                                    for side in ("lower", "upper")), self._q0(level))
+                  for level in levels]
+        # every level's series in one call: rows level by level, each level's symbols in turn
+        used, after = adaptive.track(
+            np.array([self.states[symbol].quantiles[tag] for tag in tags for symbol, _ in runs]),
+            np.repeat([self._q0(level) for level in levels], len(runs)), np.repeat(levels, len(runs)),
+            np.vstack([adaptive.padded(groups, centre) for centre, _ in static]),
+            np.vstack([adaptive.padded(groups, scale) for _, scale in static]),
+            np.tile(adaptive.padded(groups, realised), (len(levels), 1)))
+        states = iter(after.tolist())
+        for n, (level, tag, (centre, scale)) in enumerate(zip(levels, tags, static)):
             served = np.empty(len(ticks))
-            for i, ((symbol, rows), state) in enumerate(zip(runs, after.tolist())):
-                served[rows] = used[i, :len(rows)]
-                self.states[symbol].quantiles[tag] = state
+            for i, (symbol, rows) in enumerate(runs):
+                served[rows] = used[n * len(runs) + i, :len(rows)]
+                self.states[symbol].quantiles[tag] = next(states)
             bounds[intervals.column("model", "lower", level)] = last * np.exp(centre - served * scale)
             bounds[intervals.column("model", "upper", level)] = last * np.exp(centre + served * scale)
         return Forecast(forecast.price, bounds)
