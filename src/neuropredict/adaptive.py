@@ -91,17 +91,22 @@ def _track_vectorised(states, q0, level, centre, scale, realised, steps):
     all_known, any_known = known.all(axis=0), known.any(axis=0)
     used = np.empty(centre.shape)
     for j in range(centre.shape[1]):
-        used[:, j] = np.sum(w * q, axis=1)
-        if not any_known[j]:
-            continue
-        r = slice(None) if all_known[j] else known[:, j]  # all known: views, no copies
-        score, qk = scores[r, j][:, None], q[r]
-        over = (score - qk) / q0[r]
-        miss = over > 0
-        wk = w[r] * np.exp(np.where(miss, miss_factor[r], hit_factor[r]) * over)
-        q[r] = np.where(miss, qk + up[r], np.maximum(0.0, qk - down[r]))
-        w[r] = (1.0 - SIGMA) * wk / wk.sum(axis=1, keepdims=True) + SIGMA / k
+        used[:, j] = (w * q).sum(axis=1)
+        if all_known[j]:  # the usual case: whole arrays, no indexing
+            q, w = _step(q, w, scores[:, j, None], q0, up, down, miss_factor, hit_factor, k)
+        elif any_known[j]:
+            r = known[:, j]
+            q[r], w[r] = _step(q[r], w[r], scores[r, j, None], q0[r], up[r], down[r], miss_factor[r], hit_factor[r], k)
     return used, np.hstack([q, w])
+
+
+def _step(q, w, score, q0, up, down, miss_factor, hit_factor, k):
+    """Every row's trackers after one realised score: (quantiles, weights)."""
+    over = (score - q) / q0
+    miss = over > 0
+    w = w * np.exp(np.where(miss, miss_factor, hit_factor) * over)
+    q = np.where(miss, q + up, np.maximum(0.0, q - down))
+    return q, (1.0 - SIGMA) * w / w.sum(axis=1, keepdims=True) + SIGMA / k
 
 
 def _track_scalar(states, q0, level, centre, scale, realised, steps):
