@@ -49,6 +49,7 @@ import orjson
 from bare_loop import confluent_loop, confluent_version, kafka_python_loop
 
 from neuropredict import (  # noqa: E402  (sets quiet library defaults)
+    adaptive,
     brokers,
     kafka_io,
     messages,
@@ -537,7 +538,8 @@ def main() -> int:
         "endpoint_phase": endpoint,
         "latency_offered_ticks_per_s": args.rate,
         "model": {"name": name, "version": version, "window": loaded.forecaster.window,
-                  "cell": registry.version_tags(name, version).get("cell"), "intervals": not args.no_intervals},
+                  "cell": registry.version_tags(name, version).get("cell"), "intervals": not args.no_intervals,
+                  "online_intervals": adaptive.is_online(loaded.forecaster.calibration)},
         "settings": {k: getattr(params.serving, k) for k in ("max_poll_records", "producer_linger_ms",
                                                               "producer_batch_bytes", "compression",
                                                               "commit_interval_ms")},

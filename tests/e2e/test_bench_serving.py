@@ -40,4 +40,7 @@ def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"]
     assert set(report["throughput_phase"]["breakdown_seconds"]) >= {"poll", "decode", "feature", "model_wait",
                                                                     "encode", "produce", "ack", "commit"}
+    # whether the served intervals move online says what the `intervals` step holds
+    assert report["model"]["online_intervals"] in (True, False)
+    assert report["throughput_phase"]["breakdown_seconds"]["intervals"] >= 0
     assert "model ceiling (model call alone)" in proc.stdout and "apache/exactly_once" in proc.stdout
