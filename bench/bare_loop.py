@@ -36,7 +36,8 @@ def kafka_python_loop(bootstrap: str, serving, source: str, sink: str, n: int, t
             polled = consumer.poll(timeout_ms=serving.poll_timeout_ms, max_records=serving.max_poll_records)
             if not polled:
                 continue
-            first = first or time.perf_counter()
+            if first is None:
+                first, cpu = time.perf_counter(), time.process_time()
             if transactional:
                 producer.begin_transaction()
             for records in polled.values():
@@ -51,10 +52,11 @@ def kafka_python_loop(bootstrap: str, serving, source: str, sink: str, n: int, t
             else:
                 consumer.commit()
             batches += 1
-        seconds = time.perf_counter() - first
+        seconds, cpu = time.perf_counter() - first, time.process_time() - cpu
     finally:
         kafka_io.close_quietly(producer, consumer)
     return {"client": "kafka-python", "consumed": consumed, "batches": batches, "seconds": seconds,
+            "process_cpu_seconds": cpu,
             "ticks_per_s": consumed / seconds}
 
 
@@ -91,7 +93,8 @@ def confluent_loop(bootstrap: str, serving, source: str, sink: str, n: int, temp
             polled = [m for m in polled if m.error() is None]
             if not polled:
                 continue
-            first = first or time.perf_counter()
+            if first is None:
+                first, cpu = time.perf_counter(), time.process_time()
             if transactional:
                 producer.begin_transaction()
             for m in polled:
@@ -110,8 +113,8 @@ def confluent_loop(bootstrap: str, serving, source: str, sink: str, n: int, temp
             else:
                 consumer.commit(asynchronous=False)
             batches += 1
-        seconds = time.perf_counter() - first
+        seconds, cpu = time.perf_counter() - first, time.process_time() - cpu
     finally:
         consumer.close()
     return {"client": f"confluent-kafka {confluent_version()}", "consumed": consumed, "batches": batches,
-            "seconds": seconds, "ticks_per_s": consumed / seconds}
+            "seconds": seconds, "process_cpu_seconds": cpu, "ticks_per_s": consumed / seconds}

@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import pstats
+import re
 import sys
 import tempfile
 import threading
@@ -193,9 +194,11 @@ def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool,
         if prof:
             prof.disable()
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=run, name="worker-loop", daemon=True)
+    cpu_before, process_before = thread_cpu_seconds(), time.process_time()
     thread.start()
     retry.wait_until(lambda: worker.stats.consumed >= len(ticks), 600, "the backlog to be scored", every_s=0.05)
+    cpu_after, process_cpu = thread_cpu_seconds(), time.process_time() - process_before
     s = worker.stats
     wall = s.last_commit_at - s.first_data_at
     # the loop's own steps (idle: polls before the backlog arrived); the model call runs on the
@@ -209,9 +212,30 @@ def phase_throughput(params, bootstrap: str, ticks, version: str, profile: bool,
         "breakdown_seconds": dict(sorted(steps.items(), key=lambda kv: -kv[1])),
         "breakdown_pct": {k: 100 * v / busy for k, v in sorted(steps.items(), key=lambda kv: -kv[1])},
         "model_thread_seconds": {k: s.seconds.get(k, 0.0) for k in OVERLAPPED},
+        # where the process's CPU went while it worked through the backlog (the GIL lets one thread
+        # run Python at a time; TensorFlow's own threads compute without it)
+        "process_cpu_seconds": process_cpu,
+        "thread_cpu_seconds": {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after
+                               if cpu_after[name] - cpu_before.get(name, 0.0) >= 0.01},
     }
     result["_thread"], result["_profile"] = thread, prof
     return worker, result
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of each of this process's threads by name, numbers dropped (so a client's
+    threads keep one name from run to run); Python's names where it has them. Linux only."""
+    names = {str(t.native_id): t.name for t in threading.enumerate()}
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        try:
+            name = names.get(tid) or Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = re.sub(r"[-_.]?\d+", "", name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def output_template(forecaster, version: str) -> dict:

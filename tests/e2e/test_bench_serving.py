@@ -40,6 +40,10 @@ def test_serving_benchmark_smoke_run_writes_its_report(trained_project, tmp_path
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"]
     assert set(report["throughput_phase"]["breakdown_seconds"]) >= {"poll", "decode", "feature", "model_wait",
                                                                     "encode", "produce", "ack", "commit"}
+    for label, run in runs.items():  # where the CPU went: the loop's thread, and the whole process's
+        phase = run["throughput_phase"]
+        assert phase["thread_cpu_seconds"]["worker-loop"] > 0 and phase["process_cpu_seconds"] > 0, label
+        assert all(r["process_cpu_seconds"] > 0 for r in run["client_ceiling_rounds"]), label
     # whether the served intervals move online says what the `intervals` step holds
     assert report["model"]["online_intervals"] in (True, False)
     assert report["throughput_phase"]["breakdown_seconds"]["intervals"] >= 0
