@@ -45,8 +45,10 @@ cluster: setup  ## serving/compose.yaml as processes: Apache Kafka, PostgreSQL, 
 
 # Three test processes (TEST_PROCESSES=0: one, in-process): most tests wait on brokers, servers and subprocesses,
 # so three overlap on two cores; each test file stays in one process (its module-scoped servers are its own).
+# --no-loadscope-reorder: xdist would hand out the files by their number of tests; this keeps the
+# order tests/tooling/timing.py gives them (the longest first, by the last timing report).
 TEST_PROCESSES ?= 3
-PYTEST := $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 test: setup  ## the test suite (real brokers: Tansu and Apache Kafka; MLflow, DVC, great-expectations, TensorFlow)
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(BIN)/python -m neuropredict.apache_kafka; fi
