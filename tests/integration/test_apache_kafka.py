@@ -167,6 +167,34 @@ def test_a_transaction_holds_the_batches_of_its_commit_interval_and_a_stop_commi
     assert len(where) == len(set(where)) and set(where) | warm == set(found)  # each forecast once, none lost
 
 
+def test_a_transaction_over_several_polls_commits_the_offsets_of_what_it_sent_not_of_the_next_poll(
+        trained_project, apache_stream):
+    """With a commit interval the commit comes after the next poll: its batch is not sent yet, so
+    its offsets must not be in the transaction (a kill before the next commit would lose it)."""
+    from neuropredict.stream.delivery import Delivery
+    from neuropredict.stream.stats import LiveStats
+
+    stream, params = apache_stream, load_params(trained_project / "params.yaml")
+    publish(stream, replay(trained_project, params, start="2024-06-01", symbols=["AAPL"]), serving=params.serving)
+    consumer = kafka_io.consumer(stream.topics.group, stream.bootstrap, max_poll_records=10)
+    consumer.subscribe([stream.topics.prices])
+    delivery = Delivery(lambda: kafka_io.producer(stream.bootstrap, params.serving, transactional_id=f"{stream.topics.group}-t"),
+                        consumer, True, 30.0, stream.topics, commit_interval_s=60.0)
+    try:
+        first = {}
+        wait_for(lambda: first.update(consumer.poll(timeout_ms=500)) or first, what="a first batch")
+        delivery.begin()
+        delivery.publish([(r.key, r.value) for records in first.values() for r in records])
+        delivery.hold(("first batch",))
+        sent = {tp.partition: consumer.position(tp) for tp in consumer.assignment()}
+        wait_for(lambda: consumer.poll(timeout_ms=500), what="the next poll")  # read, not sent
+        assert {tp.partition: consumer.position(tp) for tp in consumer.assignment()} != sent
+        assert delivery.settle(LiveStats(), count=lambda *held: None) is None
+        assert {p: o for p, o in committed_offsets(stream).items() if o} == {p: o for p, o in sent.items() if o}
+    finally:
+        kafka_io.close_quietly(delivery.producer, consumer)
+
+
 def read_topic_uncommitted(stream) -> list:
     """The predictions topic as a read_uncommitted reader sees it: aborted records included."""
     with kafka_io.TopicReader(stream.bootstrap) as reader:

@@ -194,6 +194,7 @@ class Delivery(Outbox):
         self._began = 0.0  # when the open transaction began (monotonic)
         self._in_transaction = False
         self.held: list = []  # what to count of each batch sent since the last commit (hold, settle)
+        self._held_offsets: dict = {}  # exactly-once: the positions once the last held batch was sent
         self.transactions = {"committed": 0, "aborted": 0}  # exactly-once: what became of each
 
     @property
@@ -215,8 +216,13 @@ class Delivery(Outbox):
         return not self._in_transaction or time.monotonic() - self._began >= self.commit_interval_s
 
     def hold(self, counts) -> None:
-        """A batch is sent: what to count of it once it is committed."""
+        """A batch is sent: what to count of it once it is committed, and (exactly-once) the
+        positions its transaction commits. Not the positions at the commit: a transaction that
+        spans several polls commits after the next poll, whose batch is not sent yet."""
         self.held.append(counts)
+        if self.transactional:
+            self._held_offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1)
+                                  for tp in self.consumer.assignment()}
 
     def settle(self, timing, count: Callable[..., None]) -> str | None:
         """Acknowledge, then commit, everything sent since the last commit, then count(*held) for each
@@ -233,13 +239,12 @@ class Delivery(Outbox):
         return None
 
     def commit(self) -> None:
-        """The consumed offsets: in the open transaction (with the group's generation, which
-        fences a zombie), else directly."""
+        """The offsets of what was sent: in the open transaction (those of its last batch, see
+        hold; with the group's generation, which fences a zombie), else directly."""
         if not self.transactional:
             self.consumer.commit()
             return
-        offsets = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
-        metadata, producer = self.consumer.group_metadata(), self.producer
+        offsets, metadata, producer = self._held_offsets, self.consumer.group_metadata(), self.producer
         _within(TRANSACTION_CALL_TIMEOUT_S, "committing the transaction",
                 lambda: (producer.send_offsets_to_transaction(offsets, metadata), producer.commit_transaction()))
         self._in_transaction = False
