@@ -18,7 +18,7 @@ def test_owners_go_round_by_round_each_symbol_in_order_and_windows_follow():
     batch.by_symbol.update({"AAA": [0, 2, 4, 6], "BBB": [1, 3], "CCC": [5, 7, 8]})
     batch.steps = {"AAA": _step([1, 2, 3], 100.0), "BBB": _step([0, 1], 200.0), "CCC": _step([0, 1, 2], 300.0)}
 
-    owners, windows = batch.owners(), batch.windows()
+    owners, windows = batch.forecast_rows()
 
     # round 1: each symbol's first forecast tick, in poll order; round 2: the seconds; then AAA's and CCC's thirds
     assert owners.tolist() == [1, 2, 5, 3, 4, 7, 6, 8]
@@ -29,4 +29,4 @@ def test_a_batch_without_full_windows_has_no_owners():
     batch = Batch()
     batch.by_symbol.update({"AAA": [0]})
     batch.steps = {}
-    assert batch.owners().tolist() == []
+    assert batch.forecast_rows()[0].tolist() == []

@@ -53,26 +53,18 @@ class Batch:
         """(record, symbol) of the mis-keyed ticks in time order, so they return in order."""
         return [(rec, tick.symbol) for rec, tick in sorted(self.miskeyed, key=lambda pair: pair[1].time_s)]
 
-    def owners(self) -> np.ndarray:
-        """The tick (index into `ticks`) each full window ends at, in the order of `windows()`:
-        the symbols in turn, each symbol's first, then each one's second, ... So any chunk of
-        them spans as many symbols as it can, each in order: online.py moves every symbol's
-        trackers a step at once, and the steps a chunk takes are its longest run of one symbol."""
-        owners, order = self._owners_by_symbol()
-        return owners[order]
-
-    def windows(self) -> np.ndarray:
-        _, order = self._owners_by_symbol()
-        return np.concatenate([step.windows for step in self.steps.values()])[order]
-
-    def _owners_by_symbol(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each symbol's owner ticks in turn, and the order that deals them out a round at a time."""
+    def forecast_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The full windows to forecast and the tick (index into `ticks`) each ends at, dealt out
+        a round at a time: each symbol's first, then each one's second, ... So any chunk of them
+        spans as many symbols as it can, each in order: online.py moves every symbol's trackers a
+        step at once, and the steps a chunk takes are its longest run of one symbol."""
         parts = [np.asarray(self.by_symbol[s])[step.owners] for s, step in self.steps.items()]
         if not parts:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+            return np.empty(0, dtype=np.int64), np.empty((0, 0))
         owners = np.concatenate(parts).astype(np.int64)
         rounds = np.concatenate([np.arange(len(part)) for part in parts])  # the k-th window of its symbol
-        return owners, np.lexsort((owners, rounds))
+        order = np.lexsort((owners, rounds))
+        return owners[order], np.concatenate([step.windows for step in self.steps.values()])[order]
 
     def accepted(self, symbol: str) -> np.ndarray:
         """Indices (into `ticks`) of the symbol's accepted ticks."""

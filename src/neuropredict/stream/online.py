@@ -96,12 +96,11 @@ class OnlineIntervals:
             np.vstack([adaptive.padded(groups, centre) for centre, _ in static]),
             np.vstack([adaptive.padded(groups, scale) for _, scale in static]),
             np.tile(adaptive.padded(groups, realised), (len(levels), 1)))
-        states = iter(after.tolist())
         for n, (level, tag, (centre, scale)) in enumerate(zip(levels, tags, static)):
             served = np.empty(len(ticks))
-            for i, (symbol, rows) in enumerate(runs):
-                served[rows] = used[n * len(runs) + i, :len(rows)]
-                self.states[symbol].quantiles[tag] = next(states)
+            for i, (symbol, rows) in enumerate(runs, start=n * len(runs)):
+                served[rows] = used[i, :len(rows)]
+                self.states[symbol].quantiles[tag] = after[i].tolist()
             bounds[intervals.column("model", "lower", level)] = last * np.exp(centre - served * scale)
             bounds[intervals.column("model", "upper", level)] = last * np.exp(centre + served * scale)
         return Forecast(forecast.price, bounds)

@@ -32,13 +32,13 @@ def forecast_and_publish(forecaster, batch: Batch, delivery: Delivery, pool: Exe
     tick (NaN: none, warm-up) and its live interval bounds (forecaster.bounds_matrix). `then()`
     runs once the model has made the batch's last chunk, before it is published: the model
     thread is free from there (the shadows' model calls start on it)."""
-    owners = batch.owners()
+    owners, windows = batch.forecast_rows()
     if not len(owners):
         if then:
             then()
         return _none(batch, forecaster)
     with stats.timed("transform"):
-        model_input = forecaster.prepare(batch.windows(), [batch.ticks[i].symbol for i in owners])
+        model_input = forecaster.prepare(windows, [batch.ticks[i].symbol for i in owners])
     model_s = forecaster.model_seconds
     chunks = forecaster.forecast_chunks(model_input, chunk_rows(len(owners)), pool, intervals.LIVE_METHODS)
     out = publish(forecaster, batch, owners, chunks, delivery, version, worker_id, stats, states, then=then)
@@ -50,10 +50,10 @@ def start_forecast(forecaster, batch: Batch, pool: Executor) -> tuple[np.ndarray
     """The model call of the batch's full windows, its first chunk on the pool from now (chunk
     k+1 is computed while the caller publishes chunk k, as forecast_chunks does): the owner tick
     of each window, and the (rows, forecast) chunks."""
-    owners = batch.owners()
+    owners, windows = batch.forecast_rows()
     if not len(owners):
         return owners, iter(())
-    windows, symbols = batch.windows(), np.array([batch.ticks[i].symbol for i in owners], dtype=object)
+    symbols = np.array([batch.ticks[i].symbol for i in owners], dtype=object)
 
     def forecast(rows: slice):
         model_input = forecaster.prepare(windows[rows], list(symbols[rows]))
